@@ -1,0 +1,39 @@
+# llmfab developer entry points. `make quickstart` and `make test` work on a fresh machine:
+# each target installs what it needs and is a no-op when nothing changed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXTRAS := data,train,eval,operator,dev
+
+.PHONY: venv quickstart test lint typecheck crds clean
+
+# Main environment: data, training, quantization, evaluation, operator, tests.
+# torch is installed first and pinned: `torch==2.13.0` resolves to the CPU wheel on this machine
+# kind's local wheel directory; nothing after it may replace it with a CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)]'
+	$(PY) -m pip check
+	@touch $@
+
+venv: $(STAMP)
+
+quickstart: venv
+	$(VENV)/bin/llmfab up -f examples/quickstart.yaml
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy llmfab/api
+
+crds: venv
+	$(VENV)/bin/llmfab crds --out charts/llmfab/crds
+
+test: venv lint
+	$(VENV)/bin/llmfab crds --out charts/llmfab/crds --check
+	$(PY) -m pytest -q -ra --durations=15
+
+clean:
+	rm -rf $(VENV) .llmfab .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,300 @@
+"""Pieces every llmfab kind shares: the Kubernetes envelope, status, conditions, pod scheduling.
+
+Every model here is the single source of truth for three readers (the workload, the operator and
+the local runner) and for the generated CRD schema, so each field carries a description and the
+constraints the API server should enforce. YAML is camelCase; Python attributes are snake_case.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "llmfab.dev"
+API_VERSION = "v1alpha1"
+GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
+
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Kubernetes quantity (e.g. 500m, 2, 4Gi, 1.5G).
+QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``X``, ``X | None`` or ``list[X]``, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _schema_extra(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+    """JSON-schema hook: CEL rules and ``default_factory`` defaults, so the generated CRD validates
+    and defaults exactly as pydantic does (see ``llmfab/api/crds.py``)."""
+    rules: tuple[CelRule, ...] = getattr(cls, "cel_rules", ())
+    if rules:
+        schema["x-kubernetes-validations"] = [{"rule": r.cel, "message": r.message} for r in rules]
+    props = schema.get("properties", {})
+    for name, field in cls.model_fields.items():
+        alias = field.alias or name
+        if alias in props and "description" not in props[alias]:
+            nested = _model_in(field.annotation)
+            if nested is not None and nested.__doc__:
+                props[alias]["description"] = " ".join(nested.__doc__.split())
+        if field.default_factory is None or alias not in props:
+            continue
+        value = field.default_factory()  # type: ignore[call-arg]
+        if isinstance(value, BaseModel):
+            # The API server applies the nested fields' own defaults to {}; spell out only
+            # what this factory sets differently from them.
+            default: Any = value.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+        else:
+            default = TypeAdapter(field.annotation).dump_python(  # type: ignore[arg-type]
+                value, mode="json", by_alias=True, exclude_none=True
+            )
+        props[alias]["default"] = default
+
+
+class Spec(BaseModel):
+    """Base of every spec/status model: camelCase aliases, unknown fields rejected.
+
+    Rejecting unknown fields is what ``kubectl apply --validate=strict`` does; silently dropping a
+    misspelt field (``vocabsize``) would train the wrong model without a word.
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+        use_enum_values=True,
+        json_schema_extra=_schema_extra,
+    )
+
+    # Cross-field rules of this model, enforced here and emitted into the CRD as CEL.
+    cel_rules: ClassVar[tuple[CelRule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_cel_rules(self) -> Spec:
+        for rule in type(self).cel_rules:
+            problem = rule.check(self)
+            if problem:
+                raise ValueError(problem)
+        return self
+
+
+@dataclass(frozen=True)
+class CelRule:
+    """One cross-field rule, written twice on purpose: as CEL for the API server and as Python here.
+
+    ``cel`` is evaluated by the API server on the object at this model's place in the schema
+    (``self`` is this object, camelCase). ``check`` returns an error message naming the fields and
+    the fix, or ``None`` when the object is valid. A test evaluates ``cel`` with a real CEL library
+    on valid and invalid objects and requires it to agree with ``check``.
+    """
+
+    cel: str
+    message: str
+    check: Callable[[Any], str | None]
+    field_path: str | None = None
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    WAITING = "Waiting"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+def utc_now() -> str:
+    """RFC 3339 timestamp with second precision, as Kubernetes writes them."""
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+class Condition(Spec):
+    """A Kubernetes-style condition (``Ready``, ``Progressing``, ``Failed``)."""
+
+    type: str = Field(description="Condition type: Ready, Progressing or Failed.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(default="", description="CamelCase machine-readable reason.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: str | None = Field(
+        default=None, description="When the status last changed (RFC 3339)."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation this condition was computed from."
+    )
+
+
+class StatusBase(Spec):
+    """Status fields every kind has; kinds add their own progress and artifact fields."""
+
+    phase: Phase = Field(default=Phase.PENDING, description="Pending, Waiting, Running, Succeeded or Failed.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Failed.")
+    observed_generation: int | None = Field(default=None, description="metadata.generation last acted on.")
+    start_time: str | None = Field(default=None, description="When the workload started (RFC 3339).")
+    completion_time: str | None = Field(default=None, description="When it succeeded or failed.")
+    message: str = Field(default="", description="One line on what is happening or what went wrong.")
+    artifact_path: str | None = Field(
+        default=None, description="Where the output lives, relative to the artifact root."
+    )
+
+
+class ObjectMeta(BaseModel):
+    """The parts of Kubernetes ObjectMeta llmfab reads; server-set fields are accepted and kept."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    name: Annotated[str, Field(max_length=63, pattern=DNS1123_LABEL)] = Field(
+        description="DNS-1123 label: lowercase letters, digits and '-', at most 63 characters."
+    )
+    namespace: str = Field(default="default", pattern=DNS1123_LABEL, max_length=63)
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    # Server-set fields, present when a resource comes back from the API server.
+    uid: str | None = None
+    resource_version: str | None = None
+    generation: int | None = None
+    creation_timestamp: str | None = None
+    deletion_timestamp: str | None = None
+    deletion_grace_period_seconds: int | None = None
+    finalizers: list[str] = Field(default_factory=list)
+    owner_references: list[dict[str, Any]] = Field(default_factory=list)
+    managed_fields: list[dict[str, Any]] = Field(default_factory=list)
+    generate_name: str | None = None
+
+
+# --- Pod scheduling and resources, shared by every kind that runs a workload ---------------------
+
+Quantity = Annotated[str, Field(pattern=QUANTITY)]
+
+
+class ResourceRequirements(Spec):
+    """CPU, memory and GPU (``nvidia.com/gpu``) requests and limits of each workload pod."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, description="e.g. {cpu: '4', memory: 16Gi, nvidia.com/gpu: '1'}."
+    )
+    limits: dict[str, Quantity] = Field(default_factory=dict, description="Upper bounds, same keys.")
+
+    def gpus(self) -> int:
+        """GPUs per pod: the ``nvidia.com/gpu`` limit, else the request, else 0."""
+        value = self.limits.get("nvidia.com/gpu", self.requests.get("nvidia.com/gpu", "0"))
+        return int(float(value))
+
+
+class Toleration(Spec):
+    key: str | None = Field(default=None, description="Taint key; empty with Exists matches all.")
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
+    value: str | None = Field(default=None, description="Taint value for Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Which taint effect this tolerates; empty tolerates all."
+    )
+    toleration_seconds: int | None = Field(
+        description="With NoExecute: how long the pod stays bound after the taint appears.",
+        default=None,
+        ge=0,
+    )
+
+
+class EnvVar(Spec):
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Variable name.")
+    value: str = Field(default="", description="Value.")
+
+
+class PodSettings(Spec):
+    """Where and with what a workload's pods run. Ignored by ``llmfab up`` except ``env``."""
+
+    image: str | None = Field(default=None, description="Override the chart's image for this stage.")
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels to match.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Taints to tolerate.")
+    env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables.")
+    priority_class_name: str | None = Field(default=None, description="Pod priority class.")
+
+
+class Storage(Spec):
+    """The artifact volume: a PersistentVolumeClaim mounted at /artifacts in every pod."""
+
+    claim_name: str | None = Field(
+        default=None,
+        description="Existing PVC holding the artifact store; default: the chart's shared claim.",
+    )
+    sub_path: str | None = Field(default=None, description="Sub-directory of the claim to mount.")
+
+
+class ResourceRef(Spec):
+    """A reference to another llmfab resource by name (same namespace)."""
+
+    name: str = Field(pattern=DNS1123_LABEL, max_length=63, description="metadata.name of the resource.")
+
+
+class Resource(BaseModel):
+    """The Kubernetes envelope shared by all kinds. Subclasses pin ``kind`` and the spec type."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    KIND: ClassVar[str] = ""
+    PLURAL: ClassVar[str] = ""
+    SHORT_NAMES: ClassVar[tuple[str, ...]] = ()
+    STAGE: ClassVar[str] = ""  # the workload entrypoint: `llmfab <STAGE> run`
+    ARTIFACT_DIR: ClassVar[str] = ""  # top-level folder in the artifact store
+    PRINTER_COLUMNS: ClassVar[tuple[dict[str, str], ...]] = ()
+
+    api_version: Literal["llmfab.dev/v1alpha1"] = Field(
+        default="llmfab.dev/v1alpha1", description="Always llmfab.dev/v1alpha1."
+    )
+    kind: str
+    metadata: ObjectMeta
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def key(self) -> str:
+        """``kind/name``, the way errors and logs name a resource."""
+        return f"{self.KIND}/{self.metadata.name}"
+
+    def references(self) -> list[tuple[str, str]]:
+        """(kind, name) of every resource this one needs before it can run."""
+        return []
+
+    def spec_hash_input(self) -> dict[str, Any]:
+        """The spec fields that change the output; a change rebuilds, anything else is a no-op."""
+        spec = getattr(self, "spec")  # noqa: B009 - every subclass defines spec
+        data: dict[str, Any] = spec.model_dump(mode="json", by_alias=True, exclude={"pod"})
+        return data
+
+
+def reject_snake_case_keys(data: Any, path: str = "") -> None:
+    """Catch ``vocab_size`` in YAML (the API is camelCase) with an error that names the fix."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(key, str) and "_" in key and re.fullmatch(r"[a-z][a-z0-9_]*", key):
+                camel = to_camel(key)
+                raise ValueError(f"{path}{key}: unknown field; llmfab YAML is camelCase, write '{camel}'")
+            if key not in ("labels", "annotations", "nodeSelector", "requests", "limits"):
+                reject_snake_case_keys(value, f"{path}{key}.")
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
+            reject_snake_case_keys(item, f"{path[:-1]}[{i}].")

@@ -1,0 +1,142 @@
+"""InferenceService: a trained model, optionally 4-bit quantized, served by vLLM's OpenAI server."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from llmfab.api.common import DNS1123_LABEL, CelRule, PodSettings, Resource, Spec, StatusBase, Storage
+from llmfab.api.evaluation import EvalResults, EvalSpec
+
+
+def _one_model_source(m: Any) -> str | None:
+    if (m.training_run is None) == (m.path is None):
+        return "spec.model: give exactly one of trainingRun (a TrainingRun's export) or path (a HF model dir)"
+    return None
+
+
+class ModelSource(Spec):
+    """Which model to serve."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            cel="has(self.trainingRun) != has(self.path)",
+            message="give exactly one of trainingRun or path",
+            check=_one_model_source,
+        ),
+    )
+
+    training_run: str | None = Field(
+        default=None, pattern=DNS1123_LABEL, description="Serve this TrainingRun's Hugging Face export."
+    )
+    path: str | None = Field(default=None, description="Or a Hugging Face model directory.")
+
+
+class Quantization(Spec):
+    """4-bit weight-only quantization (W4A16) written in the compressed-tensors format."""
+
+    method: Literal["none", "w4a16"] = Field(default="w4a16", description="none serves the bf16 model.")
+    algorithm: Literal["gptq", "rtn"] = Field(
+        default="gptq", description="gptq: calibrated (Frantar et al. 2022); rtn: round-to-nearest."
+    )
+    group_size: int = Field(default=128, ge=2, description="Weights per scale; the largest the shapes allow.")
+    symmetric: bool = Field(default=True, description="Symmetric (no zero point) or asymmetric.")
+    calibration_samples: int = Field(default=128, ge=1, description="Sequences from the val split.")
+    calibration_dataset: str | None = Field(
+        default=None, pattern=DNS1123_LABEL, description="Dataset to calibrate on; default: the run's."
+    )
+    dampening: float = Field(default=0.01, gt=0, lt=1, description="GPTQ Hessian dampening fraction.")
+
+
+class ServerSpec(Spec):
+    """vLLM OpenAI server options (``python -m vllm.entrypoints.openai.api_server``)."""
+
+    served_model_name: str | None = Field(
+        default=None, description="Model name in the API; default: resource name."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="bfloat16", description="Activation/weight dtype."
+    )
+    max_model_len: int = Field(description="Longest prompt + completion in tokens.", default=512, ge=16)
+    gpu_memory_utilization: float = Field(
+        description="Share of GPU memory vLLM may use (GPU only).", default=0.9, gt=0, le=1
+    )
+    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per replica.")
+    max_num_seqs: int = Field(default=64, ge=1, description="Concurrent sequences.")
+    enforce_eager: bool = Field(default=True, description="Skip CUDA graphs / torch.compile: faster start.")
+    cpu_kv_cache_gib: float = Field(default=1.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE on CPU hosts.")
+    port: int = Field(default=8000, ge=1024, le=65535, description="HTTP port of the OpenAI API.")
+    host: str = Field(default="127.0.0.1", description="Bind address (0.0.0.0 in pods).")
+    extra_args: list[str] = Field(default_factory=list, description="Passed to vLLM verbatim.")
+
+
+class FeedbackSpec(Spec):
+    """The human-feedback web app (pairs into SQLite)."""
+
+    enabled: bool = Field(default=False, description="Serve the human-feedback app beside vLLM.")
+    port: int = Field(description="HTTP port of the feedback app.", default=8080, ge=1024, le=65535)
+
+
+class MonitoringSpec(Spec):
+    """Prometheus scraping and Grafana dashboards."""
+
+    service_monitor: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="ServiceMonitor when the Prometheus operator is present, else annotations.",
+    )
+    dashboards: bool = Field(default=True, description="Grafana latency dashboard ConfigMap.")
+
+
+class InferenceServiceSpec(Spec):
+    model: ModelSource
+    quantization: Quantization = Field(default_factory=Quantization)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    server: ServerSpec = Field(default_factory=ServerSpec)
+    replicas: int = Field(description="Server pods (cluster only).", default=1, ge=0, le=64)
+    feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+    storage: Storage = Field(default_factory=Storage)
+    pod: PodSettings = Field(default_factory=PodSettings)
+
+
+class InferenceServiceStatus(StatusBase):
+    url: str | None = Field(default=None, description="OpenAI API base URL.")
+    ready_replicas: int | None = None
+    model_size_bytes: int | None = Field(default=None, description="Served weights on disk.")
+    quantized_path: str | None = None
+    eval: EvalResults | None = Field(default=None, description="Quantized model's evaluation.")
+    bf16_val_perplexity: float | None = Field(default=None, description="Unquantized, for comparison.")
+
+
+class InferenceService(Resource):
+    """InferenceService: a trained model, optionally 4-bit quantized, served by vLLM with the OpenAI API and Prometheus metrics."""
+
+    KIND: ClassVar[str] = "InferenceService"
+    PLURAL: ClassVar[str] = "inferenceservices"
+    # KServe owns "isvc"; llmfab's short names all start with "l".
+    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("lis",)
+    STAGE: ClassVar[str] = "serve"
+    ARTIFACT_DIR: ClassVar[str] = "services"
+    PRINTER_COLUMNS: ClassVar[tuple[dict[str, str], ...]] = (
+        {"name": "URL", "type": "string", "jsonPath": ".status.url"},
+        {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+    )
+
+    kind: Literal["InferenceService"] = "InferenceService"
+    spec: InferenceServiceSpec
+    status: InferenceServiceStatus | None = None
+
+    def references(self) -> list[tuple[str, str]]:
+        refs = []
+        if self.spec.model.training_run:
+            refs.append(("TrainingRun", self.spec.model.training_run))
+        if self.spec.quantization.calibration_dataset:
+            refs.append(("Dataset", self.spec.quantization.calibration_dataset))
+        return refs
+
+    def spec_hash_input(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.spec.model_dump(
+            mode="json", by_alias=True, include={"model", "quantization", "eval"}
+        )
+        return data

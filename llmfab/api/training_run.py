@@ -1,0 +1,389 @@
+"""TrainingRun: pretrain, SFT, RL from a reward model, or distil a decoder transformer with torchrun + FSDP2.
+
+The model block describes a Llama-architecture decoder (RMSNorm, RoPE, SwiGLU, optional GQA and tied
+embeddings) so the export is a plain ``LlamaForCausalLM``. The mission's shapes (6-12 layers, hidden
+512-1024, 8-16 heads, context 512) are the presets and defaults; validation enforces what is sound
+rather than the mission's range, so tests can train tiny models.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from llmfab.api.common import (
+    DNS1123_LABEL,
+    CelRule,
+    PodSettings,
+    Resource,
+    ResourceRef,
+    Spec,
+    StatusBase,
+    Storage,
+)
+from llmfab.api.evaluation import EvalResults, EvalSpec
+
+PRESETS: dict[str, dict[str, int]] = {
+    "small": {"layers": 6, "hidden": 512, "heads": 8},
+    "medium": {"layers": 8, "hidden": 768, "heads": 12},
+    "base": {"layers": 12, "hidden": 1024, "heads": 16},
+}
+
+
+def _hidden_divisible(m: Any) -> str | None:
+    if m.hidden % m.heads:
+        return (
+            f"spec.model.hidden: {m.hidden} is not divisible by spec.model.heads ({m.heads}); "
+            f"choose a hidden size that is a multiple of {m.heads} (e.g. {m.heads * (m.hidden // m.heads + 1)})"
+        )
+    return None
+
+
+def _heads_divisible(m: Any) -> str | None:
+    kv = m.kv_heads if m.kv_heads is not None else m.heads
+    if m.heads % kv:
+        return (
+            f"spec.model.heads: {m.heads} is not divisible by spec.model.kvHeads ({kv}); "
+            "grouped-query attention needs heads to be a multiple of kvHeads"
+        )
+    return None
+
+
+def _head_dim_even(m: Any) -> str | None:
+    if m.hidden % m.heads == 0 and (m.hidden // m.heads) % 2:
+        return (
+            f"spec.model: head size hidden/heads = {m.hidden // m.heads} must be even for rotary embeddings; "
+            "change hidden or heads"
+        )
+    return None
+
+
+def _sharing_groups(m: Any) -> str | None:
+    if m.sharing.groups is not None and m.sharing.groups > m.layers:
+        return (
+            f"spec.model.sharing.groups: {m.sharing.groups} exceeds spec.model.layers ({m.layers}); "
+            "use at most one distinct block per layer"
+        )
+    return None
+
+
+class LayerSharing(Spec):
+    """ALBERT-style cross-layer sharing: ``groups`` distinct blocks applied cyclically over the layers."""
+
+    groups: int | None = Field(
+        default=None, ge=1, description="Distinct blocks; unset = no sharing (one block per layer)."
+    )
+
+
+class ModelSpec(Spec):
+    """Shape of the decoder. ``preset`` fills layers/hidden/heads; explicit fields win."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            cel="self.hidden % self.heads == 0",
+            message="hidden must be divisible by heads",
+            check=_hidden_divisible,
+        ),
+        CelRule(
+            cel="!has(self.kvHeads) || self.heads % self.kvHeads == 0",
+            message="heads must be divisible by kvHeads",
+            check=_heads_divisible,
+        ),
+        CelRule(
+            cel="self.hidden % self.heads != 0 || (self.hidden / self.heads) % 2 == 0",
+            message="hidden/heads (head size) must be even for rotary embeddings",
+            check=_head_dim_even,
+        ),
+        CelRule(
+            cel="!has(self.sharing.groups) || self.sharing.groups <= self.layers",
+            message="sharing.groups must not exceed layers",
+            check=_sharing_groups,
+        ),
+    )
+
+    preset: Literal["small", "medium", "base"] | None = Field(
+        default=None, description="small: 6×512×8; medium: 8×768×12; base: 12×1024×16 (layers×hidden×heads)."
+    )
+    layers: int = Field(default=6, ge=1, le=48, description="Transformer blocks (mission: 6-12).")
+    hidden: int = Field(default=512, ge=32, le=8192, description="Model width (mission: 512-1024).")
+    heads: int = Field(default=8, ge=1, le=128, description="Attention heads (mission: 8-16).")
+    kv_heads: int | None = Field(default=None, ge=1, description="Key/value heads (GQA); default: heads.")
+    intermediate: int | None = Field(
+        default=None, ge=32, description="SwiGLU width; default: 8/3 × hidden rounded up to a multiple of 64."
+    )
+    context_length: int = Field(default=512, ge=16, le=32768, description="Tokens per sequence.")
+    rope_theta: float = Field(description="Rotary embedding base.", default=10000.0, gt=0)
+    norm_eps: float = Field(default=1e-5, gt=0, description="RMSNorm epsilon.")
+    tie_embeddings: bool = Field(default=True, description="Share input embedding and output head.")
+    dropout: float = Field(description="Dropout probability.", default=0.0, ge=0, lt=1)
+    init_std: float = Field(description="Standard deviation of the initial weights.", default=0.02, gt=0)
+    sharing: LayerSharing = Field(default_factory=LayerSharing)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") in PRESETS:
+            merged = dict(PRESETS[data["preset"]])
+            merged.update(data)
+            return merged
+        return data
+
+    def intermediate_size(self) -> int:
+        if self.intermediate is not None:
+            return self.intermediate
+        return ((8 * self.hidden // 3) + 63) // 64 * 64
+
+
+class OptimizerSpec(Spec):
+    """AdamW (or a low-memory variant) with warmup and decay; no weight decay on norms, biases, embeddings."""
+
+    type: Literal["adamw", "adamw-bf16", "adamw-8bit", "adafactor"] = Field(
+        default="adamw",
+        description="adamw: fp32 states; adamw-bf16: bf16 states with stochastic rounding; "
+        "adamw-8bit: block-wise 8-bit states; adafactor: factored second moments.",
+    )
+    lr: float = Field(default=6e-4, gt=0, le=1, description="Peak learning rate.")
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="Final LR as a fraction of lr.")
+    warmup_steps: int = Field(description="Linear warmup steps.", default=100, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        default="cosine", description="Decay after warmup."
+    )
+    beta1: float = Field(description="Adam beta1.", default=0.9, ge=0, lt=1)
+    beta2: float = Field(description="Adam beta2.", default=0.95, ge=0, lt=1)
+    eps: float = Field(default=1e-8, gt=0, description="Adam epsilon.")
+    weight_decay: float = Field(default=0.1, ge=0, description="Not applied to norms, biases, embeddings.")
+    grad_clip: float | None = Field(default=1.0, gt=0, description="Max global gradient norm; null = off.")
+
+
+class BatchRamp(Spec):
+    start_tokens: int = Field(ge=1, description="Global batch in tokens at step 0.")
+    steps: int = Field(ge=1, description="Steps to grow linearly to batch.globalTokens.")
+
+
+class BatchSpec(Spec):
+    """Dynamic batch sizing: the global batch is fixed in tokens; the micro-batch is chosen to fit."""
+
+    global_tokens: int = Field(
+        default=65_536, ge=16, description="Tokens per optimizer step over all processes."
+    )
+    micro_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Sequences per forward pass per process; unset = the largest "
+        "that fits (probed on CUDA, halved on out-of-memory).",
+    )
+    max_micro_batch_size: int = Field(default=64, ge=1, description="Upper bound of the probe.")
+    ramp: BatchRamp | None = Field(default=None, description="Optional batch-size warm-up.")
+
+
+class ActivationCheckpointing(Spec):
+    """Recompute block activations in backward instead of storing them."""
+
+    mode: Literal["none", "full", "selective"] = Field(
+        default="none", description="full: every block; selective: every `every`-th block."
+    )
+    every: int = Field(default=2, ge=1, description="With selective: checkpoint one block in `every`.")
+
+
+class ParallelismSpec(Spec):
+    """How many processes train: nodes × processesPerNode (torchrun), sharded with FSDP2."""
+
+    nodes: int = Field(default=1, ge=1, le=256, description="Pods (torchrun --nnodes).")
+    processes_per_node: int = Field(
+        default=1, ge=1, le=64, description="torchrun --nproc-per-node; on GPUs, GPUs per pod."
+    )
+    fsdp: bool = Field(default=True, description="Shard with FSDP2 when world size > 1.")
+    backend: Literal["auto", "nccl", "gloo"] = Field(default="auto", description="auto: nccl on CUDA.")
+
+
+class CheckpointSpec(Spec):
+    """Resumable torch.distributed.checkpoint saves."""
+
+    every_steps: int | None = Field(default=200, ge=1, description="Save every N steps.")
+    every_minutes: float | None = Field(default=None, gt=0, description="Also save every N minutes.")
+    keep_last: int = Field(default=3, ge=1, description="Checkpoints kept; older ones are deleted.")
+    async_save: bool = Field(default=False, description="Save in the background (torch DCP async).")
+
+
+class WandbSpec(Spec):
+    """Weights & Biases logging (offline mode needs no network)."""
+
+    enabled: bool = Field(default=False, description="Log to Weights & Biases.")
+    project: str = Field(default="llmfab", description="W&B project.")
+    mode: Literal["offline", "online"] = Field(default="offline", description="offline writes locally.")
+
+
+class MonitoringSpec(Spec):
+    """Metrics: TensorBoard, Prometheus, W&B."""
+
+    tensorboard: bool = Field(default=True, description="Write TensorBoard event files.")
+    prometheus_port: int | None = Field(
+        default=9400, ge=1024, le=65535, description="Rank 0 serves /metrics here; null = off."
+    )
+    log_every_steps: int = Field(description="Log metrics every N steps.", default=10, ge=1)
+    wandb: WandbSpec = Field(default_factory=WandbSpec)
+
+
+class InitFrom(Spec):
+    """Initial weights."""
+
+    training_run: str | None = Field(
+        default=None, pattern=DNS1123_LABEL, description="Start from this TrainingRun's final model."
+    )
+    path: str | None = Field(default=None, description="Or from a checkpoint/model directory.")
+
+
+class SftSpec(Spec):
+    """Supervised fine-tuning on prompt/response pairs."""
+
+    prompt_field: str = Field(default="prompt", description="JSONL field with the prompt.")
+    response_field: str = Field(default="response", description="JSONL field with the answer.")
+    loss_on_prompt: bool = Field(default=False, description="Also train on prompt tokens.")
+
+
+class RlSpec(Spec):
+    """Reinforcement learning against a RewardModel."""
+
+    reward_model: str = Field(pattern=DNS1123_LABEL, description="RewardModel that scores samples.")
+    algorithm: Literal["reinforce", "ppo", "grpo"] = Field(
+        default="grpo", description="Policy-gradient algorithm."
+    )
+    samples_per_prompt: int = Field(description="Completions sampled per prompt.", default=4, ge=1)
+    max_new_tokens: int = Field(description="Length of each completion.", default=64, ge=1)
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature.")
+    kl_coef: float = Field(default=0.05, ge=0, description="KL penalty towards the initial policy.")
+
+
+class DistillSpec(Spec):
+    """Knowledge distillation from a teacher TrainingRun."""
+
+    teacher: str = Field(pattern=DNS1123_LABEL, description="TrainingRun whose model teaches.")
+    temperature: float = Field(default=2.0, gt=0, description="Softmax temperature of teacher and student.")
+    alpha: float = Field(default=0.5, ge=0, le=1, description="Weight of the distillation loss vs CE.")
+
+
+class PruningSpec(Spec):
+    """Magnitude pruning of linear weights after training."""
+
+    enabled: bool = Field(default=False, description="Prune after training.")
+    method: Literal["magnitude"] = Field(default="magnitude", description="How weights are chosen.")
+    sparsity: float = Field(description="Share of weights set to zero.", default=0.5, gt=0, lt=1)
+    structure: Literal["unstructured", "2:4"] = Field(
+        default="unstructured", description="unstructured or 2:4 semi-structured."
+    )
+
+
+def _objective_blocks(s: Any) -> str | None:
+    if s.objective == "rl" and s.rl is None:
+        return "spec.rl: objective rl needs spec.rl.rewardModel"
+    if s.objective == "distill" and s.distill is None:
+        return "spec.distill: objective distill needs spec.distill.teacher"
+    if s.objective in ("sft", "rl") and s.init_from is None:
+        return f"spec.initFrom: objective {s.objective} starts from a trained model; set initFrom.trainingRun"
+    return None
+
+
+def _steps_positive(s: Any) -> str | None:
+    if s.max_steps is None and s.max_tokens is None:
+        return "spec.maxSteps: set maxSteps or maxTokens so the run knows when to stop"
+    return None
+
+
+class TrainingRunSpec(Spec):
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            cel="(self.objective != 'rl' || has(self.rl)) && (self.objective != 'distill' || has(self.distill))"
+            " && (!(self.objective in ['sft', 'rl']) || has(self.initFrom))",
+            message="rl needs spec.rl, distill needs spec.distill, sft and rl need spec.initFrom",
+            check=_objective_blocks,
+        ),
+        CelRule(
+            cel="has(self.maxSteps) || has(self.maxTokens)",
+            message="set maxSteps or maxTokens",
+            check=_steps_positive,
+        ),
+    )
+
+    objective: Literal["pretrain", "sft", "rl", "distill"] = Field(
+        default="pretrain", description="pretrain, sft (supervised fine-tuning), rl or distill."
+    )
+    dataset: ResourceRef = Field(description="The Dataset whose token shards are trained on.")
+    init_from: InitFrom | None = Field(default=None, description="Start from a trained model.")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    max_steps: int | None = Field(default=1000, ge=1, description="Optimizer steps.")
+    max_tokens: int | None = Field(default=None, ge=1, description="Or stop after this many tokens.")
+    seed: int = Field(description="Seed for init, data order and dropout.", default=0)
+    precision: Literal["bf16", "fp32"] = Field(
+        default="bf16", description="bf16: autocast compute, fp32 master weights and gradient reduction."
+    )
+    compile: bool = Field(default=False, description="torch.compile the blocks (CUDA).")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
+    loss_chunk_tokens: int = Field(
+        default=4096, ge=64, description="Tokens per chunk of the output-head + loss; never the full logits."
+    )
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    batch: BatchSpec = Field(default_factory=BatchSpec)
+    activation_checkpointing: ActivationCheckpointing = Field(default_factory=ActivationCheckpointing)
+    parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    eval_every_steps: int | None = Field(default=100, ge=1, description="Validation loss every N steps.")
+    eval_batches: int = Field(default=10, ge=1, description="Micro-batches per validation.")
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+    sft: SftSpec | None = None
+    rl: RlSpec | None = None
+    distill: DistillSpec | None = None
+    pruning: PruningSpec = Field(default_factory=PruningSpec)
+    storage: Storage = Field(default_factory=Storage)
+    pod: PodSettings = Field(default_factory=PodSettings)
+
+
+class TrainingRunStatus(StatusBase):
+    step: int | None = None
+    total_steps: int | None = None
+    tokens: int | None = Field(default=None, description="Tokens trained on.")
+    loss: float | None = None
+    val_loss: float | None = None
+    tokens_per_second: float | None = None
+    mfu: float | None = Field(default=None, description="Model FLOPs utilisation, where peak is known.")
+    eta_seconds: float | None = None
+    parameters: int | None = Field(default=None, description="Trainable parameters (shared counted once).")
+    last_checkpoint: str | None = None
+    model_path: str | None = Field(default=None, description="Hugging Face export, relative to the root.")
+    eval: EvalResults | None = None
+
+
+class TrainingRun(Resource):
+    """TrainingRun: pretraining, SFT, RL or distillation of a decoder transformer with torchrun + FSDP2, exported in Hugging Face format."""
+
+    KIND: ClassVar[str] = "TrainingRun"
+    PLURAL: ClassVar[str] = "trainingruns"
+    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("ltr",)
+    STAGE: ClassVar[str] = "train"
+    ARTIFACT_DIR: ClassVar[str] = "runs"
+    PRINTER_COLUMNS: ClassVar[tuple[dict[str, str], ...]] = (
+        {"name": "Step", "type": "integer", "jsonPath": ".status.step"},
+        {"name": "Loss", "type": "number", "jsonPath": ".status.loss"},
+        {"name": "Tokens/s", "type": "number", "jsonPath": ".status.tokensPerSecond"},
+    )
+
+    kind: Literal["TrainingRun"] = "TrainingRun"
+    spec: TrainingRunSpec
+    status: TrainingRunStatus | None = None
+
+    def references(self) -> list[tuple[str, str]]:
+        s = self.spec
+        refs = [("Dataset", s.dataset.name)]
+        if s.init_from and s.init_from.training_run:
+            refs.append(("TrainingRun", s.init_from.training_run))
+        if s.rl:
+            refs.append(("RewardModel", s.rl.reward_model))
+        if s.distill:
+            refs.append(("TrainingRun", s.distill.teacher))
+        return refs
+
+    def spec_hash_input(self) -> dict[str, Any]:
+        # Monitoring and pod placement do not change the trained weights.
+        data: dict[str, Any] = self.spec.model_dump(mode="json", by_alias=True, exclude={"pod", "monitoring"})
+        return data

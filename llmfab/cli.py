@@ -1,0 +1,182 @@
+"""The ``llmfab`` command: validate, generate CRDs, run a pipeline locally, inspect it, run one stage.
+
+Kept thin: every command parses its arguments and calls a function that does the work
+(``llmfab.api``, ``llmfab.local``, ``llmfab.workload``), so the same logic is testable without a
+terminal.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from llmfab import __version__
+
+app = typer.Typer(
+    name="llmfab",
+    help="Raw text to a 4-bit quantized, monitored LLM endpoint: on one machine or a k3s cluster.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+FilesOption = Annotated[
+    list[Path], typer.Option("-f", "--filename", help="YAML file or directory (repeatable).")
+]
+
+
+@app.command()
+def version() -> None:
+    """Print llmfab's version."""
+    console.print(__version__)
+
+
+@app.command()
+def validate(files: FilesOption) -> None:
+    """Validate resources; print one line per problem (field, value, fix) and exit 2 if any."""
+    from llmfab.api import ValidationFailed, load_resources
+
+    try:
+        resources = load_resources(files)
+    except ValidationFailed as e:
+        for line in e.errors:
+            err_console.print(f"[red]error[/red]: {line}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    for res in resources:
+        console.print(f"[green]valid[/green]: {res.key}", highlight=False)
+
+
+@app.command()
+def crds(
+    out: Annotated[Path, typer.Option("--out", help="Directory for the CRD YAML files.")] = Path(
+        "charts/llmfab/crds"
+    ),
+    check: Annotated[
+        bool, typer.Option(help="Exit 1 if the files in --out differ from a fresh generation.")
+    ] = False,
+) -> None:
+    """Generate the CustomResourceDefinitions from the API models."""
+    from llmfab.api.crds import crd_filename, render_crd, write_crds
+    from llmfab.api.loading import KINDS
+
+    if check:
+        stale = [
+            crd_filename(cls)
+            for cls in KINDS.values()
+            if not (out / crd_filename(cls)).exists()
+            or (out / crd_filename(cls)).read_text() != render_crd(cls)
+        ]
+        if stale:
+            err_console.print(f"out of date: {', '.join(stale)}; run `llmfab crds --out {out}`")
+            raise typer.Exit(1)
+        console.print("CRDs are up to date")
+        return
+    for path in write_crds(out):
+        console.print(f"wrote {path}")
+
+
+@app.command()
+def explain(
+    target: Annotated[str, typer.Argument(help="KIND or KIND.field.path, e.g. trainingrun.spec.model")],
+) -> None:
+    """Describe a kind's fields, like `kubectl explain`."""
+    from llmfab.local.explain import explain_text
+
+    try:
+        console.print(explain_text(target), highlight=False, markup=False)
+    except KeyError as e:
+        err_console.print(f"error: {e.args[0]}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def up(
+    files: FilesOption,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="Run only these resources (NAME or KIND/NAME).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even when the artifacts match the spec.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit.")] = False,
+    detach: Annotated[bool, typer.Option(help="Leave servers running in the background.")] = False,
+) -> None:
+    """Run every resource's workload as local processes, in dependency order."""
+    from llmfab.local.runner import run_up
+
+    code = run_up(files, only=only or [], force=force, dry_run=dry_run, detach=detach, console=console)
+    raise typer.Exit(code)
+
+
+@app.command()
+def down(
+    name: Annotated[str | None, typer.Argument(help="InferenceService to stop; default: all.")] = None,
+) -> None:
+    """Stop servers that `llmfab up --detach` left running."""
+    from llmfab.local.runner import run_down
+
+    raise typer.Exit(run_down(name, console=console))
+
+
+@app.command()
+def get(
+    kind: Annotated[
+        str | None, typer.Argument(help="Kind, plural or short name; default: all kinds.")
+    ] = None,
+    name: Annotated[str | None, typer.Argument(help="Resource name.")] = None,
+) -> None:
+    """Table of local resources and their phase (from the artifact store's status files)."""
+    from llmfab.local.inspect import get_table
+
+    console.print(get_table(kind, name))
+
+
+@app.command()
+def describe(
+    kind: Annotated[str, typer.Argument(help="Kind, plural or short name.")],
+    name: Annotated[str, typer.Argument(help="Resource name.")],
+) -> None:
+    """Spec, status, conditions, events and artifact paths of one local resource."""
+    from llmfab.api import ValidationFailed
+    from llmfab.local.inspect import describe_text
+
+    try:
+        console.print(describe_text(kind, name), highlight=False, markup=False)
+    except (ValidationFailed, LookupError) as e:
+        err_console.print(f"error: {e}")
+        raise typer.Exit(1) from None
+
+
+def _stage_app(stage: str, summary: str) -> typer.Typer:
+    sub = typer.Typer(help=summary, no_args_is_help=True)
+
+    @sub.command("run")
+    def run(
+        spec: Annotated[Path, typer.Option("--spec", help="YAML file with one resource.")],
+        force: Annotated[bool, typer.Option(help="Rebuild even when up to date.")] = False,
+    ) -> None:
+        """Run this stage on one resource (the container entrypoint)."""
+        from llmfab.workload import run_stage
+
+        sys.exit(run_stage(stage, spec, force=force))
+
+    return sub
+
+
+for _stage, _summary in (
+    ("data", "Dataset workload: collect, clean, dedup, filter, tokenize, split."),
+    ("train", "TrainingRun workload (re-launches itself under torchrun for several processes)."),
+    ("reward", "RewardModel workload: train on preference pairs."),
+    ("eval", "Evaluation: perplexity, BLEU/ROUGE, bias probes, report.html."),
+    ("quantize", "4-bit weight-only quantization (compressed-tensors)."),
+    ("serve", "Serve with vLLM's OpenAI server."),
+):
+    app.add_typer(_stage_app(_stage, _summary), name=_stage)
+
+
+if __name__ == "__main__":
+    app()

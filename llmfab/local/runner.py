@@ -1,0 +1,362 @@
+"""``llmfab up``: run each resource's workload as a local process, in dependency order.
+
+The runner executes exactly what a pod would (``python -m llmfab <stage> run --spec FILE``), so the
+local path cannot drift from the cluster path. It writes each resource's spec file and log beside
+its artifacts, shows progress from the status files the workloads write, stops children cleanly on
+Ctrl-C, and exits non-zero if anything failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from llmfab.api import KINDS, ValidationFailed, load_resources
+from llmfab.api.common import Phase, Resource
+from llmfab.api.inference_service import InferenceService
+from llmfab.api.loading import dump_resource
+from llmfab.api.training_run import TrainingRun
+from llmfab.local.ordering import OrderingError, dependents, order_resources
+from llmfab.status import FileStatusReporter, log_path, status_path
+from llmfab.store import artifact_dir, artifact_root, read_manifest, write_json_atomic
+from llmfab.workload import STAGES
+
+STOP_GRACE_SECONDS = 20.0
+SERVE_READY_TIMEOUT = float(os.environ.get("LLMFAB_SERVE_READY_TIMEOUT", "600"))
+
+
+def stages_for(res: Resource) -> list[str]:
+    """The workload stages that make up one resource, in order."""
+    if isinstance(res, TrainingRun):
+        return ["train", *(["eval"] if res.spec.eval.enabled else [])]
+    if isinstance(res, InferenceService):
+        quantize = ["quantize"] if res.spec.quantization.method != "none" else []
+        return [*quantize, *(["eval"] if res.spec.eval.enabled else []), "serve"]
+    return [res.STAGE]
+
+
+def stage_available(stage: str) -> bool:
+    """Whether this installation has the stage's module (an image may ship only some stages)."""
+    return importlib.util.find_spec(STAGES[stage][0]) is not None
+
+
+def spec_file_path(res: Resource, root: Path) -> Path:
+    return root / res.ARTIFACT_DIR / f"{res.name}.spec.yaml"
+
+
+def write_spec_file(res: Resource, root: Path) -> Path:
+    """The one-resource YAML the workload reads (what the operator puts in a ConfigMap)."""
+    path = spec_file_path(res, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(dump_resource(res), sort_keys=False, allow_unicode=True))
+    tmp.replace(path)
+    return path
+
+
+def stage_command(stage: str, spec_file: Path, force: bool) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "llmfab",
+        stage,
+        "run",
+        "--spec",
+        str(spec_file),
+        *(["--force"] if force else []),
+    ]
+
+
+@dataclass
+class Outcome:
+    succeeded: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    servers: list[tuple[Resource, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+
+def _progress_text(status: dict[str, object]) -> str:
+    keys = [
+        ("step", "step"),
+        ("totalSteps", "of"),
+        ("loss", "loss"),
+        ("tokensPerSecond", "tok/s"),
+        ("documents", "docs"),
+        ("tokens", "tokens"),
+        ("accuracy", "acc"),
+        ("url", "url"),
+    ]
+    parts = []
+    for key, label in keys:
+        value = status.get(key)
+        if value is None:
+            continue
+        parts.append(f"{label} {value:.4g}" if isinstance(value, float) else f"{label} {value}")
+    return "  ".join(parts)
+
+
+def _status_table(rows: list[tuple[str, str, dict[str, object]]]) -> Table:
+    table = Table(show_header=True, header_style="bold", expand=False)
+    for col in ("RESOURCE", "STAGE", "PHASE", "PROGRESS", "MESSAGE"):
+        table.add_column(col, overflow="fold")
+    for key, stage, status in rows:
+        table.add_row(
+            key,
+            stage,
+            str(status.get("phase", "Pending")),
+            _progress_text(status),
+            str(status.get("message", ""))[:80],
+        )
+    return table
+
+
+def _read_status(res: Resource, root: Path) -> dict[str, object]:
+    try:
+        data: dict[str, object] = json.loads(status_path(res.ARTIFACT_DIR, res.name, root).read_text())
+        return data
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT the child's process group (torchrun forwards it), then escalate."""
+    for sig, wait in ((signal.SIGINT, STOP_GRACE_SECONDS), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=wait)
+
+
+def _log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+def _start(res: Resource, stage: str, spec_file: Path, force: bool, root: Path) -> subprocess.Popen[bytes]:
+    log = log_path(res.ARTIFACT_DIR, res.name, root)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as f:
+        f.write(f"\n===== {time.strftime('%Y-%m-%dT%H:%M:%S')} llmfab {stage} run =====\n".encode())
+        env = {**os.environ, "LLMFAB_HOME": str(root), "PYTHONUNBUFFERED": "1"}
+        return subprocess.Popen(
+            stage_command(stage, spec_file, force),
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def _wait_serving(res: Resource, proc: subprocess.Popen[bytes], root: Path, live: Live) -> bool:
+    """Wait until the server reports a ready replica (or dies)."""
+    deadline = time.monotonic() + SERVE_READY_TIMEOUT
+    while time.monotonic() < deadline:
+        status = _read_status(res, root)
+        live.update(_status_table([(res.key, "serve", status)]))
+        if proc.poll() is not None:
+            return False
+        ready = status.get("readyReplicas")
+        if isinstance(ready, int) and ready >= 1:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def _run_stage(
+    res: Resource, stage: str, spec_file: Path, force: bool, root: Path, console: Console, outcome: Outcome
+) -> bool:
+    label = f"{res.key} [{stage}]"
+    proc = _start(res, stage, spec_file, force, root)
+    started = time.monotonic()
+    try:
+        with Live(
+            _status_table([(res.key, stage, {})]), console=console, refresh_per_second=4, transient=True
+        ) as live:
+            if stage == "serve":
+                if _wait_serving(res, proc, root, live):
+                    outcome.servers.append((res, proc))
+                    url = _read_status(res, root).get("url", "")
+                    console.print(f"[green]serving[/green] {res.key} at {url}")
+                    console.print(
+                        f"  curl {url}/completions -H 'Content-Type: application/json' "
+                        f'-d \'{{"model": "{res.name}", "prompt": "Once upon a time", '
+                        '"max_tokens": 32}\'',
+                        highlight=False,
+                        soft_wrap=True,
+                    )
+                    outcome.succeeded.append(label)
+                    return True
+                _stop(proc)
+            else:
+                while proc.poll() is None:
+                    live.update(_status_table([(res.key, stage, _read_status(res, root))]))
+                    time.sleep(0.5)
+    except KeyboardInterrupt:
+        _stop(proc)
+        raise
+    seconds = time.monotonic() - started
+    if proc.returncode == 0:
+        console.print(
+            f"[green]✓[/green] {label} in {seconds:.1f}s  {_progress_text(_read_status(res, root))}",
+            highlight=False,
+        )
+        outcome.succeeded.append(label)
+        return True
+    log = log_path(res.ARTIFACT_DIR, res.name, root)
+    console.print(
+        f"[red]✗[/red] {label} failed (exit {proc.returncode}) after {seconds:.1f}s; log: {log}",
+        highlight=False,
+    )
+    console.print(_log_tail(log), highlight=False, markup=False)
+    outcome.failed.append(label)
+    return False
+
+
+def _selected(res: Resource, only: list[str]) -> bool:
+    return not only or res.name in only or f"{res.KIND}/{res.name}" in only
+
+
+def run_up(
+    files: list[Path], only: list[str], force: bool, dry_run: bool, detach: bool, console: Console
+) -> int:
+    """Validate, order and run; return the exit code (0 only if everything asked for succeeded)."""
+    root = artifact_root()
+    try:
+        resources = load_resources(files)
+        ordered = order_resources(
+            resources,
+            lambda kind, name: read_manifest(artifact_dir(KINDS[kind].ARTIFACT_DIR, name, root)) is not None,
+        )
+    except ValidationFailed as e:
+        for line in e.errors:
+            console.print(f"[red]error[/red]: {line}", highlight=False, soft_wrap=True)
+        return 2
+    except OrderingError as e:
+        console.print(f"[red]error[/red]: {e}", highlight=False, soft_wrap=True)
+        return 2
+    plan = [(res, stages_for(res)) for res in ordered if _selected(res, only)]
+    unknown = [n for n in only if not any(_selected(r, [n]) for r in ordered)]
+    if unknown:
+        console.print(f"[red]error[/red]: --only {', '.join(unknown)}: no such resource in these files")
+        return 2
+    console.print(f"artifact store: {root}")
+    for res, stages in plan:
+        console.print(f"  {res.key}: {' → '.join(stages)}", highlight=False)
+    if dry_run:
+        return 0
+
+    outcome = Outcome()
+    failed_keys: set[tuple[str, str]] = set()
+    try:
+        for res, stages in plan:
+            reporter = FileStatusReporter(res, root)
+            blocked = dependents(ordered, failed_keys)
+            if (res.KIND, res.name) in blocked:
+                reporter.phase(Phase.WAITING, "WaitingForDependency", "a resource it references failed")
+                console.print(f"[yellow]-[/yellow] {res.key} not run: a resource it references failed")
+                outcome.skipped.append(res.key)
+                continue
+            spec_file = write_spec_file(res, root)
+            reporter.phase(Phase.PENDING, "Queued", "queued by llmfab up")
+            for stage in stages:
+                if not stage_available(stage):
+                    console.print(
+                        f"[yellow]skipped[/yellow] {res.key} [{stage}]: this llmfab has no "
+                        f"'{stage}' stage yet ({STAGES[stage][0]} is missing); nothing was run",
+                        highlight=False,
+                    )
+                    outcome.skipped.append(f"{res.key} [{stage}]")
+                    if stage == res.STAGE:
+                        reporter.phase(Phase.PENDING, "StageNotAvailable", f"stage '{stage}' not available")
+                        failed_keys.add((res.KIND, res.name))
+                        break
+                    continue
+                if not _run_stage(res, stage, spec_file, force, root, console, outcome):
+                    failed_keys.add((res.KIND, res.name))
+                    break
+        _summary(outcome, console)
+        if outcome.servers and not outcome.failed:
+            if detach:
+                _record_detached(outcome.servers, root)
+                console.print("servers keep running; stop them with `llmfab down`")
+            else:
+                console.print("serving; press Ctrl-C to stop")
+                while all(p.poll() is None for _, p in outcome.servers):
+                    time.sleep(1)
+                console.print("[red]a server exited[/red]")
+                return 1
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted; stopping[/yellow]")
+        for _, proc in outcome.servers:
+            _stop(proc)
+        return 130
+    finally:
+        if not detach:
+            for _, proc in outcome.servers:
+                _stop(proc)
+    return 1 if outcome.failed else 0
+
+
+def _summary(outcome: Outcome, console: Console) -> None:
+    console.print(
+        f"done: {len(outcome.succeeded)} succeeded, {len(outcome.failed)} failed, {len(outcome.skipped)} skipped",
+        highlight=False,
+    )
+    for item in outcome.skipped:
+        console.print(f"  skipped: {item}", highlight=False)
+
+
+def _pid_file(root: Path) -> Path:
+    return root / "services" / "detached.json"
+
+
+def _record_detached(servers: list[tuple[Resource, subprocess.Popen[bytes]]], root: Path) -> None:
+    pids = {}
+    with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+        pids = json.loads(_pid_file(root).read_text())
+    pids.update({res.name: proc.pid for res, proc in servers})
+    write_json_atomic(_pid_file(root), pids)
+
+
+def run_down(name: str | None, console: Console) -> int:
+    """Stop detached servers (all, or the one named); return the exit code."""
+    root = artifact_root()
+    try:
+        pids: dict[str, int] = json.loads(_pid_file(root).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        console.print("no detached servers")
+        return 0
+    targets = [n for n in pids if name is None or n == name]
+    if name is not None and not targets:
+        console.print(f"[red]error[/red]: no detached server named {name}")
+        return 1
+    for target in targets:
+        pid = pids.pop(target)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGINT)
+            deadline = time.monotonic() + STOP_GRACE_SECONDS
+            while time.monotonic() < deadline:
+                os.killpg(pid, 0)
+                time.sleep(0.2)
+            os.killpg(pid, signal.SIGKILL)
+        console.print(f"stopped {target}")
+    write_json_atomic(_pid_file(root), pids)
+    return 0

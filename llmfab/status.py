@@ -1,0 +1,192 @@
+"""StatusReporter: how a workload tells the world what it is doing, wherever it runs.
+
+One interface, two backends (ARCHITECTURE.md §1): locally a status file beside the artifacts
+(what ``llmfab get``/``describe`` read); in a pod a merge patch of the resource's ``/status``
+subresource, with a ServiceAccount allowed only that. Workloads never know which one they have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from llmfab.api.common import Condition, ConditionStatus, Phase, Resource, utc_now
+from llmfab.store import artifact_root, write_json_atomic
+
+
+def status_path(kind_dir: str, name: str, root: Path | None = None) -> Path:
+    return (root or artifact_root()) / kind_dir / f"{name}.status.json"
+
+
+def events_path(kind_dir: str, name: str, root: Path | None = None) -> Path:
+    return (root or artifact_root()) / kind_dir / f"{name}.events.jsonl"
+
+
+def log_path(kind_dir: str, name: str, root: Path | None = None) -> Path:
+    return (root or artifact_root()) / kind_dir / f"{name}.log"
+
+
+def _conditions_for(phase: Phase, reason: str, message: str, generation: int | None) -> list[dict[str, Any]]:
+    """Ready/Progressing/Failed conditions that follow from a phase (Kubernetes conventions)."""
+    ready = phase == Phase.SUCCEEDED
+    progressing = phase in (Phase.PENDING, Phase.RUNNING)
+    failed = phase == Phase.FAILED
+    now = utc_now()
+
+    def cond(ctype: str, on: bool) -> dict[str, Any]:
+        c = Condition(
+            type=ctype,
+            status=ConditionStatus.TRUE if on else ConditionStatus.FALSE,
+            reason=reason,
+            message=message,
+            last_transition_time=now,
+            observed_generation=generation,
+        )
+        return c.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    return [cond("Ready", ready), cond("Progressing", progressing), cond("Failed", failed)]
+
+
+class StatusReporter(ABC):
+    """Report phase, progress fields and events of one resource."""
+
+    def __init__(self, resource: Resource) -> None:
+        self.resource = resource
+
+    @abstractmethod
+    def patch(self, fields: dict[str, Any]) -> None:
+        """Merge camelCase ``fields`` into ``.status``."""
+
+    @abstractmethod
+    def event(self, reason: str, message: str, type_: str = "Normal") -> None:
+        """Record a Kubernetes-style event on the resource."""
+
+    def progress(self, **fields: Any) -> None:
+        """Merge progress numbers (camelCase keys, e.g. ``step=10, tokensPerSecond=1e3``)."""
+        self.patch(fields)
+
+    def phase(self, phase: Phase, reason: str, message: str = "", **fields: Any) -> None:
+        """Move to ``phase``; sets conditions, times and an event."""
+        body: dict[str, Any] = {
+            "phase": str(phase),
+            "message": message,
+            "observedGeneration": self.resource.metadata.generation,
+            "conditions": _conditions_for(phase, reason, message, self.resource.metadata.generation),
+            **fields,
+        }
+        if phase == Phase.RUNNING:
+            body["startTime"] = utc_now()
+            body["completionTime"] = None
+        if phase in (Phase.SUCCEEDED, Phase.FAILED):
+            body["completionTime"] = utc_now()
+        self.patch(body)
+        self.event(reason, message or str(phase), "Warning" if phase == Phase.FAILED else "Normal")
+
+
+class FileStatusReporter(StatusReporter):
+    """Status in ``<root>/<kind dir>/<name>.status.json``; events appended to ``.events.jsonl``."""
+
+    def __init__(self, resource: Resource, root: Path | None = None) -> None:
+        super().__init__(resource)
+        self.path = status_path(resource.ARTIFACT_DIR, resource.name, root)
+        self.events = events_path(resource.ARTIFACT_DIR, resource.name, root)
+
+    def read(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.path.read_text())
+            return data
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def patch(self, fields: dict[str, Any]) -> None:
+        status = self.read()
+        for key, value in fields.items():
+            if value is None and key != "completionTime":
+                status.pop(key, None)
+            else:
+                status[key] = value
+        write_json_atomic(self.path, status)
+
+    def event(self, reason: str, message: str, type_: str = "Normal") -> None:
+        self.events.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"time": utc_now(), "type": type_, "reason": reason, "message": message})
+        with self.events.open("a") as f:
+            f.write(line + "\n")
+
+
+class KubernetesStatusReporter(StatusReporter):
+    """Merge-patch ``/status`` of the custom resource and post core/v1 Events, from inside a pod.
+
+    Uses the in-cluster ServiceAccount; the operator grants it ``patch`` on the ``/status``
+    subresource of its own kinds and ``create`` on events, nothing else.
+    """
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource)
+        from kubernetes import client, config
+
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        self._custom = client.CustomObjectsApi()
+        self._core = client.CoreV1Api()
+        self._client = client
+
+    def patch(self, fields: dict[str, Any]) -> None:
+        group, version = self.resource.api_version.split("/")
+        self._custom.patch_namespaced_custom_object_status(
+            group,
+            version,
+            self.resource.metadata.namespace,
+            self.resource.PLURAL,
+            self.resource.name,
+            {"status": fields},
+        )
+
+    def event(self, reason: str, message: str, type_: str = "Normal") -> None:
+        meta = self.resource.metadata
+        now = utc_now()
+        body = self._client.CoreV1Event(
+            metadata=self._client.V1ObjectMeta(generate_name=f"{meta.name}.", namespace=meta.namespace),
+            involved_object=self._client.V1ObjectReference(
+                api_version=self.resource.api_version,
+                kind=self.resource.KIND,
+                name=meta.name,
+                namespace=meta.namespace,
+                uid=meta.uid,
+            ),
+            reason=reason,
+            message=message[:1024],
+            type=type_,
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=self._client.V1EventSource(component=f"llmfab-{self.resource.STAGE}"),
+        )
+        self._core.create_namespaced_event(meta.namespace, body)
+
+
+class NullStatusReporter(StatusReporter):
+    """For torchrun ranks other than 0: one writer per resource, so ranks never race."""
+
+    def patch(self, fields: dict[str, Any]) -> None:
+        return None
+
+    def event(self, reason: str, message: str, type_: str = "Normal") -> None:
+        return None
+
+
+def reporter_for(resource: Resource) -> StatusReporter:
+    """``LLMFAB_STATUS=kubernetes`` (set by the operator in pods) or the file backend.
+
+    Under torchrun only global rank 0 reports.
+    """
+    if os.environ.get("RANK", "0") != "0":
+        return NullStatusReporter(resource)
+    if os.environ.get("LLMFAB_STATUS", "file") == "kubernetes":
+        return KubernetesStatusReporter(resource)
+    return FileStatusReporter(resource)

@@ -1,0 +1,141 @@
+"""``llmfab <stage> run --spec FILE``: the one entrypoint of every container image and local process.
+
+This module owns what every stage shares: validating the spec (the same path as ``llmfab
+validate``), the no-op check against the manifest's spec hash, phase transitions through the
+:class:`StatusReporter`, and turning failures into a clear message and an exit code. A stage
+module only implements ``run(ctx)``.
+
+Exit codes: 0 done (or already up to date), 1 failed, 2 invalid spec, 3 a dependency is not ready,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from llmfab.api import KINDS, ValidationFailed, parse_resource
+from llmfab.api.common import Phase, Resource
+from llmfab.status import StatusReporter, reporter_for
+from llmfab.store import artifact_dir, artifact_root, is_complete, read_manifest, resource_dir, spec_hash
+
+SOURCE_DIR_ANNOTATION = "llmfab.dev/source-dir"
+
+# stage -> (module implementing `run(ctx)`, kinds it accepts)
+STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "data": ("llmfab.data.workload", ("Dataset",)),
+    "train": ("llmfab.training.workload", ("TrainingRun",)),
+    "reward": ("llmfab.training.reward_workload", ("RewardModel",)),
+    "eval": ("llmfab.eval.workload", ("TrainingRun", "InferenceService")),
+    "quantize": ("llmfab.serving.quantize_workload", ("InferenceService",)),
+    "serve": ("llmfab.serving.workload", ("InferenceService",)),
+}
+
+
+class WorkloadError(Exception):
+    """A failure the user can fix; the message names the field and the fix."""
+
+    reason = "Failed"
+
+
+class DependencyNotReady(WorkloadError):
+    """A referenced resource has no complete artifact yet."""
+
+    reason = "WaitingForDependency"
+
+
+@dataclass
+class WorkloadContext:
+    resource: Resource
+    reporter: StatusReporter
+    root: Path
+    out_dir: Path
+    spec_hash: str
+    force: bool = False
+
+    @property
+    def spec_dir(self) -> Path:
+        """Directory that relative paths in the spec are resolved against."""
+        return Path(self.resource.metadata.annotations.get(SOURCE_DIR_ANNOTATION, "."))
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.spec_dir / p).resolve()
+
+    def dependency(self, kind: str, name: str) -> Path:
+        """Artifact directory of a referenced resource; raise DependencyNotReady if incomplete."""
+        cls = KINDS[kind]
+        directory = artifact_dir(cls.ARTIFACT_DIR, name, self.root)
+        if read_manifest(directory) is None:
+            raise DependencyNotReady(
+                f"{self.resource.key}: waiting for {kind}/{name}: it has no complete artifact in "
+                f"{directory}; apply it (or run `llmfab up` on a file that contains it)"
+            )
+        return directory
+
+
+def load_spec_file(path: Path) -> Resource:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    if len(docs) != 1:
+        raise ValidationFailed([f"{path}: --spec takes a file with exactly one resource, found {len(docs)}"])
+    res = parse_resource(docs[0], str(path))
+    res.metadata.annotations.setdefault(SOURCE_DIR_ANNOTATION, str(path.parent.resolve()))
+    return res
+
+
+def _stage_function(stage: str) -> tuple[Callable[[WorkloadContext], None], bool]:
+    module = importlib.import_module(STAGES[stage][0])
+    return module.run, getattr(module, "SKIP_IF_COMPLETE", True)
+
+
+def run_stage(stage: str, spec_file: Path, force: bool = False) -> int:
+    """Run one stage on one resource; return the process exit code."""
+    try:
+        resource = load_spec_file(spec_file)
+    except (ValidationFailed, OSError, yaml.YAMLError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    accepted = STAGES[stage][1]
+    if resource.KIND not in accepted:
+        print(
+            f"error: `llmfab {stage} run` takes {' or '.join(accepted)}, not {resource.KIND}", file=sys.stderr
+        )
+        return 2
+    reporter = reporter_for(resource)
+    root = artifact_root()
+    out_dir = resource_dir(resource, root)
+    wanted = spec_hash(resource)
+    fn, skip_if_complete = _stage_function(stage)
+    if skip_if_complete and not force and stage == resource.STAGE and is_complete(out_dir, wanted):
+        print(f"{resource.key}: up to date ({out_dir}); nothing to do (use --force to rebuild)")
+        reporter.phase(Phase.SUCCEEDED, "UpToDate", "artifacts match the spec", artifactPath=str(out_dir))
+        return 0
+    ctx = WorkloadContext(resource, reporter, root, out_dir, wanted, force)
+    reporter.phase(Phase.RUNNING, "Started", f"{stage} started")
+    try:
+        fn(ctx)
+    except DependencyNotReady as e:
+        reporter.phase(Phase.WAITING, e.reason, str(e))
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except WorkloadError as e:
+        reporter.phase(Phase.FAILED, e.reason, str(e))
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        reporter.phase(Phase.FAILED, "Interrupted", "stopped by the user")
+        return 130
+    except Exception as e:
+        tail = traceback.format_exc(limit=8)
+        reporter.phase(Phase.FAILED, "Error", f"{type(e).__name__}: {e}")
+        print(tail, file=sys.stderr)
+        return 1
+    if stage == resource.STAGE:
+        reporter.phase(Phase.SUCCEEDED, "Completed", f"{stage} finished", artifactPath=str(out_dir))
+    return 0

@@ -1,0 +1,197 @@
+"""Generated CRDs: committed = generated, structural, valid for Kubernetes, CEL rules agree with pydantic."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import cel
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from llmfab.api import KINDS, ValidationFailed, load_resources, parse_resource
+from llmfab.api.crds import build_crd, crd_filename, openapi_schema, render_crd
+from llmfab.api.loading import dump_resource
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_DIR = REPO / "charts" / "llmfab" / "crds"
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_committed_crd_equals_fresh_generation(kind: str) -> None:
+    cls = KINDS[kind]
+    committed = CRD_DIR / crd_filename(cls)
+    assert committed.exists(), f"run `llmfab crds --out {CRD_DIR}`"
+    assert committed.read_text() == render_crd(cls), f"stale CRD: run `llmfab crds --out {CRD_DIR}`"
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_crd_passes_kubernetes_schema_validation(kind: str) -> None:
+    crd = build_crd(KINDS[kind])
+    kubernetes_validate.validate(crd, "1.33", strict=True)
+
+
+def _walk(node: dict[str, Any], path: str = ""):
+    yield path, node
+    for name, child in (node.get("properties") or {}).items():
+        yield from _walk(child, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _walk(node["additionalProperties"], f"{path}{{}}")
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_schema_is_structural(kind: str) -> None:
+    schema = openapi_schema(KINDS[kind])
+    for path, node in _walk(schema):
+        assert "$ref" not in node and "anyOf" not in node and "allOf" not in node, path
+        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), f"{path} has no type"
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_spec_field_has_a_description(kind: str) -> None:
+    spec = openapi_schema(KINDS[kind])["properties"]["spec"]
+    missing = [
+        p
+        for p, node in _walk(spec, "spec")
+        if p != "spec" and not node.get("description") and not p.endswith(("[]", "{}"))
+    ]
+    assert not missing, f"fields without description: {missing}"
+
+
+def test_short_names_do_not_clash_with_common_crds() -> None:
+    taken = {"isvc", "ds", "po", "svc", "deploy", "rm", "tr", "tj", "pytorchjob", "rc", "sts", "rj", "rs"}
+    for cls in KINDS.values():
+        assert not set(cls.SHORT_NAMES) & taken, cls.KIND
+
+
+# --- CEL: each rule, evaluated by a real CEL implementation, agrees with the pydantic check -------
+
+
+def _apply_defaults(schema: dict[str, Any], obj: Any) -> Any:
+    """Kubernetes structural defaulting (what the API server does before CEL runs)."""
+    if isinstance(obj, dict) and schema.get("properties"):
+        for name, child in schema["properties"].items():
+            if name not in obj and "default" in child:
+                obj[name] = copy.deepcopy(child["default"])
+            if name in obj:
+                obj[name] = _apply_defaults(child, obj[name])
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        return [_apply_defaults(schema["items"], x) for x in obj]
+    if schema.get("type") == "number" and isinstance(obj, int) and not isinstance(obj, bool):
+        return float(obj)  # CEL sees OpenAPI numbers as doubles
+    return obj
+
+
+def _cel_results(schema: dict[str, Any], obj: Any) -> list[tuple[str, bool]]:
+    """Evaluate every x-kubernetes-validations rule at its place in the object."""
+    results = []
+    if isinstance(obj, dict):
+        for rule in schema.get("x-kubernetes-validations", []):
+            results.append((rule["rule"], bool(cel.evaluate(rule["rule"], {"self": obj}))))
+        for name, child in (schema.get("properties") or {}).items():
+            if name in obj and obj[name] is not None:
+                results.extend(_cel_results(child, obj[name]))
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        for item in obj:
+            results.extend(_cel_results(schema["items"], item))
+    return results
+
+
+BASE = {
+    "Dataset": {"sources": [{"path": "a.txt"}]},
+    "TrainingRun": {"dataset": {"name": "books"}},
+    "RewardModel": {"base": {"trainingRun": "tiny"}, "preferences": {"path": "p.jsonl"}},
+    "InferenceService": {"model": {"trainingRun": "tiny"}},
+}
+
+CASES = [  # (kind, spec patch that is valid, spec patch that breaks exactly one CEL rule)
+    (
+        "Dataset",
+        {"split": {"train": 0.9, "val": 0.05, "test": 0.05}},
+        {"split": {"train": 0.9, "val": 0.1, "test": 0.1}},
+    ),
+    ("Dataset", {"sources": [{"path": "a"}]}, {"sources": [{"path": "a", "huggingface": {"path": "x"}}]}),
+    ("Dataset", {"dedup": {"near": {"bands": 16, "rows": 8}}}, {"dedup": {"near": {"bands": 20, "rows": 8}}}),
+    ("Dataset", {"dedup": {"near": {"bands": 16, "rows": 8}}}, {"dedup": {"near": {"bands": 16}}}),
+    (
+        "Dataset",
+        {"filters": {"perplexity": {"lowPercentile": 5, "highPercentile": 95}}},
+        {"filters": {"perplexity": {"lowPercentile": 50, "highPercentile": 40}}},
+    ),
+    (
+        "Dataset",
+        {"tokenizer": {"path": "a.model"}},
+        {"tokenizer": {"path": "a.model", "fromDataset": {"name": "other"}}},
+    ),
+    ("TrainingRun", {"model": {"hidden": 512, "heads": 8}}, {"model": {"hidden": 500, "heads": 8}}),
+    ("TrainingRun", {"model": {"heads": 8, "kvHeads": 2}}, {"model": {"heads": 8, "kvHeads": 3}}),
+    ("TrainingRun", {"model": {"hidden": 128, "heads": 32}}, {"model": {"hidden": 96, "heads": 32}}),
+    (
+        "TrainingRun",
+        {"model": {"layers": 6, "sharing": {"groups": 3}}},
+        {"model": {"layers": 2, "sharing": {"groups": 3}}},
+    ),
+    ("TrainingRun", {"objective": "distill", "distill": {"teacher": "t"}}, {"objective": "distill"}),
+    ("TrainingRun", {"objective": "sft", "initFrom": {"trainingRun": "t"}}, {"objective": "sft"}),
+    (
+        "RewardModel",
+        {"preferences": {"inferenceService": "chat"}},
+        {"preferences": {"path": "p.jsonl", "inferenceService": "chat"}},
+    ),
+    ("InferenceService", {"model": {"path": "/m"}}, {"model": {"path": "/m", "trainingRun": "tiny"}}),
+]
+
+
+def _doc(kind: str, patch: dict[str, Any]) -> dict[str, Any]:
+    spec = copy.deepcopy(BASE[kind])
+    spec.update(copy.deepcopy(patch))
+    spec = {k: v for k, v in spec.items() if v is not None}
+    return {"apiVersion": "llmfab.dev/v1alpha1", "kind": kind, "metadata": {"name": "x"}, "spec": spec}
+
+
+@pytest.mark.parametrize(("kind", "good", "bad"), CASES)
+def test_cel_rule_agrees_with_pydantic(kind: str, good: dict, bad: dict) -> None:
+    schema = openapi_schema(KINDS[kind])
+    for patch, valid in ((good, True), (bad, False)):
+        doc = _doc(kind, patch)
+        defaulted = _apply_defaults(schema, copy.deepcopy(doc))
+        jsonschema.Draft4Validator(schema).validate(defaulted)  # types, enums, bounds are fine in both cases
+        cel_ok = all(ok for _, ok in _cel_results(schema, defaulted))
+        try:
+            parse_resource(doc)
+            pydantic_ok = True
+        except ValidationFailed:
+            pydantic_ok = False
+        assert cel_ok == pydantic_ok == valid, (patch, _cel_results(schema, defaulted))
+
+
+def test_cel_name_rule_rejects_bad_names() -> None:
+    schema = openapi_schema(KINDS["Dataset"])
+    assert all(ok for _, ok in _cel_results(schema, {"metadata": {"name": "books-1"}}))
+    assert not all(ok for _, ok in _cel_results(schema, {"metadata": {"name": "Books_1"}}))
+
+
+def test_examples_validate_with_pydantic_and_against_the_crd_schema() -> None:
+    resources = load_resources([REPO / "examples"])
+    assert {r.KIND for r in resources} >= {"Dataset", "TrainingRun", "RewardModel", "InferenceService"}
+    for res in resources:
+        schema = openapi_schema(type(res))
+        doc = yaml.safe_load(yaml.safe_dump(dump_resource(res)))
+        defaulted = _apply_defaults(schema, doc)
+        jsonschema.Draft4Validator(schema).validate(defaulted)
+        assert all(ok for _, ok in _cel_results(schema, defaulted)), res.key
+
+
+def test_crd_defaults_match_pydantic_defaults() -> None:
+    """What the API server stores for a minimal resource equals what pydantic fills in."""
+    for kind in BASE:
+        schema = openapi_schema(KINDS[kind])
+        doc = _doc(kind, {})
+        server_side = _apply_defaults(schema, copy.deepcopy(doc))["spec"]
+        client_side = dump_resource(parse_resource(doc))["spec"]
+        assert server_side == client_side, kind
