@@ -47,7 +47,7 @@ def explain_text(target: str) -> str:
                 f" (default {child['default']})" if "default" in child and child["default"] != {} else ""
             )
             enum = f" one of {child['enum']}" if "enum" in child else ""
-            lines.append(f"  {name}\t<{_type_of(child)}>{flags}{enum}{default}")
+            lines.append(f"  {name:<28}<{_type_of(child)}>{flags}{enum}{default}")
             if child.get("description"):
                 lines.append(f"    {child['description']}")
     return "\n".join(lines)
