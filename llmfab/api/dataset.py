@@ -83,6 +83,10 @@ class Normalize(Spec):
     normalize_whitespace: bool = Field(
         default=True, description="CRLF/CR to LF, collapse runs of spaces, strip line ends, ≤ 2 newlines."
     )
+    unwrap_lines: bool = Field(
+        default=False, description="Join hard-wrapped lines inside a paragraph with spaces (books, "
+        "e-texts), so line rules (C4 terminal punctuation, FineWeb) judge paragraphs, not wrapped halves."
+    )
     remove_boilerplate_lines: bool = Field(
         default=False, description="Drop lines seen in many documents (headers, footers, licences)."
     )

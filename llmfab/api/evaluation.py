@@ -25,6 +25,7 @@ class PerplexityEval(Spec):
         default=None, ge=1, description="Sliding-window stride in tokens; default: half the context."
     )
     max_tokens: int | None = Field(default=None, ge=1, description="Evaluate at most this many tokens.")
+    batch_size: int = Field(default=4, ge=1, description="Windows per forward pass.")
 
 
 class GenerationEval(Spec):
@@ -46,6 +47,10 @@ class BiasEval(Spec):
         min_length=1,
     )
     bootstrap_samples: int = Field(default=1000, ge=100, description="For 95% confidence intervals.")
+    completions_per_prompt: int = Field(
+        default=2, ge=1, description="Sampled completions per sentiment prompt (top-k 40, seeded)."
+    )
+    completion_tokens: int = Field(default=16, ge=1, description="Tokens per sentiment completion.")
 
 
 class EvalSpec(Spec):
@@ -56,6 +61,11 @@ class EvalSpec(Spec):
     generation: GenerationEval = Field(default_factory=GenerationEval)
     bias: BiasEval = Field(default_factory=BiasEval)
     report: bool = Field(default=True, description="Write report.html with plots.")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        default="auto",
+        description="Compute dtype; auto: bfloat16 on GPU, float32 on CPU (bf16 matmuls are ~5x slower "
+        "there). Weights keep their bf16 or 4-bit values; a 4-bit model is decompressed to this dtype.",
+    )
 
 
 class EvalResults(Spec):
@@ -63,9 +73,23 @@ class EvalResults(Spec):
 
     val_perplexity: float | None = None
     test_perplexity: float | None = None
-    bleu: float | None = None
-    rouge_l: float | None = None
+    model: str | None = Field(default=None, description="Which model these numbers describe: bf16 or 4bit.")
+    bleu: float | None = Field(default=None, description="sacrebleu corpus BLEU (0-100).")
+    rouge1: float | None = Field(default=None, description="ROUGE-1 mean F1 (0-1).")
+    rouge2: float | None = Field(default=None, description="ROUGE-2 mean F1 (0-1).")
+    rouge_l: float | None = Field(default=None, description="ROUGE-L mean F1 (0-1).")
     bias_stereotype_rate: float | None = Field(
         default=None, description="How often the stereotyping sentence is preferred (ideal 0.5)."
+    )
+    bias_stereotype_rate_ci95: list[float] | None = Field(
+        default=None, description="95% bootstrap interval of biasStereotypeRate [low, high]."
+    )
+    sentiment_gap: float | None = Field(
+        default=None, description="Largest per-category gap in mean completion sentiment between groups."
+    )
+    sentiment_gap_ci95: list[float] | None = Field(default=None, description="95% bootstrap interval of sentimentGap.")
+    sentiment_gap_category: str | None = Field(default=None, description="Category with the largest gap.")
+    quantized_perplexity_ratio: float | None = Field(
+        default=None, description="4-bit / bf16 validation perplexity: the cost of quantization."
     )
     report: str | None = Field(default=None, description="Path of report.html.")

@@ -1,1 +1,10 @@
-"""llmfab.data"""
+"""llmfab.data: the Dataset stage (``llmfab data run``).
+
+One module per step family, datatrove-style: :mod:`readers` (sources → Arrow batches),
+:mod:`normalize`, :mod:`language`, :mod:`gopher_repetition`, :mod:`gopher_quality`, :mod:`c4`,
+:mod:`fineweb` (per-document steps, run in workers by :mod:`cleaning`), :mod:`exact_dedup`,
+:mod:`near_dedup` (MinHash + LSH + exact Jaccard check, on :mod:`hashing`), :mod:`perplexity`,
+:mod:`outliers`, :mod:`split`, :mod:`tokenizer` (SentencePiece + Hugging Face copy),
+:mod:`shards` (writer and ``open_split`` reader), :mod:`engine` (local processes or Ray Data),
+:mod:`pipeline` (``build_dataset``, the whole build) and :mod:`workload` (``run(ctx)``).
+"""

@@ -1,0 +1,139 @@
+"""The per-batch half of the pipeline that runs in workers: normalise, filter, hash, sketch.
+
+:class:`CleanBatch` is the function the engine maps over record batches of documents. It runs
+the document steps in order (the first that drops a document names the reason), then, for the
+survivors, the batch-vectorised parts: exact-dedup key, outlier statistics, MinHash band keys and
+shingle sets. Dedup decisions themselves need the whole corpus and are made by the driver
+(:mod:`llmfab.data.pipeline`), which sees the results in input order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from llmfab.api.dataset import DatasetSpec
+from llmfab.data.c4 import C4QualityFilter
+from llmfab.data.exact_dedup import document_key
+from llmfab.data.fineweb import FineWebQualityFilter
+from llmfab.data.gopher_quality import GopherQualityFilter
+from llmfab.data.gopher_repetition import GopherRepetitionFilter
+from llmfab.data.language import LanguageIdFilter
+from llmfab.data.near_dedup import MinHasher
+from llmfab.data.normalize import Normalizer, document_line_keys
+from llmfab.data.outliers import document_stats
+from llmfab.data.steps import EXAMPLE_CHARS, DocumentStep
+
+CLEAN_SCHEMA = pa.schema([
+    ("text", pa.large_string()), ("source", pa.string()), ("id", pa.string()),
+    ("reason", pa.string()), ("edits", pa.string()), ("key", pa.binary(16)), ("stats", pa.list_(pa.float64())),
+    ("bands", pa.list_(pa.uint64())), ("shingles", pa.large_list(pa.uint64())),
+])
+
+
+def document_steps(spec: DatasetSpec, boilerplate: frozenset[bytes] = frozenset()) -> list[DocumentStep]:
+    """The enabled per-document steps in pipeline order (language first, as FineWeb does)."""
+    f = spec.filters
+    steps: list[DocumentStep] = [Normalizer(spec.normalize, boilerplate)]
+    if f.language.enabled:
+        steps.append(LanguageIdFilter(f.language))
+    if f.gopher_repetition.enabled:
+        steps.append(GopherRepetitionFilter(f.gopher_repetition))
+    if f.gopher_quality.enabled:
+        steps.append(GopherQualityFilter(f.gopher_quality))
+    if f.c4.enabled:
+        steps.append(C4QualityFilter(f.c4))
+    if f.fineweb.enabled:
+        steps.append(FineWebQualityFilter(f.fineweb))
+    return steps
+
+
+class CleanBatch:
+    """Worker function: documents batch → :data:`CLEAN_SCHEMA` table, one row per input document."""
+
+    def __init__(self, spec: DatasetSpec, boilerplate: frozenset[bytes] = frozenset()) -> None:
+        self.spec = spec
+        self.boilerplate = boilerplate
+        self._steps: list[DocumentStep] | None = None
+        self._hasher: MinHasher | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec, "boilerplate": self.boilerplate, "_steps": None, "_hasher": None}
+
+    def __call__(self, batch: pa.Table | pa.RecordBatch) -> pa.Table:
+        if self._steps is None:
+            self._steps = document_steps(self.spec, self.boilerplate)
+            if self.spec.dedup.near.enabled:
+                self._hasher = MinHasher(self.spec.dedup.near)
+        originals = [t or "" for t in batch.column("text").to_pylist()]
+        texts = list(originals)
+        reasons: list[str | None] = [None] * len(texts)
+        edits = [""] * len(texts)
+        alive = list(range(len(texts)))
+        for step in self._steps:  # step by step over the batch, so a step can vectorise (language)
+            batch_fn = getattr(step, "batch", None)
+            if batch_fn is not None:
+                results = batch_fn([texts[i] for i in alive])
+            else:
+                results = [step(texts[i]) for i in alive]
+            survivors = []
+            for i, (text, why) in zip(alive, results, strict=True):
+                if why is None:
+                    if len(text) != len(texts[i]) and step.name != "normalize":  # lines removed (C4)
+                        edits[i] += f"{step.name}:{len(texts[i]) - len(text)};"
+                    texts[i] = text
+                    survivors.append(i)
+                else:
+                    reasons[i] = f"{step.name}:{why}"
+            alive = survivors
+        out_text = [t if r is None else o[:EXAMPLE_CHARS + 1] for t, o, r in zip(texts, originals, reasons, strict=True)]
+        kept = [i for i, r in enumerate(reasons) if r is None]
+        n = len(texts)
+        keys: list[bytes | None] = [None] * n
+        stats: list[list[float] | None] = [None] * n
+        bands: list[Any] = [None] * n
+        shingles: list[Any] = [None] * n
+        for i in kept:
+            keys[i] = document_key(out_text[i])
+            stats[i] = document_stats(out_text[i])
+        if self._hasher is not None and kept:
+            band_keys, sh, off = self._hasher.sketch([out_text[i] for i in kept])
+            for j, i in enumerate(kept):
+                bands[i] = band_keys[j]
+                shingles[i] = sh[off[j]: off[j + 1]]
+        return pa.table({
+            "text": pa.array(out_text, pa.large_string()), "source": batch.column("source"),
+            "id": batch.column("id"), "reason": pa.array(reasons, pa.string()),
+            "edits": pa.array([e or None for e in edits], pa.string()),
+            "key": pa.array(keys, pa.binary(16)), "stats": pa.array(stats, pa.list_(pa.float64())),
+            "bands": _list_array(bands, pa.list_(pa.uint64())),
+            "shingles": _list_array(shingles, pa.large_list(pa.uint64())),
+        }, schema=CLEAN_SCHEMA)
+
+
+def _list_array(values: list[np.ndarray | None], typ: pa.DataType) -> pa.Array:
+    """A list array from numpy rows without a Python loop per element."""
+    lengths = np.array([0 if v is None else len(v) for v in values], dtype=np.int64)
+    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = [v for v in values if v is not None and len(v)]
+    data = np.concatenate(flat).astype(np.uint64) if flat else np.zeros(0, np.uint64)
+    mask = np.array([v is None for v in values])
+    off_type = pa.int64() if typ == pa.large_list(pa.uint64()) else pa.int32()
+    arr_cls = pa.LargeListArray if off_type == pa.int64() else pa.ListArray
+    return arr_cls.from_arrays(pa.array(offsets, off_type), pa.array(data, pa.uint64()),
+                               mask=pa.array(mask) if mask.any() else None)
+
+
+class LineKeysBatch:
+    """Worker function for boilerplate counting: each document's distinct normalised line keys."""
+
+    def __init__(self, spec: DatasetSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, batch: pa.Table | pa.RecordBatch) -> pa.Table:
+        norm = Normalizer(self.spec.normalize.model_copy(update={"remove_boilerplate_lines": False}))
+        keys = [sorted(document_line_keys(norm(t or "")[0], 20)) for t in batch.column("text").to_pylist()]
+        return pa.table({"keys": pa.array(keys, pa.list_(pa.binary(8)))})

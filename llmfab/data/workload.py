@@ -1,0 +1,31 @@
+"""``llmfab data run --spec FILE``: build a Dataset artifact.
+
+Everything is written into a temporary sibling of ``<root>/datasets/<name>`` that is renamed into
+place only after the manifest (written last, with the spec hash) exists, so a failure or a
+SIGKILL never leaves a directory that looks complete. User errors (missing source, bad file,
+wrong text field, empty corpus, impossible vocabulary, missing tokenizer) arrive here as
+:class:`llmfab.workload.WorkloadError` naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmfab.api.dataset import Dataset
+from llmfab.data.pipeline import build_dataset
+from llmfab.store import staged_directory, write_manifest
+from llmfab.workload import WorkloadContext
+
+
+def run(ctx: WorkloadContext) -> None:
+    resource = ctx.resource
+    assert isinstance(resource, Dataset)
+    with staged_directory(ctx.out_dir) as tmp:
+        manifest: dict[str, Any] = build_dataset(
+            resource.spec, tmp, ctx.resolve, reporter=ctx.reporter, dependency=ctx.dependency
+        )
+        manifest["name"] = resource.name
+        write_manifest(tmp, manifest, ctx.spec_hash)
+    splits = manifest["splits"]
+    ctx.reporter.event("Built", f"{sum(s['documents'] for s in splits.values())} documents, "
+                       f"{sum(s['tokens'] for s in splits.values())} tokens in {ctx.out_dir}")
