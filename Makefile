@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS := data,train,eval,operator,dev
 
-.PHONY: venv quickstart test lint typecheck crds clean
+.PHONY: venv tools quickstart test lint typecheck crds clean
 
 # Main environment: data, training, quantization, evaluation, operator, tests.
 # torch is installed first and pinned: `torch==2.13.0` resolves to the CPU wheel on this machine
@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# System tools the tests drive for real: headless Chromium renders report.html.
+APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -q -o Dpkg::Use-Pty=0
+tools:
+	@command -v chromium >/dev/null || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends chromium; }
+
 quickstart: venv
 	$(VENV)/bin/llmfab up -f examples/quickstart.yaml
 
@@ -31,7 +36,7 @@ lint: venv
 crds: venv
 	$(VENV)/bin/llmfab crds --out charts/llmfab/crds
 
-test: venv lint
+test: venv tools lint
 	$(VENV)/bin/llmfab crds --out charts/llmfab/crds --check
 	$(PY) -m pytest -q -ra --durations=15
 

@@ -117,25 +117,43 @@ def run_stage(stage: str, spec_file: Path, force: bool = False) -> int:
         reporter.phase(Phase.SUCCEEDED, "UpToDate", "artifacts match the spec", artifactPath=str(out_dir))
         return 0
     ctx = WorkloadContext(resource, reporter, root, out_dir, wanted, force)
-    reporter.phase(Phase.RUNNING, "Started", f"{stage} started")
+    primary = stage == resource.STAGE
+    label = stage.capitalize()
+    if primary:
+        reporter.phase(Phase.RUNNING, "Started", f"{stage} started")
+    else:
+        # eval/quantize around a resource's own stage: events, and the phase only where it matters
+        # (an InferenceService that cannot quantize cannot serve; a trained run stays trained).
+        reporter.event(f"{label}Started", f"{stage} started")
+        if resource.KIND == "InferenceService":
+            reporter.phase(Phase.RUNNING, f"{label}Started", f"{stage} started")
     try:
         fn(ctx)
     except DependencyNotReady as e:
         reporter.phase(Phase.WAITING, e.reason, str(e))
         print(f"error: {e}", file=sys.stderr)
         return 3
-    except WorkloadError as e:
-        reporter.phase(Phase.FAILED, e.reason, str(e))
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
-        reporter.phase(Phase.FAILED, "Interrupted", "stopped by the user")
+        _failed(reporter, primary or resource.KIND == "InferenceService", "Interrupted", "stopped by the user", label)
         return 130
-    except Exception as e:
-        tail = traceback.format_exc(limit=8)
-        reporter.phase(Phase.FAILED, "Error", f"{type(e).__name__}: {e}")
-        print(tail, file=sys.stderr)
+    except Exception as e:  # the status must say what broke, whatever it was
+        if isinstance(e, WorkloadError):
+            reason, message = e.reason, str(e)
+        else:
+            reason, message = "Error", f"{type(e).__name__}: {e}"
+            print(traceback.format_exc(limit=8), file=sys.stderr)
+        _failed(reporter, primary or resource.KIND == "InferenceService", reason, message, label)
+        print(f"error: {message}", file=sys.stderr)
         return 1
-    if stage == resource.STAGE:
+    if primary:
         reporter.phase(Phase.SUCCEEDED, "Completed", f"{stage} finished", artifactPath=str(out_dir))
+    else:
+        reporter.event(f"{label}Completed", f"{stage} finished")
     return 0
+
+
+def _failed(reporter: StatusReporter, fails_resource: bool, reason: str, message: str, label: str) -> None:
+    if fails_resource:
+        reporter.phase(Phase.FAILED, reason, message)
+    else:
+        reporter.event(f"{label}Failed", message, "Warning")

@@ -290,7 +290,10 @@ def run_up(
                         break
                     continue
                 if not _run_stage(res, stage, spec_file, force, root, console, outcome):
-                    failed_keys.add((res.KIND, res.name))
+                    # A failed evaluation of a trained run still leaves a usable model for the
+                    # resources that reference it; any other failure blocks them.
+                    if stage == res.STAGE or isinstance(res, InferenceService):
+                        failed_keys.add((res.KIND, res.name))
                     break
         _summary(outcome, console)
         if outcome.servers and not outcome.failed:
