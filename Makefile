@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS := data,train,eval,operator,dev
+EXTRAS := data,ray,train,eval,corpus,operator,dev
 
 .PHONY: venv tools quickstart test lint typecheck crds clean
 

@@ -1,0 +1,1 @@
+"""Tests of the corpus fetch script, its parsers and the benchmark corpus generators."""
