@@ -1,0 +1,160 @@
+"""Dynamic batch sizing: the global batch is fixed in tokens, the micro-batch is whatever fits.
+
+The spec says how many tokens one optimizer step sees (``batch.globalTokens``, optionally ramped
+up from ``batch.ramp.startTokens``). Each process takes ``1/world`` of the sequences and runs them
+as micro-batches of the largest size that fits in memory; gradient accumulation covers the rest. The
+last micro-batch may be smaller, and each micro-batch's mean loss is weighted by its share of the
+local tokens, so the gradient is that of the exact global batch whatever the micro-batch is.
+
+On CUDA the size is probed (forward + backward at full context, halving on out-of-memory); on CPU
+it comes from a memory estimate, since swapping rather than failing is what CPU memory does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from llmfab.api.training_run import BatchSpec
+
+
+class BatchConfigError(ValueError):
+    """The batch fields cannot produce an exact global batch."""
+
+
+class OutOfMemoryAtSmallestBatch(RuntimeError):
+    """Even one sequence per micro-batch does not fit."""
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    """How one optimizer step is cut: ``sizes`` are the micro-batches of this process."""
+
+    global_sequences: int
+    local_sequences: int
+    sizes: tuple[int, ...]
+
+    @property
+    def accumulation(self) -> int:
+        return len(self.sizes)
+
+    def weights(self) -> list[float]:
+        """Loss weight of each micro-batch: its share of this process's sequences."""
+        return [s / self.local_sequences for s in self.sizes]
+
+
+def split_micro_batches(local_sequences: int, micro_batch: int) -> tuple[int, ...]:
+    """``local_sequences`` as full micro-batches plus one remainder (never an empty one)."""
+    full, rest = divmod(local_sequences, micro_batch)
+    return (micro_batch,) * full + ((rest,) if rest else ())
+
+
+class BatchSchedule:
+    """Global batch (in sequences) per step, including the optional linear ramp."""
+
+    def __init__(self, spec: BatchSpec, context: int, world: int) -> None:
+        unit = context * world
+        self.spec, self.context, self.world = spec, context, world
+        if spec.global_tokens % unit:
+            lower = max(unit, spec.global_tokens // unit * unit)
+            raise BatchConfigError(
+                f"spec.batch.globalTokens: {spec.global_tokens} is not a multiple of contextLength × processes "
+                f"= {context} × {world} = {unit}; use {lower} or {lower + unit}"
+            )
+        self.final = spec.global_tokens // context
+        if spec.ramp is not None and spec.ramp.start_tokens > spec.global_tokens:
+            raise BatchConfigError(
+                f"spec.batch.ramp.startTokens: {spec.ramp.start_tokens} exceeds batch.globalTokens "
+                f"({spec.global_tokens}); a ramp grows towards the final batch"
+            )
+
+    def global_sequences(self, step: int) -> int:
+        ramp = self.spec.ramp
+        if ramp is None or step >= ramp.steps:
+            return self.final
+        tokens = ramp.start_tokens + (self.spec.global_tokens - ramp.start_tokens) * step / ramp.steps
+        sequences = int(tokens) // self.context // self.world * self.world
+        return max(self.world, min(self.final, sequences))
+
+    def step_batch(self, step: int, micro_batch: int) -> StepBatch:
+        g = self.global_sequences(step)
+        local = g // self.world
+        return StepBatch(g, local, split_micro_batches(local, micro_batch))
+
+    def tokens_until(self, step: int) -> int:
+        """Tokens trained on in steps ``[0, step)``."""
+        ramp = self.spec.ramp
+        ramp_steps = 0 if ramp is None else min(step, ramp.steps)
+        ramped = sum(self.global_sequences(s) for s in range(ramp_steps))
+        return (ramped + (step - ramp_steps) * self.final) * self.context
+
+    def steps_for_tokens(self, max_tokens: int) -> int:
+        """Optimizer steps needed to train on at least ``max_tokens`` tokens."""
+        step = 0
+        ramp_steps = 0 if self.spec.ramp is None else self.spec.ramp.steps
+        while step < ramp_steps and self.tokens_until(step) < max_tokens:
+            step += 1
+        if self.tokens_until(step) >= max_tokens:
+            return max(1, step)
+        remaining = max_tokens - self.tokens_until(step)
+        per_step = self.final * self.context
+        return step + -(-remaining // per_step)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def fit_micro_batch(try_size: Callable[[int], None], largest: int) -> int:
+    """The largest size ``<= largest``, halving from it, for which ``try_size`` does not run out of
+    memory. Other errors propagate."""
+    size = largest
+    while True:
+        try:
+            try_size(size)
+            return size
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if size == 1:
+                raise OutOfMemoryAtSmallestBatch(
+                    "spec.batch: out of memory with one sequence per micro-batch; enable "
+                    "spec.activationCheckpointing.mode: full, use precision bf16, a smaller model or "
+                    "contextLength, or more processes with parallelism.fsdp"
+                ) from e
+            size = max(1, size // 2)
+
+
+def estimate_micro_batch(
+    parameters: int, layers: int, hidden: int, context: int, checkpointing: bool,
+    largest: int, available_bytes: int | None = None,
+) -> int:
+    """CPU: the largest power-of-two micro-batch whose activations fit in half the free memory.
+
+    Activations per token per layer are ~34·hidden bytes in bf16 (Korthikanti et al., 2022) plus
+    the attention scores; with checkpointing only the block inputs stay (2·hidden bytes). The loss is
+    chunked, so the logits add a constant, not a per-sequence term.
+    """
+    free = available_bytes if available_bytes is not None else _available_memory()
+    fixed = parameters * 16  # fp32 weights, gradients and two Adam moments
+    per_layer = 2 * hidden if checkpointing else 34 * hidden
+    per_sequence = context * layers * per_layer + layers * 2 * context * context * 4
+    budget = free // 2 - fixed
+    size = 1
+    while size * 2 <= largest and (size * 2) * per_sequence <= budget:
+        size *= 2
+    return size
+
+
+def _available_memory() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30

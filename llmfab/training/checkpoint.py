@@ -1,0 +1,160 @@
+"""Resumable checkpoints: ``torch.distributed.checkpoint`` of model + optimizer, plus trainer state.
+
+Layout: ``<run>/checkpoints/step-00000042/`` holds DCP's shard files and ``.metadata`` and
+``trainer.json`` (step, tokens, data sampler, and a fingerprint of the model and optimizer). Each
+is written as ``step-….tmp-save`` and renamed once every rank has finished, so a directory without
+``.tmp-`` in its name is complete; anything else is a leftover of a crash and is removed.
+
+DCP stores each tensor with its global shape and the shards' offsets, so a checkpoint written by N
+processes loads into M (resharding), and one written with FSDP loads without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import async_save, save
+
+from llmfab.api.training_run import CheckpointSpec
+from llmfab.store import TMP_MARKER, write_json_atomic
+from llmfab.training.distributed import DistEnv, broadcast_flag
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+TRAINER_STATE = "trainer.json"
+
+
+class IncompatibleCheckpoint(ValueError):
+    """The checkpoint was written for another model shape or optimizer."""
+
+
+def parameter_fingerprint(model: nn.Module, optimizer_type: str) -> dict[str, Any]:
+    """Names and shapes of the parameters (before any wrapping) and the optimizer kind."""
+    shapes = {name: list(p.shape) for name, p in model.named_parameters()}
+    return {"parameters": shapes, "optimizer": optimizer_type}
+
+
+def describe_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    if saved.get("optimizer") != current["optimizer"]:
+        return (
+            f"spec.optimizer.type is {current['optimizer']!r} but the checkpoint holds "
+            f"{saved.get('optimizer')!r} optimizer state"
+        )
+    old, new = saved.get("parameters", {}), current["parameters"]
+    for name in sorted(set(old) | set(new)):
+        if old.get(name) != new.get(name):
+            return (
+                f"spec.model: parameter {name} has shape {new.get(name)} but the checkpoint has "
+                f"{old.get(name)} (the model shape or the Dataset's vocabulary changed)"
+            )
+    return None
+
+
+class CheckpointManager:
+    def __init__(
+        self, directory: Path, spec: CheckpointSpec, env: DistEnv, fingerprint: dict[str, Any]
+    ) -> None:
+        self.directory, self.spec, self.env, self.fingerprint = directory, spec, env, fingerprint
+        self._last_save_time = time.monotonic()
+        self._pending: tuple[Any, Path, Path, dict[str, Any]] | None = None
+        self._async_group = None
+        if spec.async_save and env.distributed:
+            # Background writes must not share a communicator with the training step's collectives.
+            self._async_group = dist.new_group(backend="gloo")
+        if env.is_main:
+            directory.mkdir(parents=True, exist_ok=True)
+            for entry in directory.iterdir():
+                if TMP_MARKER in entry.name:
+                    shutil.rmtree(entry, ignore_errors=True)
+        self._barrier()
+
+    def _barrier(self) -> None:
+        if self.env.distributed:
+            dist.barrier()
+
+    def complete(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        found = []
+        for entry in self.directory.iterdir():
+            m = STEP_DIR.match(entry.name)
+            if m and (entry / TRAINER_STATE).is_file() and (entry / ".metadata").is_file():
+                found.append((int(m.group(1)), entry))
+        return [p for _, p in sorted(found)]
+
+    def latest(self) -> Path | None:
+        done = self.complete()
+        return done[-1] if done else None
+
+    def due(self, step: int) -> bool:
+        """Whether to save after ``step``; all ranks agree (the time rule is rank 0's clock)."""
+        by_steps = self.spec.every_steps is not None and step % self.spec.every_steps == 0
+        if self.spec.every_minutes is None:
+            return by_steps
+        by_time = time.monotonic() - self._last_save_time >= self.spec.every_minutes * 60
+        return by_steps or broadcast_flag(by_time, self.env)
+
+    def save(self, step: int, model: nn.Module, optimizer: Any, trainer_state: dict[str, Any]) -> Path:
+        """Write ``step-N`` (collective); with ``asyncSave`` the write finishes in the background."""
+        self.wait()
+        final = self.directory / f"step-{step:08d}"
+        tmp = self.directory / f"{final.name}{TMP_MARKER}save"
+        if self.env.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._barrier()
+        model_state, optim_state = get_state_dict(model, optimizer)
+        state = {"model": model_state, "optim": optim_state}
+        body = {**trainer_state, "step": step, "fingerprint": self.fingerprint, "worldSize": self.env.world_size}
+        self._last_save_time = time.monotonic()
+        if self.spec.async_save:
+            future = async_save(state, checkpoint_id=str(tmp), process_group=self._async_group)
+            self._pending = (future, tmp, final, body)
+        else:
+            save(state, checkpoint_id=str(tmp))
+            self._publish(tmp, final, body)
+        return final
+
+    def wait(self) -> None:
+        """Finish a background save, if one is running, and publish it."""
+        if self._pending is not None:
+            future, tmp, final, body = self._pending
+            self._pending = None
+            future.result()
+            self._publish(tmp, final, body)
+
+    def _publish(self, tmp: Path, final: Path, body: dict[str, Any]) -> None:
+        self._barrier()  # every rank's shard is on disk
+        if self.env.is_main:
+            write_json_atomic(tmp / TRAINER_STATE, body)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in self.complete()[: -self.spec.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        self._barrier()
+
+    def load(self, path: Path, model: nn.Module, optimizer: Any) -> dict[str, Any]:
+        """Restore model and optimizer from ``path`` (any world size); return the trainer state."""
+        body: dict[str, Any] = json.loads((path / TRAINER_STATE).read_text())
+        problem = describe_mismatch(body.get("fingerprint", {}), self.fingerprint)
+        if problem:
+            raise IncompatibleCheckpoint(
+                f"{problem}; the checkpoints in {self.directory} belong to another model. Restore the "
+                f"old spec, give the TrainingRun a new name, or delete {self.directory} to start over"
+            )
+        model_state, optim_state = get_state_dict(model, optimizer)
+        state: dict[str, Any] = {"model": model_state, "optim": optim_state}
+        dcp_load(state, checkpoint_id=str(path))
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        self._last_save_time = time.monotonic()
+        return body

@@ -1,0 +1,22 @@
+"""``python -m llmfab.training.launch --spec FILE [--force]``: what each torchrun worker runs when
+``llmfab train run`` re-launches itself under torchrun; the same as ``llmfab train run``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from llmfab.workload import run_stage
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llmfab.training.launch")
+    parser.add_argument("--spec", type=Path, required=True, help="TrainingRun YAML file")
+    parser.add_argument("--force", action="store_true", help="train even if the run is complete")
+    args = parser.parse_args(argv)
+    return run_stage("train", args.spec, force=args.force)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""The pretraining loop, composed from one module per concern (torchtitan's shape).
+
+    build model -> parallelize -> optimizer -> resume from the latest checkpoint
+    for each step: lr; the step's windows; micro-batches (forward, chunked loss, backward);
+                   all-reduce; clip; stop on NaN/inf; optimizer step; log; validate; checkpoint
+
+Every rank runs this; rank 0 alone writes metrics, status and the trainer part of checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmfab.api.training_run import TrainingRunSpec
+from llmfab.status import StatusReporter
+from llmfab.training import distributed as D
+from llmfab.training import losses
+from llmfab.training.batching import (
+    BatchSchedule,
+    StepBatch,
+    estimate_micro_batch,
+    fit_micro_batch,
+    is_out_of_memory,
+)
+from llmfab.training.checkpoint import CheckpointManager, parameter_fingerprint
+from llmfab.training.metrics import MetricsSink, flops_per_token, peak_flops
+from llmfab.training.model import ModelArgs, Transformer
+from llmfab.training.optim import build_optimizer, lr_multiplier
+from llmfab.training.token_data import DatasetInfo, WindowSampler, validation_batches
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss or gradient norm became NaN/inf; the optimizer step was not taken."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    tokens: int
+    loss: float | None
+    val_loss: float | None
+    test_loss: float | None
+    parameters: int
+    last_checkpoint: str | None
+    state_dict: dict[str, torch.Tensor] | None  # full weights on rank 0, for the export
+    args: ModelArgs
+
+
+class LanguageModelLoss(nn.Module):
+    """Model + chunked loss as one module, so FSDP2's root unshards the head weight for the loss."""
+
+    def __init__(self, model: Transformer, label_smoothing: float, chunk_tokens: int) -> None:
+        super().__init__()
+        self.model, self.label_smoothing, self.chunk_tokens = model, label_smoothing, chunk_tokens
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(tokens)
+        return losses.chunked_cross_entropy(
+            hidden, self.model.output.weight, targets,
+            label_smoothing=self.label_smoothing, chunk_tokens=self.chunk_tokens,
+        )
+
+
+def total_steps(spec: TrainingRunSpec, schedule: BatchSchedule) -> int:
+    candidates = [spec.max_steps] if spec.max_steps is not None else []
+    if spec.max_tokens is not None:
+        candidates.append(schedule.steps_for_tokens(spec.max_tokens))
+    return min(candidates)
+
+
+def choose_micro_batch(spec: TrainingRunSpec, module: LanguageModelLoss, env: D.DistEnv,
+                       parameters: int, local_sequences: int) -> int:
+    """Spec value, or the largest that fits (probed on CUDA, estimated on CPU); equal on all ranks."""
+    largest = min(spec.batch.max_micro_batch_size, local_sequences)
+    if spec.batch.micro_batch_size is not None:
+        size = min(spec.batch.micro_batch_size, local_sequences)
+    elif env.device.type == "cuda":
+        T = spec.model.context_length
+
+        def attempt(n: int) -> None:
+            tokens = torch.zeros(n, T, dtype=torch.long, device=env.device)
+            with D.autocast(spec, env):
+                module(tokens, tokens).backward()
+            module.zero_grad(set_to_none=True)
+
+        size = fit_micro_batch(attempt, largest)
+    else:
+        m = spec.model
+        size = estimate_micro_batch(parameters, m.layers, m.hidden, m.context_length,
+                                    spec.activation_checkpointing.mode != "none", largest)
+    return _min_over_ranks(size, env) if env.distributed else size
+
+
+def _min_over_ranks(value: int, env: D.DistEnv) -> int:
+    t = torch.tensor([value], device=env.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    return int(t.item())
+
+
+@torch.no_grad()
+def evaluate(module: LanguageModelLoss, batches: list[torch.Tensor], spec: TrainingRunSpec,
+             env: D.DistEnv) -> float:
+    module.eval()
+    total = 0.0
+    for batch in batches:
+        batch = batch.to(env.device, non_blocking=True)
+        with D.autocast(spec, env):
+            total += float(module(batch[:, :-1], batch[:, 1:]))
+    module.train()
+    return D.all_reduce_mean(total / len(batches), env)
+
+
+def full_state_dict(module: LanguageModelLoss) -> dict[str, torch.Tensor]:
+    """Unsharded fp32 weights of the inner model on CPU (collective under FSDP)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k.removeprefix("model."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+@dataclass
+class Parts:
+    """What ``build`` makes: the model, the module FSDP shards (model + loss), the optimizer."""
+
+    args: ModelArgs
+    model: Transformer
+    module: LanguageModelLoss
+    optimizer: torch.optim.Optimizer
+    parameters: int
+    fingerprint: dict[str, Any]
+
+
+def build(spec: TrainingRunSpec, vocab_size: int, env: D.DistEnv) -> Parts:
+    torch.manual_seed(spec.seed)  # identical initial weights on every rank
+    args = ModelArgs.from_spec(spec.model, vocab_size)
+    model = Transformer(args).to(env.device)
+    parameters = sum(p.numel() for p in model.parameters())
+    fingerprint = parameter_fingerprint(model, spec.optimizer.type)
+    module = LanguageModelLoss(model, spec.label_smoothing, spec.loss_chunk_tokens)
+    D.parallelize(model, spec, env, root=module)
+    optimizer = build_optimizer(module, spec.optimizer, seed=spec.seed)
+    return Parts(args, model, module, optimizer, parameters, fingerprint)
+
+
+def train_step(parts: Parts, batch: torch.Tensor, plan: StepBatch, spec: TrainingRunSpec,
+               env: D.DistEnv) -> tuple[float, float]:
+    """Forward/backward over the micro-batches, reduce, clip: (loss, grad norm). No update yet."""
+    module = parts.module
+    step_loss = torch.zeros((), device=env.device)
+    for i, (chunk, weight) in enumerate(zip(torch.split(batch, list(plan.sizes)), plan.weights(), strict=True)):
+        D.set_gradient_sync(module, i == plan.accumulation - 1, spec, env)
+        with D.autocast(spec, env):
+            micro_loss = module(chunk[:, :-1], chunk[:, 1:])
+        (micro_loss * weight).backward()
+        step_loss += micro_loss.detach() * weight
+    D.average_gradients(module, spec, env)
+    grad_norm = _clip(module, spec.optimizer.grad_clip)
+    return D.all_reduce_mean(float(step_loss), env), grad_norm
+
+
+class Throughput:
+    """Tokens/s since the last report and the ETA from the average since start."""
+
+    def __init__(self, schedule: BatchSchedule, step: int, steps: int) -> None:
+        self.schedule, self.steps = schedule, steps
+        self.started = self.window_start = time.monotonic()
+        self.tokens_at_start = schedule.tokens_until(step)
+        self.window_tokens = 0
+
+    def add(self, tokens: int) -> None:
+        self.window_tokens += tokens
+
+    def report(self, step: int) -> dict[str, float]:
+        now = time.monotonic()
+        tps = self.window_tokens / max(1e-9, now - self.window_start)
+        self.window_start, self.window_tokens = now, 0
+        done = self.schedule.tokens_until(step)
+        rate = max(1, done - self.tokens_at_start) / max(1e-9, now - self.started)
+        return {"tokens_per_second": tps, "tokens": done,
+                "eta_seconds": (self.schedule.tokens_until(self.steps) - done) / rate}
+
+
+def train(spec: TrainingRunSpec, run_dir: Path, data: DatasetInfo, reporter: StatusReporter,
+          env: D.DistEnv, run_name: str) -> TrainResult:
+    T = spec.model.context_length
+    parts = build(spec, data.vocab_size, env)
+    module, optimizer = parts.module, parts.optimizer
+    schedule = BatchSchedule(spec.batch, T, env.world_size)
+    steps = total_steps(spec, schedule)
+    sampler = WindowSampler(data.split("train"), T, spec.seed)
+    checkpoints = CheckpointManager(run_dir / "checkpoints", spec.checkpoint, env, parts.fingerprint)
+    step, last_checkpoint = 0, None
+    if (latest := checkpoints.latest()) is not None:
+        state = checkpoints.load(latest, module, optimizer)
+        step, last_checkpoint = int(state["step"]), str(latest)
+        sampler.load_state_dict(state["sampler"])
+        reporter.event("Resumed", f"resumed from {latest.name} (step {step})")
+    if spec.precision == "bf16" and not D.uses_bf16(spec, env):
+        reporter.event("PrecisionFallback", "spec.precision: bf16 requested, but this CPU has no native bf16 "
+                       "(AVX-512 BF16/AMX) and would emulate it ~50x slower; computing in fp32. Set "
+                       "precision: fp32 to silence this, or LLMFAB_CPU_BF16=force to insist", "Warning")
+    micro = choose_micro_batch(spec, module, env, parts.parameters, schedule.final // env.world_size)
+    val_batches = validation_batches(data.split("val"), T, micro, spec.eval_batches, env.rank, env.world_size)
+    mfu = mfu_function(parts, T, env)
+    sink = MetricsSink(run_dir, spec.monitoring, run_name, env.is_main, spec.model_dump(mode="json", by_alias=True))
+    reporter.progress(totalSteps=steps, parameters=parts.parameters, step=step)
+    meter = Throughput(schedule, step, steps)
+    loss = val_loss = None
+    try:
+        while step < steps:
+            lr = spec.optimizer.lr * lr_multiplier(step, steps, spec.optimizer)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            plan = schedule.step_batch(step, micro)
+            batch = sampler.next_batch(plan.global_sequences, env.rank, env.world_size).to(env.device)
+            torch.manual_seed(spec.seed + 1_000_003 * (step + 1) + env.rank)  # dropout: stateless per step
+            try:
+                loss, grad_norm = train_step(parts, batch, plan, spec, env)
+            except Exception as e:
+                if not (is_out_of_memory(e) and micro > 1 and not env.distributed):
+                    raise
+                # One process can retry alone; under torchrun the other ranks are inside collectives.
+                optimizer.zero_grad(set_to_none=True)
+                sampler.consumed -= plan.global_sequences
+                micro //= 2
+                reporter.event("MicroBatchReduced", f"out of memory at step {step + 1}; micro-batch now {micro}")
+                continue
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                raise NonFiniteLoss(
+                    f"step {step + 1}: loss {loss}, gradient norm {grad_norm}; training stopped before the "
+                    f"update. Last good checkpoint: {last_checkpoint or 'none'}. Lower spec.optimizer.lr, "
+                    "raise spec.optimizer.warmupSteps or set spec.optimizer.gradClip, then run again"
+                )
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            meter.add(plan.global_sequences * T)
+
+            values: dict[str, Any] = {"loss": loss, "lr": lr, "grad_norm": grad_norm}
+            if spec.eval_every_steps and (step % spec.eval_every_steps == 0 or step == steps):
+                val_loss = values["val_loss"] = evaluate(module, val_batches, spec, env)
+            if checkpoints.due(step) or step == steps:
+                trainer_state = {"sampler": sampler.state_dict(), "tokens": schedule.tokens_until(step)}
+                last_checkpoint = str(checkpoints.save(step, module, optimizer, trainer_state))
+            if step % spec.monitoring.log_every_steps == 0 or step == steps or "val_loss" in values:
+                values.update(meter.report(step))
+                values["mfu"] = mfu(values["tokens_per_second"])
+                sink.log(step, values)
+                sink.print_progress(step, steps, values)
+                reporter.progress(step=step, totalSteps=steps, loss=loss, valLoss=val_loss,
+                                  tokensPerSecond=values["tokens_per_second"], tokens=values["tokens"],
+                                  etaSeconds=values["eta_seconds"], mfu=values["mfu"],
+                                  lastCheckpoint=last_checkpoint, parameters=parts.parameters)
+        checkpoints.wait()
+        if val_loss is None:
+            val_loss = evaluate(module, val_batches, spec, env)
+        test_loss = None
+        if "test" in data.manifest.get("splits", {}):
+            test = validation_batches(data.split("test"), T, micro, spec.eval_batches, env.rank, env.world_size)
+            test_loss = evaluate(module, test, spec, env)
+        weights = full_state_dict(module)
+    finally:
+        sink.close()
+    return TrainResult(step, schedule.tokens_until(step), loss, val_loss, test_loss, parts.parameters,
+                       last_checkpoint, weights if env.is_main else None, parts.args)
+
+
+def mfu_function(parts: Parts, context: int, env: D.DistEnv) -> Callable[[float], float | None]:
+    """tokens/s -> model FLOPs utilisation of this job, or None where the peak is unknown (CPU)."""
+    args = parts.args
+    shared_extra = sum(p.numel() for p in parts.model.blocks.parameters()) * (args.layers / len(parts.model.blocks) - 1)
+    flops = flops_per_token(int(parts.parameters + shared_extra), args.layers, args.hidden, context)
+    peak = peak_flops(torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else None)
+    return lambda tps: tps * flops / (peak * env.world_size) if peak else None
+
+
+def _clip(module: nn.Module, max_norm: float | None) -> float:
+    norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm if max_norm else float("inf"))
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm)

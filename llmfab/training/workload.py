@@ -1,0 +1,218 @@
+"""``llmfab train run --spec FILE``: one TrainingRun, on one process or under torchrun.
+
+When the spec asks for more than one process and this process was not started by torchrun (no
+``LOCAL_RANK``), it starts torchrun on itself. Environment variables read for that, so the same
+command works locally and in a cluster pod:
+
+- ``LLMFAB_RDZV_ENDPOINT`` (``host:port``) — the c10d rendezvous; else ``MASTER_ADDR:MASTER_PORT``
+  (port default 29500); else, for one node, ``127.0.0.1`` and a free port.
+- ``LLMFAB_NODE_RANK``, else ``JOB_COMPLETION_INDEX`` (Indexed Job), else ``NODE_RANK``, else 0.
+
+Inside the workers torchrun sets ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``
+(``training/distributed.py``). ``LLMFAB_CPU_BF16=force|off`` overrides the detection of native bf16
+on CPUs (without it, ``precision: bf16`` computes in fp32 there, with a warning event).
+
+The run directory is not staged as a whole: checkpoints must survive a crash so the next attempt
+resumes. Each checkpoint and the ``model/`` export are atomic, and ``manifest.json`` — what marks
+the run complete — is written last, by rank 0, after the export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from llmfab.api.training_run import TrainingRun, TrainingRunSpec
+from llmfab.status import FileStatusReporter
+from llmfab.store import MANIFEST, write_manifest
+from llmfab.workload import DependencyNotReady, WorkloadContext, WorkloadError
+
+LAUNCH_SPEC = ".launch-spec.yaml"
+
+
+def run(ctx: WorkloadContext) -> None:
+    resource = ctx.resource
+    assert isinstance(resource, TrainingRun)
+    spec = resource.spec
+    if spec.objective != "pretrain":
+        raise WorkloadError(
+            f"spec.objective: {spec.objective!r} is not implemented by this trainer yet; use pretrain"
+        )
+    dataset_dir = ctx.dependency("Dataset", spec.dataset.name)
+    data = check_dataset(dataset_dir, spec)
+    world = spec.parallelism.nodes * spec.parallelism.processes_per_node
+    if world > 1 and "LOCAL_RANK" not in os.environ:
+        launch_torchrun(ctx, spec)
+        return
+    train_here(ctx, spec, data, dataset_dir)
+
+
+def check_dataset(dataset_dir: Path, spec: TrainingRunSpec) -> Any:
+    """The Dataset's shards are readable and its vocabulary agrees with its tokenizers."""
+    from llmfab.training.token_data import DataFormatError, DatasetInfo
+
+    name = f"Dataset/{spec.dataset.name}"
+    try:
+        data = DatasetInfo.load(dataset_dir)
+        for split in ("train", "val"):
+            data.split(split)
+    except (DataFormatError, KeyError, OSError) as e:
+        raise WorkloadError(f"spec.dataset.name: {name} is not a usable token Dataset ({e}); rebuild it") from e
+    vocab = data.vocab_size
+    found: dict[str, int] = {}
+    sp_file = dataset_dir / data.manifest.get("tokenizer", "tokenizer.model")
+    if sp_file.is_file():
+        import sentencepiece as spm
+
+        found[sp_file.name] = spm.SentencePieceProcessor(model_file=str(sp_file)).vocab_size()
+    hf_json = dataset_dir / data.manifest.get("hfTokenizer", "tokenizer") / "tokenizer.json"
+    if hf_json.is_file():
+        from tokenizers import Tokenizer
+
+        found["tokenizer/tokenizer.json"] = Tokenizer.from_file(str(hf_json)).get_vocab_size(with_added_tokens=False)
+    if not found:
+        raise WorkloadError(f"spec.dataset.name: {name} has no tokenizer files in {dataset_dir}; rebuild it")
+    for file, size in found.items():
+        if size != vocab:
+            raise WorkloadError(
+                f"spec.dataset.name: {name} manifest says vocabSize {vocab} but its {file} has {size} "
+                "tokens; the shards and tokenizer come from different builds: rebuild the Dataset (--force)"
+            )
+    sample = data.split("train").read(0, min(1 << 20, data.split("train").num_tokens))
+    if sample.size and int(np.max(sample)) >= vocab:
+        raise WorkloadError(
+            f"spec.dataset.name: {name} has token id {int(np.max(sample))} >= vocabSize {vocab}; rebuild the Dataset"
+        )
+    return data
+
+
+def rendezvous(spec: TrainingRunSpec) -> tuple[str, int]:
+    """(endpoint, node rank) from the environment (see the module docstring)."""
+    node_rank = int(os.environ.get("LLMFAB_NODE_RANK", os.environ.get("JOB_COMPLETION_INDEX",
+                                                                      os.environ.get("NODE_RANK", "0"))))
+    endpoint = os.environ.get("LLMFAB_RDZV_ENDPOINT")
+    if endpoint is None and "MASTER_ADDR" in os.environ:
+        endpoint = f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '29500')}"
+    if endpoint is None:
+        if spec.parallelism.nodes > 1:
+            raise WorkloadError(
+                f"spec.parallelism.nodes: {spec.parallelism.nodes} nodes need a rendezvous address; set "
+                "LLMFAB_RDZV_ENDPOINT=host:port (node 0) or MASTER_ADDR/MASTER_PORT in every pod"
+            )
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            endpoint = f"127.0.0.1:{s.getsockname()[1]}"
+    return endpoint, node_rank
+
+
+def torchrun_command(spec: TrainingRunSpec, spec_file: Path, endpoint: str, node_rank: int,
+                     force: bool) -> list[str]:
+    p = spec.parallelism
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nnodes", str(p.nodes), "--nproc-per-node", str(p.processes_per_node),
+        "--node-rank", str(node_rank), "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
+        "--max-restarts", "0",
+        "-m", "llmfab.training.launch", "--spec", str(spec_file), *(["--force"] if force else []),
+    ]
+
+
+def launch_torchrun(ctx: WorkloadContext, spec: TrainingRunSpec) -> None:
+    """Run this same stage under torchrun and wait; a failed worker fails the run (resume on rerun)."""
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    spec_file = ctx.out_dir / LAUNCH_SPEC
+    body = ctx.resource.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
+    spec_file.write_text(yaml.safe_dump(body, sort_keys=False))
+    endpoint, node_rank = rendezvous(spec)
+    cmd = torchrun_command(spec, spec_file, endpoint, node_rank, ctx.force)
+    ctx.reporter.event("Launching", " ".join(cmd[1:]))
+    code = _wait_forwarding_signals(subprocess.Popen(cmd))
+    if code == 0:
+        return
+    message = ""
+    if isinstance(ctx.reporter, FileStatusReporter):
+        status = ctx.reporter.read()
+        message = status.get("message", "") if status.get("phase") != "Running" else ""
+    if code == 3:
+        raise DependencyNotReady(message or "a dependency is not ready")
+    raise WorkloadError(
+        message or f"torchrun exited with code {code} (a worker failed or was killed); run again to "
+        "resume from the last checkpoint"
+    )
+
+
+def _wait_forwarding_signals(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for torchrun; SIGTERM (pod deletion) and Ctrl-C reach it, and through it the workers,
+    instead of leaving them orphaned."""
+    previous = None
+    with contextlib.suppress(ValueError):  # not the main thread: no handler, plain wait
+        previous = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        proc.wait()
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def train_here(ctx: WorkloadContext, spec: TrainingRunSpec, data: Any, dataset_dir: Path) -> None:
+    """This process's part of the run (every torchrun rank runs it)."""
+    from llmfab.training import distributed as D
+    from llmfab.training.batching import BatchConfigError, OutOfMemoryAtSmallestBatch
+    from llmfab.training.checkpoint import IncompatibleCheckpoint
+    from llmfab.training.token_data import DataFormatError
+    from llmfab.training.trainer import NonFiniteLoss, train
+
+    env = D.init_distributed(spec)
+    failed = True
+    try:
+        if env.is_main:
+            with contextlib.suppress(FileNotFoundError):
+                (ctx.out_dir / MANIFEST).unlink()  # stale: the spec changed or --force; not complete now
+        try:
+            result = train(spec, ctx.out_dir, data, ctx.reporter, env, ctx.resource.name)
+        except (BatchConfigError, DataFormatError, IncompatibleCheckpoint, NonFiniteLoss,
+                OutOfMemoryAtSmallestBatch) as e:
+            raise WorkloadError(str(e)) from e
+        if env.is_main:
+            publish(ctx, spec, result, dataset_dir)
+        failed = False
+    finally:
+        D.teardown(env, failed)
+
+
+def publish(ctx: WorkloadContext, spec: TrainingRunSpec, result: Any, dataset_dir: Path) -> None:
+    """Export ``model/`` in Hugging Face format, report the final numbers, then the manifest."""
+    from llmfab.training.export import export_hf
+
+    model_dir = ctx.out_dir / "model"
+    export_hf(result.state_dict, result.args, dataset_dir / "tokenizer", model_dir,
+              dtype="bfloat16" if spec.precision == "bf16" else "float32")
+    perplexity = {
+        "valPerplexity": math.exp(result.val_loss) if result.val_loss is not None else None,
+        "testPerplexity": math.exp(result.test_loss) if result.test_loss is not None else None,
+    }
+    model_path = str(model_dir.relative_to(ctx.root)) if model_dir.is_relative_to(ctx.root) else str(model_dir)
+    ctx.reporter.progress(modelPath=model_path, valLoss=result.val_loss, lastCheckpoint=result.last_checkpoint,
+                          eval={k: v for k, v in perplexity.items() if v is not None})
+    dataset_manifest = (dataset_dir / MANIFEST).read_text()
+    write_manifest(ctx.out_dir, {
+        "kind": "TrainingRun", "name": ctx.resource.name, "objective": spec.objective,
+        "steps": result.steps, "tokens": result.tokens, "parameters": result.parameters,
+        "loss": result.loss, "valLoss": result.val_loss, "testLoss": result.test_loss, **perplexity,
+        "model": "model", "lastCheckpoint": result.last_checkpoint,
+        "dataset": {"name": spec.dataset.name, "specHash": yaml.safe_load(dataset_manifest).get("specHash")},
+    }, ctx.spec_hash)

@@ -1,0 +1,102 @@
+"""Checkpoints: atomic, pruned to keepLast, restored exactly, refused for another model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from llmfab.api.training_run import CheckpointSpec
+from llmfab.training.checkpoint import CheckpointManager, IncompatibleCheckpoint, parameter_fingerprint
+from llmfab.training.distributed import DistEnv
+
+ENV = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+
+
+def _model(width: int = 8) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(width, width), nn.Linear(width, 2))
+
+
+def _train_step(model: nn.Module, opt: torch.optim.Optimizer) -> None:
+    model(torch.ones(3, model[0].in_features)).sum().backward()
+    opt.step()
+    opt.zero_grad()
+
+
+def _manager(directory: Path, model: nn.Module, keep: int = 2) -> CheckpointManager:
+    spec = CheckpointSpec(every_steps=1, keep_last=keep)
+    return CheckpointManager(directory, spec, ENV, parameter_fingerprint(model, "adamw"))
+
+
+def test_save_then_load_restores_model_and_optimizer_exactly(tmp_path: Path) -> None:
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    _train_step(model, opt)
+    manager = _manager(tmp_path, model)
+    path = manager.save(1, model, opt, {"sampler": {"consumed": 8}})
+    _train_step(model, opt)
+    expected = [p.detach().clone() for p in model.parameters()]
+
+    fresh = _model()
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=0.1)
+    state = _manager(tmp_path, fresh).load(path, fresh, fresh_opt)
+    assert state["step"] == 1 and state["sampler"] == {"consumed": 8}
+    _train_step(fresh, fresh_opt)
+    for a, b in zip(fresh.parameters(), expected, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_only_the_last_k_complete_checkpoints_are_kept(tmp_path: Path) -> None:
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters())
+    manager = _manager(tmp_path, model, keep=2)
+    for step in (1, 2, 3):
+        manager.save(step, model, opt, {})
+    assert [p.name for p in manager.complete()] == ["step-00000002", "step-00000003"]
+    assert manager.latest() == tmp_path / "step-00000003"
+
+
+def test_an_interrupted_save_is_never_taken_as_complete_and_is_cleaned_up(tmp_path: Path) -> None:
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters())
+    manager = _manager(tmp_path, model)
+    manager.save(1, model, opt, {})
+    crashed = tmp_path / "step-00000002.tmp-save"
+    crashed.mkdir()
+    (crashed / "__0_0.distcp").write_bytes(b"partial")
+    half = tmp_path / "step-00000003"  # renamed but without trainer state: not complete
+    half.mkdir()
+    assert manager.latest() == tmp_path / "step-00000001"
+    _manager(tmp_path, model)
+    assert not crashed.exists()
+
+
+def test_a_checkpoint_of_another_model_shape_is_refused_with_the_fix(tmp_path: Path) -> None:
+    model = _model(8)
+    opt = torch.optim.AdamW(model.parameters())
+    path = _manager(tmp_path, model).save(1, model, opt, {})
+    other = _model(16)
+    with pytest.raises(IncompatibleCheckpoint, match=r"spec.model: parameter 0.bias has shape \[16\] but the checkpoint has \[8\]"):
+        _manager(tmp_path, other).load(path, other, torch.optim.AdamW(other.parameters()))
+
+
+def test_a_checkpoint_of_another_optimizer_is_refused(tmp_path: Path) -> None:
+    model = _model()
+    path = _manager(tmp_path, model).save(1, model, torch.optim.AdamW(model.parameters()), {})
+    manager = CheckpointManager(tmp_path, CheckpointSpec(), ENV, parameter_fingerprint(model, "adafactor"))
+    with pytest.raises(IncompatibleCheckpoint, match=r"spec\.optimizer\.type is 'adafactor'"):
+        manager.load(path, model, torch.optim.Adafactor(model.parameters()))
+
+
+def test_async_save_is_published_on_wait(tmp_path: Path) -> None:
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters())
+    _train_step(model, opt)
+    manager = CheckpointManager(tmp_path, CheckpointSpec(every_steps=1, async_save=True), ENV,
+                                parameter_fingerprint(model, "adamw"))
+    manager.save(1, model, opt, {})
+    manager.wait()
+    assert manager.latest() == tmp_path / "step-00000001"
