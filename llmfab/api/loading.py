@@ -157,6 +157,11 @@ def load_resources(paths: Iterable[str | Path]) -> list[Resource]:
 
 
 def dump_resource(res: Resource) -> dict[str, Any]:
-    """The resource as camelCase YAML-ready data (defaults included, status left out)."""
-    data: dict[str, Any] = res.model_dump(mode="json", by_alias=True, exclude={"status"}, exclude_none=True)
+    """The resource as camelCase YAML-ready data: defaults included, status left out.
+
+    Explicit nulls in the spec are kept (``prometheusPort: null`` means "off", and dropping it
+    would bring back the default on the next load); unset server fields of metadata are dropped.
+    """
+    data: dict[str, Any] = res.model_dump(mode="json", by_alias=True, exclude={"status"})
+    data["metadata"] = {k: v for k, v in data["metadata"].items() if v not in (None, [], {})}
     return data

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from llmfab.api import KINDS, ValidationFailed, load_resources
@@ -183,7 +184,7 @@ def _wait_serving(res: Resource, proc: subprocess.Popen[bytes], root: Path, live
 def _run_stage(
     res: Resource, stage: str, spec_file: Path, force: bool, root: Path, console: Console, outcome: Outcome
 ) -> bool:
-    label = f"{res.key} [{stage}]"
+    label = escape(f"{res.key} [{stage}]")
     proc = _start(res, stage, spec_file, force, root)
     started = time.monotonic()
     try:
@@ -324,7 +325,7 @@ def _summary(outcome: Outcome, console: Console) -> None:
         highlight=False,
     )
     for item in outcome.skipped:
-        console.print(f"  skipped: {item}", highlight=False)
+        console.print(f"  skipped: {escape(item)}", highlight=False)
 
 
 def _pid_file(root: Path) -> Path:

@@ -14,7 +14,20 @@ import yaml
 
 from llmfab.api import KINDS, ValidationFailed, load_resources, parse_resource
 from llmfab.api.crds import build_crd, crd_filename, openapi_schema, render_crd
-from llmfab.api.loading import dump_resource
+from llmfab.api.loading import dump_resource as _dump_with_nulls
+
+
+def dump_resource(res: Any) -> dict[str, Any]:
+    """What a user would send: the resource without null fields (the API server treats them as unset)."""
+    return _strip_none(_dump_with_nulls(res))
+
+
+def _strip_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_strip_none(v) for v in value]
+    return value
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "charts" / "llmfab" / "crds"

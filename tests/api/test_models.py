@@ -125,3 +125,12 @@ def test_spec_hash_ignores_pod_placement_but_not_the_model() -> None:
     b = parse_resource(_run({"pod": {"nodeSelector": {"gpu": "yes"}}}))
     c = parse_resource(_run({"model": {"layers": 7}}))
     assert spec_hash(a) == spec_hash(b) != spec_hash(c)
+
+
+def test_dumped_resource_round_trips_explicit_nulls() -> None:
+    from llmfab.api.loading import dump_resource
+
+    run = parse_resource(_run({"monitoring": {"prometheusPort": None}}))
+    again = parse_resource(dump_resource(run))
+    assert isinstance(again, TrainingRun) and again.spec.monitoring.prometheus_port is None
+    assert again == run

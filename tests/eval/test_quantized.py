@@ -1,0 +1,29 @@
+"""The 4-bit path: a real compressed-tensors W4A16 checkpoint (llmfab's own quantizer, RTN) loads in
+evaluation and its perplexity is finite and close to the bf16 model's."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from llmfab.eval.model_io import is_quantized, load_model
+from llmfab.eval.perplexity import perplexity
+from llmfab.eval.splits import open_dataset, split_tokens
+
+pytest.importorskip("compressed_tensors")
+
+
+def test_compressed_tensors_4bit_model_evaluates_close_to_bf16(eval_fixture, tmp_path) -> None:
+    from llmfab.serving.quantize import QuantizeOptions, quantize_checkpoint
+
+    out = tmp_path / "model-4bit"
+    quantize_checkpoint(eval_fixture.model_dir, out, QuantizeOptions(algorithm="rtn", group_size=32), None,
+                        log=lambda _: None)
+    assert is_quantized(out) and not is_quantized(eval_fixture.model_dir)
+    tokens = split_tokens(open_dataset(eval_fixture.dataset_dir), "val")
+    bf16 = perplexity(load_model(eval_fixture.model_dir, "bfloat16"), tokens, context=64)
+    q4 = perplexity(load_model(out, "bfloat16"), tokens, context=64)
+    assert math.isfinite(q4.perplexity)
+    assert q4.perplexity != bf16.perplexity  # the weights really are different
+    assert q4.perplexity == pytest.approx(bf16.perplexity, rel=0.1)
