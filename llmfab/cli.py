@@ -152,6 +152,37 @@ def describe(
 
 
 @app.command()
+def export(
+    name: Annotated[str, typer.Argument(help="TrainingRun whose checkpoint to export.")],
+    step: Annotated[
+        int | None, typer.Option(help="Checkpoint step; default: the latest complete one.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory; default: runs/NAME/model.")] = None,
+) -> None:
+    """Write a TrainingRun's Hugging Face model/ from a checkpoint (e.g. of a run still training)."""
+    import yaml
+
+    from llmfab.api import ValidationFailed, parse_resource
+    from llmfab.api.training_run import TrainingRun
+    from llmfab.store import artifact_root
+    from llmfab.training.export_checkpoint import ExportError, export_checkpoint
+
+    root = artifact_root()
+    spec_file = root / TrainingRun.ARTIFACT_DIR / f"{name}.spec.yaml"
+    try:
+        run = parse_resource(yaml.safe_load(spec_file.read_text()), str(spec_file))
+        assert isinstance(run, TrainingRun)
+        path = export_checkpoint(run, root, step, out)
+    except FileNotFoundError:
+        err_console.print(f"error: TrainingRun/{name}: no spec at {spec_file}; run it with `llmfab up` first")
+        raise typer.Exit(1) from None
+    except (ValidationFailed, ExportError) as e:
+        err_console.print(f"error: {e}")
+        raise typer.Exit(1) from None
+    console.print(f"exported {path}")
+
+
+@app.command()
 def chat(
     name: Annotated[str, typer.Argument(help="InferenceService to talk to (reads its URL from status).")],
     url: Annotated[str | None, typer.Option(help="OpenAI API base URL instead of the status file's.")] = None,

@@ -82,6 +82,22 @@ def test_up_builds_a_dataset_then_trains_on_it_and_reruns_are_no_ops(tmp_path: P
     assert (home / "runs" / "tiny" / "model" / "config.json").exists()
     assert "===== " in (home / "runs" / "tiny.log").read_text()
 
+    # `llmfab export` rebuilds model/ from the latest checkpoint: the same weights training exported.
+    env = {**os.environ, "LLMFAB_HOME": str(home)}
+    exported = subprocess.run(
+        [sys.executable, "-m", "llmfab", "export", "tiny", "--out", str(tmp_path / "exported")],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert exported.returncode == 0, exported.stderr
+    from safetensors.torch import load_file
+
+    final = load_file(home / "runs" / "tiny" / "model" / "model.safetensors")
+    again = load_file(tmp_path / "exported" / "model.safetensors")
+    assert final.keys() == again.keys() and all((final[k] == again[k]).all() for k in final)
+
     again = up("-f", str(file), home=home)
     assert again.returncode == 0
     log = (home / "runs" / "tiny.log").read_text() + (home / "datasets" / "books.log").read_text()

@@ -1,0 +1,72 @@
+"""``llmfab export NAME``: write a TrainingRun's Hugging Face ``model/`` from a checkpoint, on demand.
+
+Training exports at the end; this exports any complete checkpoint (the latest by default) while a
+run is still going or after it was stopped, so a half-trained model can be evaluated or served.
+The checkpoint may come from any world size: DCP reshards it into one process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch.distributed.checkpoint import load as dcp_load
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+from llmfab.api.training_run import TrainingRun
+from llmfab.store import artifact_dir, read_manifest
+from llmfab.training.checkpoint import STEP_DIR, TRAINER_STATE
+from llmfab.training.export import export_hf
+from llmfab.training.model import ModelArgs, Transformer
+from llmfab.training.trainer import LanguageModelLoss
+
+
+class ExportError(Exception):
+    """The run, its Dataset or the checkpoint cannot be found; the message says which and why."""
+
+
+def complete_checkpoints(run_dir: Path) -> dict[int, Path]:
+    """step -> directory of every complete checkpoint (trainer state written last, on publish)."""
+    found: dict[int, Path] = {}
+    directory = run_dir / "checkpoints"
+    for entry in directory.iterdir() if directory.is_dir() else []:
+        m = STEP_DIR.match(entry.name)
+        if m and (entry / TRAINER_STATE).is_file() and (entry / ".metadata").is_file():
+            found[int(m.group(1))] = entry
+    return found
+
+
+def export_checkpoint(
+    run: TrainingRun, root: Path, step: int | None = None, out_dir: Path | None = None
+) -> Path:
+    """Export checkpoint ``step`` (default: the latest) of ``run`` to ``out_dir`` (default: model/)."""
+    run_dir = artifact_dir(run.ARTIFACT_DIR, run.name, root)
+    checkpoints = complete_checkpoints(run_dir)
+    if not checkpoints:
+        raise ExportError(f"TrainingRun/{run.name}: no complete checkpoint in {run_dir / 'checkpoints'}")
+    if step is not None and step not in checkpoints:
+        raise ExportError(f"--step {step}: no such checkpoint; complete ones: {sorted(checkpoints)}")
+    chosen = checkpoints[step if step is not None else max(checkpoints)]
+    dataset_dir = artifact_dir("datasets", run.spec.dataset.name, root)
+    manifest = read_manifest(dataset_dir)
+    if manifest is None:
+        raise ExportError(
+            f"spec.dataset.name: Dataset/{run.spec.dataset.name} has no complete artifact in {dataset_dir}"
+        )
+    args = ModelArgs.from_spec(run.spec.model, int(manifest["vocabSize"]))
+    model = Transformer(args)
+    # Checkpoints hold the trainer's model+loss module; load through the same module so the keys
+    # match, and only its model entries (the optimizer state stays on disk).
+    module = LanguageModelLoss(model, run.spec.label_smoothing, run.spec.loss_chunk_tokens)
+    state = {"model": get_model_state_dict(module)}
+    dcp_load(state, checkpoint_id=str(chosen))
+    set_model_state_dict(module, state["model"])
+    trainer_state = json.loads((chosen / TRAINER_STATE).read_text())
+    return export_hf(
+        model,
+        args,
+        dataset_dir / "tokenizer",
+        out_dir or run_dir / "model",
+        dtype="bfloat16" if run.spec.precision == "bf16" else "float32",
+        manifest={"checkpoint": chosen.name, "step": trainer_state.get("step")},
+    )
