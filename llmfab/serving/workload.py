@@ -30,7 +30,7 @@ from typing import IO, Any
 
 from llmfab.api.common import Phase
 from llmfab.api.inference_service import InferenceService
-from llmfab.serving.vllm_args import LaunchPlan, build_launch
+from llmfab.serving.vllm_args import LaunchPlan, build_launch, unservable_reason
 from llmfab.workload import WorkloadContext, WorkloadError
 
 SKIP_IF_COMPLETE = False
@@ -168,8 +168,11 @@ def run(ctx: WorkloadContext) -> None:
     assert isinstance(resource, InferenceService)
     server_spec = resource.spec.server
     model_dir = model_to_serve(ctx)
-    check_port_free(server_spec.host, server_spec.port)
     gpu = has_gpu()
+    problem = unservable_reason(model_dir, gpu)
+    if problem:
+        raise WorkloadError(problem)
+    check_port_free(server_spec.host, server_spec.port)
     plan = build_launch(
         server_spec, model_dir, resource.name, serving_python(), ctx.out_dir / "vllm-cache", gpu=gpu
     )

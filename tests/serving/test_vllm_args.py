@@ -58,3 +58,19 @@ def test_quantization_is_detected_from_the_checkpoint(tmp_path: Path) -> None:
 def test_fractional_kv_cache_rounds_to_at_least_one_gib(tmp_path: Path) -> None:
     plan = build_launch(ServerSpec(cpu_kv_cache_gib=0.25), tmp_path, "s", "/py", tmp_path)
     assert plan.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+
+
+def _config(tmp_path, hidden: int, heads: int):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": hidden, "num_attention_heads": heads}))
+    return tmp_path
+
+
+def test_head_size_vllm_cpu_cannot_run_is_refused_before_start(tmp_path) -> None:
+    from llmfab.serving.vllm_args import unservable_reason
+
+    reason = unservable_reason(_config(tmp_path, 192, 8), gpu=False)
+    assert reason is not None and "attention head size 24" in reason and "spec.model.heads: 6" in reason
+    assert unservable_reason(_config(tmp_path, 192, 6), gpu=False) is None
+    assert unservable_reason(_config(tmp_path, 192, 8), gpu=True) is None
