@@ -37,10 +37,23 @@ class IncompatibleCheckpoint(ValueError):
     """The checkpoint was written for another model shape or optimizer."""
 
 
-def parameter_fingerprint(model: nn.Module, optimizer_type: str) -> dict[str, Any]:
-    """Names and shapes of the parameters (before any wrapping) and the optimizer kind."""
+# Fields of ModelArgs that change what the saved tensors mean (dropout, init and context length don't).
+ARCHITECTURE_KEYS = ("vocab_size", "layers", "hidden", "heads", "kv_heads", "intermediate", "rope_theta",
+                     "norm_eps", "tie_embeddings", "sharing_groups")
+
+
+def architecture_of(args: Any) -> dict[str, Any]:
+    return {key: getattr(args, key) for key in ARCHITECTURE_KEYS}
+
+
+def parameter_fingerprint(model: nn.Module, optimizer_type: str, architecture: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Names and shapes of the parameters (before any wrapping), the architecture and the optimizer.
+
+    Shapes alone are not enough: ``heads`` or ``ropeTheta`` change what the same tensors mean, so a
+    checkpoint trained with 8 heads must not be resumed as a 6-head model.
+    """
     shapes = {name: list(p.shape) for name, p in model.named_parameters()}
-    return {"parameters": shapes, "optimizer": optimizer_type}
+    return {"parameters": shapes, "optimizer": optimizer_type, "architecture": architecture or {}}
 
 
 def describe_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
@@ -49,6 +62,13 @@ def describe_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | N
             f"spec.optimizer.type is {current['optimizer']!r} but the checkpoint holds "
             f"{saved.get('optimizer')!r} optimizer state"
         )
+    old_arch, new_arch = saved.get("architecture", {}), current.get("architecture", {})
+    for key in sorted(set(old_arch) | set(new_arch)):
+        if old_arch.get(key) != new_arch.get(key):
+            return (
+                f"spec.model: {key} is {new_arch.get(key)!r} but the checkpoint was trained with "
+                f"{old_arch.get(key)!r}"
+            )
     old, new = saved.get("parameters", {}), current["parameters"]
     for name in sorted(set(old) | set(new)):
         if old.get(name) != new.get(name):

@@ -30,7 +30,7 @@ from llmfab.training.batching import (
     fit_micro_batch,
     is_out_of_memory,
 )
-from llmfab.training.checkpoint import CheckpointManager, parameter_fingerprint
+from llmfab.training.checkpoint import CheckpointManager, architecture_of, parameter_fingerprint
 from llmfab.training.metrics import MetricsSink, flops_per_token, peak_flops
 from llmfab.training.model import ModelArgs, Transformer
 from llmfab.training.optim import build_optimizer, lr_multiplier
@@ -143,7 +143,7 @@ def build(spec: TrainingRunSpec, vocab_size: int, env: D.DistEnv) -> Parts:
     args = ModelArgs.from_spec(spec.model, vocab_size)
     model = Transformer(args).to(env.device)
     parameters = sum(p.numel() for p in model.parameters())
-    fingerprint = parameter_fingerprint(model, spec.optimizer.type)
+    fingerprint = parameter_fingerprint(model, spec.optimizer.type, architecture_of(args))
     module = LanguageModelLoss(model, spec.label_smoothing, spec.loss_chunk_tokens)
     D.parallelize(model, spec, env, root=module)
     optimizer = build_optimizer(module, spec.optimizer, seed=spec.seed)

@@ -100,3 +100,17 @@ def test_async_save_is_published_on_wait(tmp_path: Path) -> None:
     manager.save(1, model, opt, {})
     manager.wait()
     assert manager.latest() == tmp_path / "step-00000001"
+
+
+def test_same_shapes_but_other_heads_is_refused() -> None:
+    """8 and 6 heads over hidden 192 have identical tensors; resuming one as the other is wrong."""
+    from llmfab.training.checkpoint import architecture_of, describe_mismatch
+    from llmfab.training.model import ModelArgs
+
+    eight = ModelArgs(vocab_size=64, layers=1, hidden=192, heads=8, kv_heads=8, intermediate=256, sharing_groups=1)
+    six = ModelArgs(vocab_size=64, layers=1, hidden=192, heads=6, kv_heads=6, intermediate=256, sharing_groups=1)
+    model = nn.Linear(2, 2)
+    saved = parameter_fingerprint(model, "adamw", architecture_of(eight))
+    assert describe_mismatch(saved, parameter_fingerprint(model, "adamw", architecture_of(eight))) is None
+    problem = describe_mismatch(saved, parameter_fingerprint(model, "adamw", architecture_of(six)))
+    assert problem == "spec.model: heads is 6 but the checkpoint was trained with 8"
