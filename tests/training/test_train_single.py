@@ -22,7 +22,9 @@ def _status(home: Path, name: str = "tiny-run") -> dict:
     return json.loads((home / "runs" / f"{name}.status.json").read_text())
 
 
-def test_training_lowers_the_loss_exports_the_model_and_reports(home: Path, write_spec: Callable[..., Path]) -> None:
+def test_training_lowers_the_loss_exports_the_model_and_reports(
+    home: Path, write_spec: Callable[..., Path]
+) -> None:
     assert run_stage("train", write_spec()) == 0
     run = home / "runs" / "tiny-run"
     metrics = read_metrics(run)
@@ -47,7 +49,9 @@ def test_training_lowers_the_loss_exports_the_model_and_reports(home: Path, writ
     assert len(read_metrics(run)) == 30
 
 
-def test_extending_max_steps_resumes_from_the_last_checkpoint(home: Path, write_spec: Callable[..., Path]) -> None:
+def test_extending_max_steps_resumes_from_the_last_checkpoint(
+    home: Path, write_spec: Callable[..., Path]
+) -> None:
     assert run_stage("train", write_spec(maxSteps=10)) == 0
     assert run_stage("train", write_spec(maxSteps=14)) == 0
     run = home / "runs" / "tiny-run"
@@ -103,12 +107,18 @@ def test_vocabulary_mismatch_between_manifest_and_tokenizer_is_refused(
     assert "rebuild the Dataset" in message
 
 
-def test_checkpoint_of_a_different_model_shape_is_refused(home: Path, write_spec: Callable[..., Path]) -> None:
+def test_checkpoint_of_a_different_model_shape_is_refused(
+    home: Path, write_spec: Callable[..., Path]
+) -> None:
     assert run_stage("train", write_spec(maxSteps=10)) == 0
     changed = write_spec(maxSteps=12, model={"layers": 2, "hidden": 96, "heads": 4, "contextLength": 32})
     assert run_stage("train", changed) == 1
     message = _status(home)["message"]
-    assert "spec.model: parameter" in message and "delete" in message and "checkpoints" in message
+    assert (
+        "spec.model: hidden is 96 but the checkpoint was trained with 64" in message
+        and "delete" in message
+        and "checkpoints" in message
+    )
     assert not (home / "runs" / "tiny-run" / "manifest.json").exists()
 
 
@@ -116,8 +126,12 @@ def test_activation_checkpointing_and_bf16_train_the_same_model(
     home: Path, write_spec: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LLMFAB_CPU_BF16", "force")  # bf16 compute even where this CPU emulates it
-    spec = write_spec(maxSteps=6, precision="bf16", activationCheckpointing={"mode": "selective", "every": 2},
-                      batch={"globalTokens": 32 * 8, "microBatchSize": 3})
+    spec = write_spec(
+        maxSteps=6,
+        precision="bf16",
+        activationCheckpointing={"mode": "selective", "every": 2},
+        batch={"globalTokens": 32 * 8, "microBatchSize": 3},
+    )
     assert run_stage("train", spec) == 0
     metrics = read_metrics(home / "runs" / "tiny-run")
     assert metrics[6]["loss"] < metrics[1]["loss"]
