@@ -34,5 +34,5 @@ def test_up_detach_serves_until_down(tiny: TinySetup, tmp_path: Path) -> None:
 
     down = subprocess.run([sys.executable, "-m", "llmfab", "down"], env=env, capture_output=True, text=True, timeout=120)
     assert down.returncode == 0 and "stopped detached" in down.stdout
-    with socket.socket() as s:  # the port is free again: the server is gone, not just detached
-        s.bind(("127.0.0.1", port))
+    with socket.socket() as s, pytest.raises(ConnectionRefusedError):  # the server is gone, not detached
+        s.connect(("127.0.0.1", port))
