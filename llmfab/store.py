@@ -112,6 +112,14 @@ def remove_stale_temporaries(parent: Path) -> None:
                     entry.unlink()
 
 
+def _make_readable(directory: Path) -> None:
+    """mkdtemp/mkstemp create owner-only entries; artifacts are for people and other pods to read."""
+    directory.chmod(0o755)
+    for path in directory.rglob("*"):
+        mode = path.stat().st_mode
+        path.chmod(mode | (0o755 if path.is_dir() else 0o644))
+
+
 @contextlib.contextmanager
 def staged_directory(final: Path) -> Iterator[Path]:
     """Build a directory in a temporary sibling and rename it onto ``final`` on success.
@@ -126,6 +134,7 @@ def staged_directory(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{final.name}{TMP_MARKER}"))
     try:
         yield tmp
+        _make_readable(tmp)
         if read_manifest(tmp) is None:
             raise RuntimeError(f"{final}: writer finished without a manifest; nothing was published")
         if final.exists():

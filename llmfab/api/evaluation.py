@@ -90,6 +90,6 @@ class EvalResults(Spec):
     sentiment_gap_ci95: list[float] | None = Field(default=None, description="95% bootstrap interval of sentimentGap.")
     sentiment_gap_category: str | None = Field(default=None, description="Category with the largest gap.")
     quantized_perplexity_ratio: float | None = Field(
-        default=None, description="4-bit / bf16 validation perplexity: the cost of quantization."
+        default=None, description="4-bit / bf16 test perplexity (val if no test split; GPTQ calibrates on val): the cost of quantization."
     )
     report: str | None = Field(default=None, description="Path of report.html.")

@@ -163,9 +163,14 @@ def summarize(models: dict[str, dict[str, Any]], report_path: Path | None) -> Ev
             worst = max(cats, key=lambda c: cats[c]["gap"])
             out.sentiment_gap, out.sentiment_gap_ci95 = cats[worst]["gap"], cats[worst]["gapCi95"]
             out.sentiment_gap_category = worst
-    bf16_val = models.get("bf16", {}).get("perplexity", {}).get("val", {}).get("perplexity")
-    if label == "4bit" and bf16_val and out.val_perplexity:
-        out.quantized_perplexity_ratio = out.val_perplexity / bf16_val
+    # GPTQ calibrates on the val split, so val perplexity flatters the 4-bit model; the held-out
+    # test split measures the cost of quantization (val only when there is no test split).
+    bf16 = models.get("bf16", {}).get("perplexity", {})
+    for split, quantized in (("test", out.test_perplexity), ("val", out.val_perplexity)):
+        reference = bf16.get(split, {}).get("perplexity")
+        if label == "4bit" and reference and quantized:
+            out.quantized_perplexity_ratio = quantized / reference
+            break
     return out
 
 

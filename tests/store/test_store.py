@@ -92,3 +92,15 @@ def test_manifest_records_creation_time(tmp_path: Path) -> None:
     manifest = read_manifest(tmp_path)
     assert manifest is not None and manifest["specHash"] == "h"
     assert time.strptime(manifest["createdAt"], "%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_published_directory_is_readable_by_others(tmp_path: Path) -> None:
+    final = tmp_path / "model"
+    with staged_directory(final) as tmp:
+        private = tmp / "weights.bin"
+        private.write_bytes(b"w")
+        private.chmod(0o600)
+        write_manifest(tmp, {}, "h")
+    assert final.stat().st_mode & 0o777 == 0o755
+    assert (final / "weights.bin").stat().st_mode & 0o044 == 0o044
+    assert (final / "manifest.json").stat().st_mode & 0o044 == 0o044
