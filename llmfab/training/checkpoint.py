@@ -79,6 +79,16 @@ def describe_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | N
     return None
 
 
+def complete_checkpoints(directory: Path) -> dict[int, Path]:
+    """step -> directory of every complete checkpoint (DCP metadata and trainer state both written)."""
+    found: dict[int, Path] = {}
+    for entry in directory.iterdir() if directory.is_dir() else []:
+        m = STEP_DIR.match(entry.name)
+        if m and (entry / TRAINER_STATE).is_file() and (entry / ".metadata").is_file():
+            found[int(m.group(1))] = entry
+    return found
+
+
 class CheckpointManager:
     def __init__(
         self, directory: Path, spec: CheckpointSpec, env: DistEnv, fingerprint: dict[str, Any]
@@ -103,14 +113,7 @@ class CheckpointManager:
 
     def complete(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
-        if not self.directory.is_dir():
-            return []
-        found = []
-        for entry in self.directory.iterdir():
-            m = STEP_DIR.match(entry.name)
-            if m and (entry / TRAINER_STATE).is_file() and (entry / ".metadata").is_file():
-                found.append((int(m.group(1)), entry))
-        return [p for _, p in sorted(found)]
+        return [path for _, path in sorted(complete_checkpoints(self.directory).items())]
 
     def latest(self) -> Path | None:
         done = self.complete()

@@ -15,7 +15,7 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_mo
 
 from llmfab.api.training_run import TrainingRun
 from llmfab.store import artifact_dir, read_manifest
-from llmfab.training.checkpoint import STEP_DIR, TRAINER_STATE
+from llmfab.training.checkpoint import TRAINER_STATE, complete_checkpoints
 from llmfab.training.export import export_hf
 from llmfab.training.model import ModelArgs, Transformer
 from llmfab.training.trainer import LanguageModelLoss
@@ -25,23 +25,12 @@ class ExportError(Exception):
     """The run, its Dataset or the checkpoint cannot be found; the message says which and why."""
 
 
-def complete_checkpoints(run_dir: Path) -> dict[int, Path]:
-    """step -> directory of every complete checkpoint (trainer state written last, on publish)."""
-    found: dict[int, Path] = {}
-    directory = run_dir / "checkpoints"
-    for entry in directory.iterdir() if directory.is_dir() else []:
-        m = STEP_DIR.match(entry.name)
-        if m and (entry / TRAINER_STATE).is_file() and (entry / ".metadata").is_file():
-            found[int(m.group(1))] = entry
-    return found
-
-
 def export_checkpoint(
     run: TrainingRun, root: Path, step: int | None = None, out_dir: Path | None = None
 ) -> Path:
     """Export checkpoint ``step`` (default: the latest) of ``run`` to ``out_dir`` (default: model/)."""
     run_dir = artifact_dir(run.ARTIFACT_DIR, run.name, root)
-    checkpoints = complete_checkpoints(run_dir)
+    checkpoints = complete_checkpoints(run_dir / "checkpoints")
     if not checkpoints:
         raise ExportError(f"TrainingRun/{run.name}: no complete checkpoint in {run_dir / 'checkpoints'}")
     if step is not None and step not in checkpoints:
