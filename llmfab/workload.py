@@ -145,6 +145,9 @@ def run_stage(stage: str, spec_file: Path, force: bool = False) -> int:
         _failed(reporter, primary or resource.KIND == "InferenceService", reason, message, label)
         print(f"error: {message}", file=sys.stderr)
         return 1
+    except BaseException as e:  # a library's own BaseException: still never leave "Running" behind
+        _failed(reporter, primary or resource.KIND == "InferenceService", "Error", f"{type(e).__name__}: {e}", label)
+        raise
     if primary:
         reporter.phase(Phase.SUCCEEDED, "Completed", f"{stage} finished", artifactPath=str(out_dir))
     else:

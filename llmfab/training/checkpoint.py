@@ -11,16 +11,19 @@ processes loads into M (resharding), and one written with FSDP loads without it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import async_save, save
@@ -35,6 +38,28 @@ TRAINER_STATE = "trainer.json"
 
 class IncompatibleCheckpoint(ValueError):
     """The checkpoint was written for another model shape or optimizer."""
+
+
+class CheckpointIOError(RuntimeError):
+    """DCP failed to write or read a checkpoint on some rank."""
+
+
+@contextlib.contextmanager
+def plain_exceptions() -> Iterator[None]:
+    """Turn DCP's ``CheckpointException`` back into what the caller can handle.
+
+    DCP wraps every failure, Ctrl-C included, in ``CheckpointException``, which derives from
+    ``BaseException``: an ``except Exception`` does not see it and a ``KeyboardInterrupt`` handler
+    does not either, so a Ctrl-C during a save would end the process without reporting it.
+    """
+    try:
+        yield
+    except CheckpointException as e:
+        causes = [failure[0] if isinstance(failure, tuple) else failure for failure in e.failures.values()]
+        if any(isinstance(cause, KeyboardInterrupt) for cause in causes):
+            raise KeyboardInterrupt from e
+        detail = "; ".join(f"rank {rank}: {type(c).__name__}: {c}" for rank, c in zip(e.failures, causes, strict=True))
+        raise CheckpointIOError(f"checkpoint I/O failed ({detail or e})") from e
 
 
 # Fields of ModelArgs that change what the saved tensors mean (dropout, init and context length don't).
@@ -139,11 +164,13 @@ class CheckpointManager:
         state = {"model": model_state, "optim": optim_state}
         body = {**trainer_state, "step": step, "fingerprint": self.fingerprint, "worldSize": self.env.world_size}
         self._last_save_time = time.monotonic()
-        if self.spec.async_save:
-            future = async_save(state, checkpoint_id=str(tmp), process_group=self._async_group)
-            self._pending = (future, tmp, final, body)
-        else:
-            save(state, checkpoint_id=str(tmp))
+        with plain_exceptions():
+            if self.spec.async_save:
+                future = async_save(state, checkpoint_id=str(tmp), process_group=self._async_group)
+                self._pending = (future, tmp, final, body)
+            else:
+                save(state, checkpoint_id=str(tmp))
+        if not self.spec.async_save:
             self._publish(tmp, final, body)
         return final
 
@@ -152,7 +179,8 @@ class CheckpointManager:
         if self._pending is not None:
             future, tmp, final, body = self._pending
             self._pending = None
-            future.result()
+            with plain_exceptions():
+                future.result()
             self._publish(tmp, final, body)
 
     def _publish(self, tmp: Path, final: Path, body: dict[str, Any]) -> None:
@@ -177,7 +205,8 @@ class CheckpointManager:
             )
         model_state, optim_state = get_state_dict(model, optimizer)
         state: dict[str, Any] = {"model": model_state, "optim": optim_state}
-        dcp_load(state, checkpoint_id=str(path))
+        with plain_exceptions():
+            dcp_load(state, checkpoint_id=str(path))
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         self._last_save_time = time.monotonic()
         return body

@@ -172,7 +172,7 @@ def train_here(ctx: WorkloadContext, spec: TrainingRunSpec, data: Any, dataset_d
     """This process's part of the run (every torchrun rank runs it)."""
     from llmfab.training import distributed as D
     from llmfab.training.batching import BatchConfigError, OutOfMemoryAtSmallestBatch
-    from llmfab.training.checkpoint import IncompatibleCheckpoint
+    from llmfab.training.checkpoint import CheckpointIOError, IncompatibleCheckpoint
     from llmfab.training.token_data import DataFormatError
     from llmfab.training.trainer import NonFiniteLoss, train
 
@@ -184,7 +184,7 @@ def train_here(ctx: WorkloadContext, spec: TrainingRunSpec, data: Any, dataset_d
                 (ctx.out_dir / MANIFEST).unlink()  # stale: the spec changed or --force; not complete now
         try:
             result = train(spec, ctx.out_dir, data, ctx.reporter, env, ctx.resource.name)
-        except (BatchConfigError, DataFormatError, IncompatibleCheckpoint, NonFiniteLoss,
+        except (BatchConfigError, CheckpointIOError, DataFormatError, IncompatibleCheckpoint, NonFiniteLoss,
                 OutOfMemoryAtSmallestBatch) as e:
             raise WorkloadError(str(e)) from e
         if env.is_main:

@@ -157,5 +157,6 @@ def test_ctrl_c_stops_training_and_its_children_cleanly(tmp_path: Path) -> None:
     psutil.wait_procs(children, timeout=10)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     final = status(home, "runs", "tiny")
-    assert final["phase"] == "Failed" and final["conditions"][0]["reason"] == "Interrupted"
+    log = (home / "runs" / "tiny.log").read_text()[-3000:]
+    assert final["phase"] == "Failed" and final["conditions"][0]["reason"] == "Interrupted", log
     assert not (home / "runs" / "tiny" / "manifest.json").exists()

@@ -114,3 +114,36 @@ def test_same_shapes_but_other_heads_is_refused() -> None:
     assert describe_mismatch(saved, parameter_fingerprint(model, "adamw", architecture_of(eight))) is None
     problem = describe_mismatch(saved, parameter_fingerprint(model, "adamw", architecture_of(six)))
     assert problem == "spec.model: heads is 6 but the checkpoint was trained with 8"
+
+
+def test_ctrl_c_during_a_save_reaches_the_caller_as_keyboard_interrupt(tmp_path: Path, monkeypatch) -> None:
+    """DCP wraps every failure in a BaseException; a Ctrl-C mid-save must still be a Ctrl-C."""
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters())
+    manager = _manager(tmp_path, model)
+    monkeypatch.setattr(FileSystemWriter, "write_data", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        manager.save(1, model, opt, {})
+    assert manager.complete() == []
+
+
+def test_a_failed_write_is_an_ordinary_exception_naming_the_cause(tmp_path: Path, monkeypatch) -> None:
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    from llmfab.training.checkpoint import CheckpointIOError
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters())
+    manager = _manager(tmp_path, model)
+    monkeypatch.setattr(FileSystemWriter, "write_data", full)
+    with pytest.raises(CheckpointIOError, match="No space left on device"):
+        manager.save(1, model, opt, {})
+    assert manager.complete() == []

@@ -86,6 +86,22 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
     assert not (run / "manifest.json").exists() and not (run / "model").exists()
 
 
+def test_ctrl_c_during_a_checkpoint_save_is_reported_as_interrupted(
+    home: Path, write_spec: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DCP wraps a Ctrl-C in its own BaseException; the status must still say Interrupted."""
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FileSystemWriter, "write_data", interrupted)
+    assert run_stage("train", write_spec()) == 130
+    status = _status(home)
+    assert status["phase"] == "Failed" and status["conditions"][0]["reason"] == "Interrupted"
+    assert not (home / "runs" / "tiny-run" / "manifest.json").exists()
+
+
 def test_missing_dataset_waits_with_a_clear_status(home: Path, write_spec: Callable[..., Path]) -> None:
     shutil.rmtree(home / "datasets" / "tiny")
     assert run_stage("train", write_spec()) == 3
