@@ -4,6 +4,13 @@ batch, precision and optimizer, measured in one run.
 
     .venv/bin/python benchmarks/train_throughput.py            # 6×512×8, ctx 512, vocab 8000, batch 8×512
     .venv/bin/python benchmarks/train_throughput.py --small    # 4×256×4, ctx 256, batch 8×256
+    .venv/bin/python benchmarks/train_throughput.py --precision fp32 --profile  # where the time goes
+
+``--profile`` runs one more step of each implementation under ``torch.profiler`` and splits its
+self time into matmuls, attention kernels and everything else (norms, RoPE, activations, loss
+and optimizer elementwise work). The matmuls and the attention kernel are the floor no Python-level
+model can go below at the same shape; the printed ceiling is the best ratio against each peer that
+removing *all* of llmfab's other work could give.
 
 Rounds alternate between the implementations (the machine is shared: a neighbour's load hits all
 of them alike); each reports its median and its best step (the best is the least disturbed by
@@ -130,6 +137,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2, help="timed steps per round")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--chunk", type=int, default=1024, help="llmfab loss chunk (tokens)")
+    p.add_argument("--profile", action="store_true", help="split one step per implementation by kernel kind")
     p.add_argument("--nanogpt", default=str(NANOGPT_MIRROR), help="nanoGPT model.py or git dir; '' = skip")
     a = p.parse_args()
     a.layers, a.hidden, a.heads, a.ctx, a.vocab = (4, 256, 4, 256, 8000) if a.small else (6, 512, 8, 512, 8000)
@@ -169,6 +177,43 @@ def main() -> None:
             if k != "llmfab":
                 print(f"  llmfab / {k}: {median['llmfab'] / median[k]:.2f}x median, "
                       f"{best['llmfab'] / best[k]:.2f}x best")
+        if a.profile:
+            print_profile(steps, batch)
+
+
+MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"}
+
+
+def split_step(step: Step, batch: torch.Tensor) -> dict[str, float]:
+    """Seconds of one step's self time in matmuls, attention kernels and everything else."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if batch.is_cuda else [])
+    with profile(activities=activities) as prof:
+        step(batch)
+        _sync(batch.device)
+    split = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
+    for event in prof.key_averages():
+        seconds = (event.self_device_time_total if batch.is_cuda else event.self_cpu_time_total) / 1e6
+        if event.key in MATMUL_OPS or "gemm" in event.key.lower():
+            split["matmul"] += seconds
+        elif "scaled_dot_product" in event.key or "flash" in event.key.lower():
+            split["attention"] += seconds
+        else:
+            split["other"] += seconds
+    return split
+
+
+def print_profile(steps: dict[str, Step], batch: torch.Tensor) -> None:
+    splits = {name: split_step(step, batch) for name, step in steps.items()}
+    print("\n  self time of one step (s): matmul + attention + other = total")
+    for name, s in splits.items():
+        print(f"  {name:13s} {s['matmul']:6.2f} + {s['attention']:6.2f} + {s['other']:6.2f} = {sum(s.values()):6.2f}")
+    floor = splits["llmfab"]["matmul"] + splits["llmfab"]["attention"]
+    for name, s in splits.items():
+        if name != "llmfab":
+            print(f"  ceiling llmfab / {name} with zero other work: {sum(s.values()) / floor:.2f}x "
+                  f"(now {sum(s.values()) / sum(splits['llmfab'].values()):.2f}x on this step)")
 
 
 def _sync(device: torch.device) -> None:

@@ -206,7 +206,12 @@ def _stage_app(stage: str, summary: str) -> typer.Typer:
         """Run this stage on one resource (the container entrypoint)."""
         from llmfab.workload import run_stage
 
-        sys.exit(run_stage(stage, spec, force=force))
+        code = run_stage(stage, spec, force=force)
+        if stage == "train" and code:  # a failed torchrun rank (when torchrun runs this directly)
+            from llmfab.training.distributed import exit_worker
+
+            exit_worker(code)
+        sys.exit(code)
 
     return sub
 

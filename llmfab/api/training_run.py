@@ -195,6 +195,11 @@ class ParallelismSpec(Spec):
     )
     fsdp: bool = Field(default=True, description="Shard with FSDP2 when world size > 1.")
     backend: Literal["auto", "nccl", "gloo"] = Field(default="auto", description="auto: nccl on CUDA.")
+    max_restarts: int = Field(
+        default=0, ge=0, le=100,
+        description="torchrun --max-restarts: restart all workers this many times after a failure, "
+        "resuming from the last checkpoint (on one node, an out-of-memory back-off restarts anyway).",
+    )
 
 
 class CheckpointSpec(Spec):

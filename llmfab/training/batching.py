@@ -8,17 +8,30 @@ local tokens, so the gradient is that of the exact global batch whatever the mic
 
 On CUDA the size is probed (forward + backward at full context, halving on out-of-memory); on CPU
 it comes from a memory estimate, since swapping rather than failing is what CPU memory does.
+
+An out-of-memory error during training (fragmentation, a longer eval, a neighbour on the GPU) halves
+the micro-batch. One process retries the step at once. Under torchrun the other ranks are inside
+collectives with the failed one, so it cannot retry alone: it records the halved size in the run's
+``micro-batch.json`` (the cap) and fails; the launcher restarts the workers, which resume from the last
+checkpoint and start at or below the cap. The cap is kept for later runs of the same shape, so a
+resumed run does not rediscover the limit by failing again.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from llmfab.api.training_run import BatchSpec
+from llmfab.store import write_json_atomic
+
+CAP_FILE = "micro-batch.json"
 
 
 class BatchConfigError(ValueError):
@@ -27,6 +40,41 @@ class BatchConfigError(ValueError):
 
 class OutOfMemoryAtSmallestBatch(RuntimeError):
     """Even one sequence per micro-batch does not fit."""
+
+
+SMALLEST_BATCH_FIX = (
+    "spec.batch: out of memory with one sequence per micro-batch; enable "
+    "spec.activationCheckpointing.mode: full, use precision bf16, a smaller model or "
+    "contextLength, or more processes with parallelism.fsdp"
+)
+
+
+class OutOfMemoryBackoff(RuntimeError):
+    """A rank of a torchrun job ran out of memory; the cap is halved and the job must restart."""
+
+
+def memory_key(**fields: Any) -> str:
+    """What the cap depends on (shape, context, precision, checkpointing, world, device), as one string."""
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+def read_cap(run_dir: Path, key: str) -> int | None:
+    """The recorded micro-batch cap for this memory key, if any."""
+    try:
+        data = json.loads((run_dir / CAP_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    cap = data.get("microBatch")
+    return cap if data.get("key") == key and isinstance(cap, int) and cap >= 1 else None
+
+
+def write_cap(run_dir: Path, key: str, size: int, step: int) -> None:
+    """Record ``size`` as the cap (never raising an existing smaller one); any rank may call it."""
+    current = read_cap(run_dir, key)
+    if current is not None and current <= size:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / CAP_FILE, {"key": key, "microBatch": size, "step": step})
 
 
 @dataclass(frozen=True)
@@ -124,11 +172,7 @@ def fit_micro_batch(try_size: Callable[[int], None], largest: int) -> int:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             if size == 1:
-                raise OutOfMemoryAtSmallestBatch(
-                    "spec.batch: out of memory with one sequence per micro-batch; enable "
-                    "spec.activationCheckpointing.mode: full, use precision bf16, a smaller model or "
-                    "contextLength, or more processes with parallelism.fsdp"
-                ) from e
+                raise OutOfMemoryAtSmallestBatch(SMALLEST_BATCH_FIX) from e
             size = max(1, size // 2)
 
 

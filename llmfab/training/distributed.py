@@ -64,17 +64,28 @@ def init_distributed(spec: TrainingRunSpec) -> DistEnv:
 def teardown(env: DistEnv, failed: bool = False) -> None:
     """Leave the process group cleanly: without the barrier and destroy, gloo processes abort at exit.
 
-    After a failure another rank may never reach the barrier; a bounded (monitored) barrier keeps
-    this rank from waiting for the collective timeout.
+    After a failure nothing collective is safe: the other ranks may be blocked inside any
+    collective (an all-gather of the step this rank abandoned), and a barrier or even
+    ``destroy_process_group`` can then wait for them forever. A failed rank leaves the group as it
+    is; its entrypoint reports and then ends the process at once (``exit_worker``), which closes
+    its connections, so the peers fail fast and torchrun stops them.
     """
-    if not (env.distributed and dist.is_initialized()):
+    if failed or not (env.distributed and dist.is_initialized()):
         return
-    with contextlib.suppress(Exception):
-        if failed and dist.get_backend() == "gloo":
-            dist.monitored_barrier(timeout=datetime.timedelta(seconds=30))
-        else:
-            dist.barrier()
+    dist.barrier()
     dist.destroy_process_group()
+
+
+def exit_worker(code: int) -> None:
+    """End a failed torchrun worker now: interpreter shutdown would run the process group's
+    destructors, which can block on peers that are waiting in a collective."""
+    if code == 0 or int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_initialized():
+        return
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def all_reduce_mean(value: float, env: DistEnv) -> float:

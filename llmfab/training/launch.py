@@ -15,7 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", type=Path, required=True, help="TrainingRun YAML file")
     parser.add_argument("--force", action="store_true", help="train even if the run is complete")
     args = parser.parse_args(argv)
-    return run_stage("train", args.spec, force=args.force)
+    code = run_stage("train", args.spec, force=args.force)
+    from llmfab.training.distributed import exit_worker
+
+    exit_worker(code)  # a failed rank must not wait for peers in the process group's destructor
+    return code
 
 
 if __name__ == "__main__":

@@ -24,11 +24,17 @@ from llmfab.status import StatusReporter
 from llmfab.training import distributed as D
 from llmfab.training import losses
 from llmfab.training.batching import (
+    SMALLEST_BATCH_FIX,
     BatchSchedule,
+    OutOfMemoryAtSmallestBatch,
+    OutOfMemoryBackoff,
     StepBatch,
     estimate_micro_batch,
     fit_micro_batch,
     is_out_of_memory,
+    memory_key,
+    read_cap,
+    write_cap,
 )
 from llmfab.training.checkpoint import CheckpointManager, architecture_of, parameter_fingerprint
 from llmfab.training.metrics import MetricsSink, flops_per_token, peak_flops
@@ -76,10 +82,19 @@ def total_steps(spec: TrainingRunSpec, schedule: BatchSchedule) -> int:
     return min(candidates)
 
 
+def micro_batch_key(spec: TrainingRunSpec, env: D.DistEnv) -> str:
+    """What decides how large a micro-batch fits: a recorded cap holds only while these stay the same."""
+    return memory_key(model=spec.model.model_dump(mode="json"), precision=spec.precision,
+                      checkpointing=spec.activation_checkpointing.model_dump(mode="json"),
+                      optimizer=spec.optimizer.type, world=env.world_size, device=env.device.type,
+                      fsdp=spec.parallelism.fsdp)
+
+
 def choose_micro_batch(spec: TrainingRunSpec, module: LanguageModelLoss, env: D.DistEnv,
-                       parameters: int, local_sequences: int) -> int:
-    """Spec value, or the largest that fits (probed on CUDA, estimated on CPU); equal on all ranks."""
-    largest = min(spec.batch.max_micro_batch_size, local_sequences)
+                       parameters: int, local_sequences: int, cap: int | None = None) -> int:
+    """Spec value, or the largest that fits (probed on CUDA, estimated on CPU) and is not above the
+    cap an earlier out-of-memory left; equal on all ranks."""
+    largest = min(spec.batch.max_micro_batch_size, local_sequences, cap or local_sequences)
     if spec.batch.micro_batch_size is not None:
         size = min(spec.batch.micro_batch_size, local_sequences)
     elif env.device.type == "cuda":
@@ -207,7 +222,12 @@ def train(spec: TrainingRunSpec, run_dir: Path, data: DatasetInfo, reporter: Sta
         reporter.event("PrecisionFallback", "spec.precision: bf16 requested, but this CPU has no native bf16 "
                        "(AVX-512 BF16/AMX) and would emulate it ~50x slower; computing in fp32. Set "
                        "precision: fp32 to silence this, or LLMFAB_CPU_BF16=force to insist", "Warning")
-    micro = choose_micro_batch(spec, module, env, parts.parameters, schedule.final // env.world_size)
+    cap_key = micro_batch_key(spec, env)
+    cap = read_cap(run_dir, cap_key) if spec.batch.micro_batch_size is None else None
+    micro = choose_micro_batch(spec, module, env, parts.parameters, schedule.final // env.world_size, cap)
+    if cap is not None:
+        reporter.event("MicroBatchCapped", f"micro-batch {micro}: an earlier out-of-memory capped it at {cap} "
+                       f"(delete {run_dir / 'micro-batch.json'} to probe again)")
     val_batches = validation_batches(data.split("val"), T, micro, spec.eval_batches, env.rank, env.world_size)
     mfu = mfu_function(parts, T, env)
     sink = MetricsSink(run_dir, spec.monitoring, run_name, env.is_main, spec.model_dump(mode="json", by_alias=True))
@@ -225,12 +245,24 @@ def train(spec: TrainingRunSpec, run_dir: Path, data: DatasetInfo, reporter: Sta
             try:
                 loss, grad_norm = train_step(parts, batch, plan, spec, env)
             except Exception as e:
-                if not (is_out_of_memory(e) and micro > 1 and not env.distributed):
+                if not is_out_of_memory(e):
                     raise
-                # One process can retry alone; under torchrun the other ranks are inside collectives.
+                if micro == 1:
+                    raise OutOfMemoryAtSmallestBatch(f"step {step + 1}: {SMALLEST_BATCH_FIX}") from e
+                micro //= 2
+                write_cap(run_dir, cap_key, micro, step)
+                if env.distributed:
+                    # The other ranks are inside collectives with this one: only a restart of all
+                    # of them (from the last checkpoint, at the new cap) can retry the step.
+                    raise OutOfMemoryBackoff(
+                        f"step {step + 1}: rank {env.rank} ran out of memory at micro-batch {micro * 2}; "
+                        f"the next attempt uses {micro} (recorded in {run_dir / 'micro-batch.json'}) and "
+                        f"resumes from {last_checkpoint or 'the start'}"
+                    ) from e
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
                 optimizer.zero_grad(set_to_none=True)
                 sampler.consumed -= plan.global_sequences
-                micro //= 2
                 reporter.event("MicroBatchReduced", f"out of memory at step {step + 1}; micro-batch now {micro}")
                 continue
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):

@@ -12,6 +12,11 @@ Inside the workers torchrun sets ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``/``MASTER
 (``training/distributed.py``). ``LLMFAB_CPU_BF16=force|off`` overrides the detection of native bf16
 on CPUs (without it, ``precision: bf16`` computes in fp32 there, with a warning event).
 
+A worker that runs out of memory under torchrun records a halved micro-batch in the run's
+``micro-batch.json`` and fails (``training/batching.py``); on one node this launcher then restarts
+torchrun, and the workers resume from the last checkpoint at the smaller size. Across nodes,
+``parallelism.maxRestarts`` (torchrun ``--max-restarts``) restarts every node's workers together.
+
 The run directory is not staged as a whole: checkpoints must survive a crash so the next attempt
 resumes. Each checkpoint and the ``model/`` export are atomic, and ``manifest.json`` — what marks
 the run complete — is written last, by rank 0, after the export.
@@ -20,6 +25,7 @@ the run complete — is written last, by rank 0, after the export.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -32,12 +38,14 @@ from typing import Any
 import numpy as np
 import yaml
 
+from llmfab.api.loading import dump_resource
 from llmfab.api.training_run import TrainingRun, TrainingRunSpec
 from llmfab.status import FileStatusReporter
 from llmfab.store import MANIFEST, write_manifest
 from llmfab.workload import DependencyNotReady, WorkloadContext, WorkloadError
 
 LAUNCH_SPEC = ".launch-spec.yaml"
+MAX_OOM_RELAUNCHES = 8  # each halves the micro-batch: 8 cover 256 -> 1
 
 
 def run(ctx: WorkloadContext) -> None:
@@ -122,7 +130,7 @@ def torchrun_command(spec: TrainingRunSpec, spec_file: Path, endpoint: str, node
         sys.executable, "-m", "torch.distributed.run",
         "--nnodes", str(p.nodes), "--nproc-per-node", str(p.processes_per_node),
         "--node-rank", str(node_rank), "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
-        "--max-restarts", "0",
+        "--max-restarts", str(p.max_restarts),
         "-m", "llmfab.training.launch", "--spec", str(spec_file), *(["--force"] if force else []),
     ]
 
@@ -131,14 +139,24 @@ def launch_torchrun(ctx: WorkloadContext, spec: TrainingRunSpec) -> None:
     """Run this same stage under torchrun and wait; a failed worker fails the run (resume on rerun)."""
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     spec_file = ctx.out_dir / LAUNCH_SPEC
-    body = ctx.resource.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
-    spec_file.write_text(yaml.safe_dump(body, sort_keys=False))
-    endpoint, node_rank = rendezvous(spec)
-    cmd = torchrun_command(spec, spec_file, endpoint, node_rank, ctx.force)
-    ctx.reporter.event("Launching", " ".join(cmd[1:]))
-    code = _wait_forwarding_signals(subprocess.Popen(cmd))
-    if code == 0:
-        return
+    # dump_resource keeps explicit nulls: ``prometheusPort: null`` must stay off in the workers.
+    spec_file.write_text(yaml.safe_dump(dump_resource(ctx.resource), sort_keys=False))
+    for attempt in range(MAX_OOM_RELAUNCHES + 1):
+        endpoint, node_rank = rendezvous(spec)
+        cmd = torchrun_command(spec, spec_file, endpoint, node_rank, ctx.force)
+        ctx.reporter.event("Launching", " ".join(cmd[1:]))
+        cap_before = _cap_value(ctx.out_dir)
+        code = _wait_forwarding_signals(subprocess.Popen(cmd, preexec_fn=_die_with_parent))
+        if code == 0:
+            return
+        cap_after = _cap_value(ctx.out_dir)
+        lowered = cap_after is not None and (cap_before is None or cap_after < cap_before)
+        if not lowered or spec.parallelism.nodes > 1 or attempt == MAX_OOM_RELAUNCHES:
+            break
+        # A rank ran out of memory and recorded a halved micro-batch: restart every worker from the
+        # last checkpoint at that size. (Across nodes, torchrun --max-restarts does this instead.)
+        ctx.reporter.event("MicroBatchReduced", f"a worker ran out of memory; restarting torchrun with "
+                           f"micro-batch {cap_after}", "Warning")
     message = ""
     if isinstance(ctx.reporter, FileStatusReporter):
         status = ctx.reporter.read()
@@ -149,6 +167,27 @@ def launch_torchrun(ctx: WorkloadContext, spec: TrainingRunSpec) -> None:
         message or f"torchrun exited with code {code} (a worker failed or was killed); run again to "
         "resume from the last checkpoint"
     )
+
+
+def _die_with_parent() -> None:
+    """In the torchrun child, before exec: SIGTERM it if this launcher dies, even by SIGKILL, so
+    torchrun stops its workers instead of training on as orphans (Linux prctl; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _cap_value(run_dir: Path) -> int | None:
+    """The micro-batch cap workers recorded, whatever its key (the workers check the key)."""
+    from llmfab.training.batching import CAP_FILE
+
+    try:
+        value = json.loads((run_dir / CAP_FILE).read_text()).get("microBatch")
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
 
 
 def _wait_forwarding_signals(proc: subprocess.Popen[bytes]) -> int:
@@ -171,7 +210,7 @@ def _wait_forwarding_signals(proc: subprocess.Popen[bytes]) -> int:
 def train_here(ctx: WorkloadContext, spec: TrainingRunSpec, data: Any, dataset_dir: Path) -> None:
     """This process's part of the run (every torchrun rank runs it)."""
     from llmfab.training import distributed as D
-    from llmfab.training.batching import BatchConfigError, OutOfMemoryAtSmallestBatch
+    from llmfab.training.batching import BatchConfigError, OutOfMemoryAtSmallestBatch, OutOfMemoryBackoff
     from llmfab.training.checkpoint import CheckpointIOError, IncompatibleCheckpoint
     from llmfab.training.token_data import DataFormatError
     from llmfab.training.trainer import NonFiniteLoss, train
@@ -185,7 +224,7 @@ def train_here(ctx: WorkloadContext, spec: TrainingRunSpec, data: Any, dataset_d
         try:
             result = train(spec, ctx.out_dir, data, ctx.reporter, env, ctx.resource.name)
         except (BatchConfigError, CheckpointIOError, DataFormatError, IncompatibleCheckpoint, NonFiniteLoss,
-                OutOfMemoryAtSmallestBatch) as e:
+                OutOfMemoryAtSmallestBatch, OutOfMemoryBackoff) as e:
             raise WorkloadError(str(e)) from e
         if env.is_main:
             publish(ctx, spec, result, dataset_dir)

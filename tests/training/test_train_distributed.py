@@ -131,3 +131,49 @@ def test_fsdp_with_bf16_activation_checkpointing_layer_sharing_and_async_saves_t
     losses = _losses(run)
     assert losses[8] < losses[1]
     assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step-00000006", "step-00000008"]
+
+
+INJECT_OOM = '''
+import os
+if os.environ.get("RANK") == "1" and os.environ.get("LLMFAB_TEST_OOM_AT"):
+    import torch
+    from llmfab.training import trainer
+
+    _real, _calls = trainer.train_step, [0]
+
+    def _step(parts, batch, plan, spec, env):
+        _calls[0] += 1
+        if _calls[0] >= int(os.environ["LLMFAB_TEST_OOM_AT"]) and plan.sizes[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected on rank 1)")
+        return _real(parts, batch, plan, spec, env)
+
+    trainer.train_step = _step
+'''
+
+
+def test_out_of_memory_on_one_rank_restarts_all_workers_at_half_the_micro_batch(
+    root: Path, reference: Path, tmp_path: Path
+) -> None:
+    """Rank 1 runs out of memory at step 15 (micro-batch 4): the launcher restarts torchrun, both
+    ranks resume from step 10 at micro-batch 2, and the global batch, hence the losses, stay the same."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(INJECT_OOM)
+    spec = _spec(root, "oom")
+    run = root / "runs" / "oom"
+    env = {**os.environ, "LLMFAB_HOME": str(root), "OMP_NUM_THREADS": "1", "LLMFAB_TEST_OOM_AT": "15",
+           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-m", "llmfab.training.launch", "--spec", str(spec)], env=env,
+                         cwd=root, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    events = (root / "runs" / "oom.events.jsonl").read_text()
+    assert "restarting torchrun with micro-batch 2" in events
+    assert "resumed from step-00000010" in events
+    assert json.loads((run / "micro-batch.json").read_text())["microBatch"] == 2
+    assert (run / "manifest.json").is_file()
+    # The workers' copy of the spec keeps explicit nulls: no Prometheus port came back by default.
+    assert yaml.safe_load((run / ".launch-spec.yaml").read_text())["spec"]["monitoring"]["prometheusPort"] is None
+    resumed, expected = _losses(run), _losses(reference)
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    for step in resumed:  # micro-batches of 2 accumulate in another order than 4: rounding only
+        assert resumed[step] == pytest.approx(expected[step], abs=1e-4), step

@@ -102,6 +102,51 @@ def test_ctrl_c_during_a_checkpoint_save_is_reported_as_interrupted(
     assert not (home / "runs" / "tiny-run" / "manifest.json").exists()
 
 
+def _out_of_memory_once_at(step_call: int, above: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make the ``step_call``-th training step fail with a CUDA-style OOM while micro-batches exceed
+    ``above`` sequences; return the micro-batch sizes every step call used."""
+    from llmfab.training import trainer
+
+    real, seen = trainer.train_step, []
+
+    def step(parts, batch, plan, spec, env):  # type: ignore[no-untyped-def]
+        seen.append(plan.sizes[0])
+        if len(seen) >= step_call and plan.sizes[0] > above:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return real(parts, batch, plan, spec, env)
+
+    monkeypatch.setattr(trainer, "train_step", step)
+    return seen
+
+
+def test_out_of_memory_mid_run_halves_the_micro_batch_keeps_the_global_batch_and_remembers(
+    home: Path, write_spec: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = _out_of_memory_once_at(5, above=4, monkeypatch=monkeypatch)
+    spec = write_spec(maxSteps=8, batch={"globalTokens": 32 * 8, "maxMicroBatchSize": 8})
+    assert run_stage("train", spec) == 0
+    assert seen[:5] == [8, 8, 8, 8, 8] and set(seen[5:]) == {4}  # step 5 retried at half the size
+    assert sorted(read_metrics(home / "runs" / "tiny-run")) == list(range(1, 9))  # no step lost or doubled
+    events = (home / "runs" / "tiny-run.events.jsonl").read_text()
+    assert "out of memory at step 5; micro-batch now 4" in events
+    cap = json.loads((home / "runs" / "tiny-run" / "micro-batch.json").read_text())
+    assert cap["microBatch"] == 4
+
+    seen.clear()  # a longer run resumes at the recorded size instead of failing again
+    assert run_stage("train", write_spec(maxSteps=12, batch={"globalTokens": 32 * 8, "maxMicroBatchSize": 8})) == 0
+    assert set(seen) == {4}
+    assert "an earlier out-of-memory capped it at 4" in (home / "runs" / "tiny-run.events.jsonl").read_text()
+
+
+def test_out_of_memory_at_one_sequence_fails_with_the_fix(
+    home: Path, write_spec: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _out_of_memory_once_at(1, above=0, monkeypatch=monkeypatch)
+    assert run_stage("train", write_spec(maxSteps=4, batch={"globalTokens": 32 * 8, "microBatchSize": 1})) == 1
+    message = _status(home)["message"]
+    assert "step 1" in message and "spec.activationCheckpointing.mode: full" in message
+
+
 def test_missing_dataset_waits_with_a_clear_status(home: Path, write_spec: Callable[..., Path]) -> None:
     shutil.rmtree(home / "datasets" / "tiny")
     assert run_stage("train", write_spec()) == 3
