@@ -24,7 +24,6 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -53,19 +52,15 @@ class OutOfMemoryBackoff(RuntimeError):
     """A rank of a torchrun job ran out of memory; the cap is halved and the job must restart."""
 
 
-def memory_key(**fields: Any) -> str:
-    """What the cap depends on (shape, context, precision, checkpointing, world, device), as one string."""
-    return json.dumps(fields, sort_keys=True, default=str)
-
-
-def read_cap(run_dir: Path, key: str) -> int | None:
-    """The recorded micro-batch cap for this memory key, if any."""
+def read_cap(run_dir: Path, key: str | None) -> int | None:
+    """The recorded micro-batch cap for this memory key (``None``: whatever key recorded it)."""
     try:
         data = json.loads((run_dir / CAP_FILE).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    cap = data.get("microBatch")
-    return cap if data.get("key") == key and isinstance(cap, int) and cap >= 1 else None
+    cap = data.get("microBatch") if isinstance(data, dict) else None
+    matches = key is None or data.get("key") == key
+    return cap if matches and isinstance(cap, int) and cap >= 1 else None
 
 
 def write_cap(run_dir: Path, key: str, size: int, step: int) -> None:

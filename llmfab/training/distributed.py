@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -81,8 +82,6 @@ def exit_worker(code: int) -> None:
     destructors, which can block on peers that are waiting in a collective."""
     if code == 0 or int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_initialized():
         return
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

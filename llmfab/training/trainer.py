@@ -9,6 +9,7 @@ Every rank runs this; rank 0 alone writes metrics, status and the trainer part o
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from llmfab.status import StatusReporter
 from llmfab.training import distributed as D
 from llmfab.training import losses
 from llmfab.training.batching import (
+    CAP_FILE,
     SMALLEST_BATCH_FIX,
     BatchSchedule,
     OutOfMemoryAtSmallestBatch,
@@ -32,7 +34,6 @@ from llmfab.training.batching import (
     estimate_micro_batch,
     fit_micro_batch,
     is_out_of_memory,
-    memory_key,
     read_cap,
     write_cap,
 )
@@ -84,10 +85,10 @@ def total_steps(spec: TrainingRunSpec, schedule: BatchSchedule) -> int:
 
 def micro_batch_key(spec: TrainingRunSpec, env: D.DistEnv) -> str:
     """What decides how large a micro-batch fits: a recorded cap holds only while these stay the same."""
-    return memory_key(model=spec.model.model_dump(mode="json"), precision=spec.precision,
-                      checkpointing=spec.activation_checkpointing.model_dump(mode="json"),
-                      optimizer=spec.optimizer.type, world=env.world_size, device=env.device.type,
-                      fsdp=spec.parallelism.fsdp)
+    return json.dumps({"model": spec.model.model_dump(mode="json"), "precision": spec.precision,
+                       "checkpointing": spec.activation_checkpointing.model_dump(mode="json"),
+                       "optimizer": spec.optimizer.type, "world": env.world_size,
+                       "device": env.device.type, "fsdp": spec.parallelism.fsdp}, sort_keys=True)
 
 
 def choose_micro_batch(spec: TrainingRunSpec, module: LanguageModelLoss, env: D.DistEnv,
@@ -227,7 +228,7 @@ def train(spec: TrainingRunSpec, run_dir: Path, data: DatasetInfo, reporter: Sta
     micro = choose_micro_batch(spec, module, env, parts.parameters, schedule.final // env.world_size, cap)
     if cap is not None:
         reporter.event("MicroBatchCapped", f"micro-batch {micro}: an earlier out-of-memory capped it at {cap} "
-                       f"(delete {run_dir / 'micro-batch.json'} to probe again)")
+                       f"(delete {run_dir / CAP_FILE} to probe again)")
     val_batches = validation_batches(data.split("val"), T, micro, spec.eval_batches, env.rank, env.world_size)
     mfu = mfu_function(parts, T, env)
     sink = MetricsSink(run_dir, spec.monitoring, run_name, env.is_main, spec.model_dump(mode="json", by_alias=True))
@@ -256,7 +257,7 @@ def train(spec: TrainingRunSpec, run_dir: Path, data: DatasetInfo, reporter: Sta
                     # of them (from the last checkpoint, at the new cap) can retry the step.
                     raise OutOfMemoryBackoff(
                         f"step {step + 1}: rank {env.rank} ran out of memory at micro-batch {micro * 2}; "
-                        f"the next attempt uses {micro} (recorded in {run_dir / 'micro-batch.json'}) and "
+                        f"the next attempt uses {micro} (recorded in {run_dir / CAP_FILE}) and "
                         f"resumes from {last_checkpoint or 'the start'}"
                     ) from e
                 if torch.cuda.is_available():

@@ -25,7 +25,6 @@ the run complete — is written last, by rank 0, after the export.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import signal
@@ -137,6 +136,8 @@ def torchrun_command(spec: TrainingRunSpec, spec_file: Path, endpoint: str, node
 
 def launch_torchrun(ctx: WorkloadContext, spec: TrainingRunSpec) -> None:
     """Run this same stage under torchrun and wait; a failed worker fails the run (resume on rerun)."""
+    from llmfab.training.batching import read_cap  # torch: only where this process trains or reads a cap
+
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     spec_file = ctx.out_dir / LAUNCH_SPEC
     # dump_resource keeps explicit nulls: ``prometheusPort: null`` must stay off in the workers.
@@ -145,11 +146,11 @@ def launch_torchrun(ctx: WorkloadContext, spec: TrainingRunSpec) -> None:
         endpoint, node_rank = rendezvous(spec)
         cmd = torchrun_command(spec, spec_file, endpoint, node_rank, ctx.force)
         ctx.reporter.event("Launching", " ".join(cmd[1:]))
-        cap_before = _cap_value(ctx.out_dir)
+        cap_before = read_cap(ctx.out_dir, None)  # any key: the workers check theirs
         code = _wait_forwarding_signals(subprocess.Popen(cmd, preexec_fn=_die_with_parent))
         if code == 0:
             return
-        cap_after = _cap_value(ctx.out_dir)
+        cap_after = read_cap(ctx.out_dir, None)
         lowered = cap_after is not None and (cap_before is None or cap_after < cap_before)
         if not lowered or spec.parallelism.nodes > 1 or attempt == MAX_OOM_RELAUNCHES:
             break
@@ -177,17 +178,6 @@ def _die_with_parent() -> None:
 
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _cap_value(run_dir: Path) -> int | None:
-    """The micro-batch cap workers recorded, whatever its key (the workers check the key)."""
-    from llmfab.training.batching import CAP_FILE
-
-    try:
-        value = json.loads((run_dir / CAP_FILE).read_text()).get("microBatch")
-    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
-        return None
-    return value if isinstance(value, int) else None
 
 
 def _wait_forwarding_signals(proc: subprocess.Popen[bytes]) -> int:
