@@ -160,23 +160,12 @@ def export(
     out: Annotated[Path | None, typer.Option(help="Output directory; default: runs/NAME/model.")] = None,
 ) -> None:
     """Write a TrainingRun's Hugging Face model/ from a checkpoint (e.g. of a run still training)."""
-    import yaml
-
-    from llmfab.api import ValidationFailed, parse_resource
-    from llmfab.api.training_run import TrainingRun
     from llmfab.store import artifact_root
-    from llmfab.training.export_checkpoint import ExportError, export_checkpoint
+    from llmfab.training.export_checkpoint import ExportError, export_named_run
 
-    root = artifact_root()
-    spec_file = root / TrainingRun.ARTIFACT_DIR / f"{name}.spec.yaml"
     try:
-        run = parse_resource(yaml.safe_load(spec_file.read_text()), str(spec_file))
-        assert isinstance(run, TrainingRun)
-        path = export_checkpoint(run, root, step, out)
-    except FileNotFoundError:
-        err_console.print(f"error: TrainingRun/{name}: no spec at {spec_file}; run it with `llmfab up` first")
-        raise typer.Exit(1) from None
-    except (ValidationFailed, ExportError) as e:
+        path = export_named_run(name, artifact_root(), step, out)
+    except ExportError as e:
         err_console.print(f"error: {e}")
         raise typer.Exit(1) from None
     console.print(f"exported {path}")
@@ -216,15 +205,14 @@ def _stage_app(stage: str, summary: str) -> typer.Typer:
     return sub
 
 
-for _stage, _summary in (
-    ("data", "Dataset workload: collect, clean, dedup, filter, tokenize, split."),
-    ("train", "TrainingRun workload (re-launches itself under torchrun for several processes)."),
-    ("reward", "RewardModel workload: train on preference pairs."),
-    ("eval", "Evaluation: perplexity, BLEU/ROUGE, bias probes, report.html."),
-    ("quantize", "4-bit weight-only quantization (compressed-tensors)."),
-    ("serve", "Serve with vLLM's OpenAI server."),
-):
-    app.add_typer(_stage_app(_stage, _summary), name=_stage)
+def _add_stage_apps() -> None:
+    from llmfab.stages import STAGES
+
+    for stage in STAGES.values():
+        app.add_typer(_stage_app(stage.name, stage.summary), name=stage.name)
+
+
+_add_stage_apps()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,18 @@ def status_path(kind_dir: str, name: str, root: Path | None = None) -> Path:
     return (root or artifact_root()) / kind_dir / f"{name}.status.json"
 
 
+def read_status(kind_dir: str, name: str, root: Path | None = None) -> dict[str, Any]:
+    """A resource's status as the workload last wrote it locally; ``{}`` before the first write.
+
+    The status file is replaced atomically, so a reader sees a whole file or none.
+    """
+    try:
+        data = json.loads(status_path(kind_dir, name, root).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def events_path(kind_dir: str, name: str, root: Path | None = None) -> Path:
     return (root or artifact_root()) / kind_dir / f"{name}.events.jsonl"
 
@@ -91,15 +103,12 @@ class FileStatusReporter(StatusReporter):
 
     def __init__(self, resource: Resource, root: Path | None = None) -> None:
         super().__init__(resource)
+        self.root = root
         self.path = status_path(resource.ARTIFACT_DIR, resource.name, root)
         self.events = events_path(resource.ARTIFACT_DIR, resource.name, root)
 
     def read(self) -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = json.loads(self.path.read_text())
-            return data
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
+        return read_status(self.resource.ARTIFACT_DIR, self.resource.name, self.root)
 
     def patch(self, fields: dict[str, Any]) -> None:
         status = self.read()

@@ -22,32 +22,14 @@ import yaml
 
 from llmfab.api import KINDS, ValidationFailed, parse_resource
 from llmfab.api.common import Phase, Resource
+from llmfab.errors import DependencyNotReady, StageNotSupported, WorkloadError
+from llmfab.stages import STAGES, is_primary, owns_phase, stage_available
 from llmfab.status import StatusReporter, reporter_for
 from llmfab.store import artifact_dir, artifact_root, is_complete, read_manifest, resource_dir, spec_hash
 
 SOURCE_DIR_ANNOTATION = "llmfab.dev/source-dir"
 
-# stage -> (module implementing `run(ctx)`, kinds it accepts)
-STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "data": ("llmfab.data.workload", ("Dataset",)),
-    "train": ("llmfab.training.workload", ("TrainingRun",)),
-    "reward": ("llmfab.training.reward_workload", ("RewardModel",)),
-    "eval": ("llmfab.eval.workload", ("TrainingRun", "InferenceService")),
-    "quantize": ("llmfab.serving.quantize_workload", ("InferenceService",)),
-    "serve": ("llmfab.serving.workload", ("InferenceService",)),
-}
-
-
-class WorkloadError(Exception):
-    """A failure the user can fix; the message names the field and the fix."""
-
-    reason = "Failed"
-
-
-class DependencyNotReady(WorkloadError):
-    """A referenced resource has no complete artifact yet."""
-
-    reason = "WaitingForDependency"
+__all__ = ["DependencyNotReady", "WorkloadContext", "WorkloadError", "load_spec_file", "run_stage"]
 
 
 @dataclass
@@ -90,8 +72,16 @@ def load_spec_file(path: Path) -> Resource:
 
 
 def _stage_function(stage: str) -> tuple[Callable[[WorkloadContext], None], bool]:
-    module = importlib.import_module(STAGES[stage][0])
+    module = importlib.import_module(STAGES[stage].module)
     return module.run, getattr(module, "SKIP_IF_COMPLETE", True)
+
+
+def unsupported_stage_message(stage: str) -> str:
+    kinds = " and ".join(STAGES[stage].kinds)
+    return (
+        f"`llmfab {stage} run` ({kinds}) is not supported by this version of llmfab yet: "
+        f"its code ({STAGES[stage].module}) is not part of this installation"
+    )
 
 
 def run_stage(stage: str, spec_file: Path, force: bool = False) -> int:
@@ -101,31 +91,37 @@ def run_stage(stage: str, spec_file: Path, force: bool = False) -> int:
     except (ValidationFailed, OSError, yaml.YAMLError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    accepted = STAGES[stage][1]
+    accepted = STAGES[stage].kinds
     if resource.KIND not in accepted:
         print(
             f"error: `llmfab {stage} run` takes {' or '.join(accepted)}, not {resource.KIND}", file=sys.stderr
         )
         return 2
     reporter = reporter_for(resource)
+    if not stage_available(stage):
+        message = unsupported_stage_message(stage)
+        if owns_phase(stage, resource.KIND):
+            reporter.phase(Phase.FAILED, StageNotSupported.reason, message)
+        print(f"error: {resource.key}: {message}", file=sys.stderr)
+        return 2
     root = artifact_root()
     out_dir = resource_dir(resource, root)
     wanted = spec_hash(resource)
     fn, skip_if_complete = _stage_function(stage)
-    if skip_if_complete and not force and stage == resource.STAGE and is_complete(out_dir, wanted):
+    if skip_if_complete and not force and is_primary(stage, resource.KIND) and is_complete(out_dir, wanted):
         print(f"{resource.key}: up to date ({out_dir}); nothing to do (use --force to rebuild)")
         reporter.phase(Phase.SUCCEEDED, "UpToDate", "artifacts match the spec", artifactPath=str(out_dir))
         return 0
     ctx = WorkloadContext(resource, reporter, root, out_dir, wanted, force)
-    primary = stage == resource.STAGE
+    primary = is_primary(stage, resource.KIND)
+    fails_resource = owns_phase(stage, resource.KIND)
     label = stage.capitalize()
     if primary:
         reporter.phase(Phase.RUNNING, "Started", f"{stage} started")
     else:
-        # eval/quantize around a resource's own stage: events, and the phase only where it matters
-        # (an InferenceService that cannot quantize cannot serve; a trained run stays trained).
+        # eval/quantize around a resource's own stage: events, and the phase where it owns it.
         reporter.event(f"{label}Started", f"{stage} started")
-        if resource.KIND == "InferenceService":
+        if fails_resource:
             reporter.phase(Phase.RUNNING, f"{label}Started", f"{stage} started")
     try:
         fn(ctx)
@@ -133,8 +129,12 @@ def run_stage(stage: str, spec_file: Path, force: bool = False) -> int:
         reporter.phase(Phase.WAITING, e.reason, str(e))
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except StageNotSupported as e:  # refused like an invalid spec: nothing ran
+        _failed(reporter, fails_resource, e.reason, str(e), label)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        _failed(reporter, primary or resource.KIND == "InferenceService", "Interrupted", "stopped by the user", label)
+        _failed(reporter, fails_resource, "Interrupted", "stopped by the user", label)
         return 130
     except Exception as e:  # the status must say what broke, whatever it was
         if isinstance(e, WorkloadError):
@@ -142,11 +142,11 @@ def run_stage(stage: str, spec_file: Path, force: bool = False) -> int:
         else:
             reason, message = "Error", f"{type(e).__name__}: {e}"
             print(traceback.format_exc(limit=8), file=sys.stderr)
-        _failed(reporter, primary or resource.KIND == "InferenceService", reason, message, label)
+        _failed(reporter, fails_resource, reason, message, label)
         print(f"error: {message}", file=sys.stderr)
         return 1
     except BaseException as e:  # a library's own BaseException: still never leave "Running" behind
-        _failed(reporter, primary or resource.KIND == "InferenceService", "Error", f"{type(e).__name__}: {e}", label)
+        _failed(reporter, fails_resource, "Error", f"{type(e).__name__}: {e}", label)
         raise
     if primary:
         reporter.phase(Phase.SUCCEEDED, "Completed", f"{stage} finished", artifactPath=str(out_dir))

@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from llmfab.api.dataset import Engine
-from llmfab.workload import WorkloadError
+from llmfab.errors import WorkloadError
 
 BatchFn = Callable[[pa.Table], pa.Table]
 

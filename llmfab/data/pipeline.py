@@ -45,8 +45,8 @@ from llmfab.data.readers import read_documents, source_label, unit_hash
 from llmfab.data.shards import SPLITS, ShardWriter, token_dtype
 from llmfab.data.split import split_of
 from llmfab.data.steps import EXAMPLES_PER_REASON, StepStatsBook, example
+from llmfab.errors import WorkloadError
 from llmfab.status import StatusReporter
-from llmfab.workload import WorkloadError
 
 SPILL_SCHEMA = pa.schema([("text", pa.large_string()), ("source", pa.string()), ("id", pa.string()),
                           ("key", pa.binary(16))])

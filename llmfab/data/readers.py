@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from llmfab.api.dataset import DatasetSpec, Source
 from llmfab.data.steps import DOCUMENT_SCHEMA, StepCounter, example
-from llmfab.workload import WorkloadError
+from llmfab.errors import WorkloadError
 
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".markdown"}
 JSON_SUFFIXES = {".jsonl", ".json", ".ndjson"}

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llmfab.api.dataset import Tokenizer as TokenizerSpec
-from llmfab.workload import WorkloadError
+from llmfab.errors import WorkloadError
 
 FIELD = "spec.tokenizer"
 UNK, BOS, EOS, PAD = 0, 1, 2, 3

@@ -23,9 +23,11 @@ from llmfab.api.common import utc_now
 from llmfab.api.evaluation import EvalResults, EvalSpec
 from llmfab.api.inference_service import InferenceService
 from llmfab.api.training_run import TrainingRun
+from llmfab.errors import WorkloadError
 from llmfab.eval import bias, generation, model_io, perplexity, regard, report, splits
+from llmfab.status import read_status
 from llmfab.store import read_manifest, write_json_atomic
-from llmfab.workload import WorkloadContext, WorkloadError
+from llmfab.workload import WorkloadContext
 
 VERSIONED = ("llmfab", "torch", "transformers", "numpy", "sacrebleu", "rouge-score", "vaderSentiment",
              "compressed-tensors", "matplotlib")
@@ -55,7 +57,7 @@ def fingerprint(model_dirs: dict[str, Path]) -> str:
 
 def _dataset_of_run(run_dir: Path) -> str | None:
     """The Dataset a TrainingRun trained on, from its manifest (trainer-written) or status file."""
-    for source in (read_manifest(run_dir), _json(run_dir.parent / f"{run_dir.name}.status.json")):
+    for source in (read_manifest(run_dir), read_status(TrainingRun.ARTIFACT_DIR, run_dir.name, run_dir.parents[1])):
         value = (source or {}).get("dataset")
         if isinstance(value, dict):
             value = value.get("name")

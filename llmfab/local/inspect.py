@@ -13,7 +13,8 @@ from rich.table import Table
 from llmfab.api import KINDS, resource_class
 from llmfab.api.common import Resource
 from llmfab.api.crds import printer_columns
-from llmfab.status import events_path, log_path, status_path
+from llmfab.stages import spec_file_path
+from llmfab.status import events_path, log_path, read_status, status_path
 from llmfab.store import artifact_dir, artifact_root, read_manifest
 
 
@@ -47,14 +48,6 @@ def _known_names(cls: type[Resource], root: Path) -> list[str]:
     return sorted(p.name[: -len(".status.json")] for p in folder.glob("*.status.json"))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-        return data
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
 def _format(value: Any) -> str:
     if value is None:
         return "-"
@@ -74,7 +67,7 @@ def get_table(kind: str | None, name: str | None, root: Path | None = None) -> T
         for res_name in _known_names(cls, root):
             if name and res_name != name:
                 continue
-            status = _read_json(status_path(cls.ARTIFACT_DIR, res_name, root))
+            status = read_status(cls.ARTIFACT_DIR, res_name, root)
             details = []
             for col in printer_columns(cls)[1:-1]:
                 value = _json_path({"status": status}, col["jsonPath"])
@@ -99,10 +92,10 @@ def describe_text(kind: str, name: str, root: Path | None = None) -> str:
     root = root or artifact_root()
     cls = resource_class(kind)
     status_file = status_path(cls.ARTIFACT_DIR, name, root)
-    spec_file = root / cls.ARTIFACT_DIR / f"{name}.spec.yaml"
+    spec_file = spec_file_path(cls.ARTIFACT_DIR, name, root)
     if not status_file.exists() and not spec_file.exists():
         raise LookupError(f"{cls.KIND}/{name} not found in {root}; `llmfab get` lists what exists")
-    status = _read_json(status_file)
+    status = read_status(cls.ARTIFACT_DIR, name, root)
     out: list[str] = [
         f"Name:         {name}",
         f"Kind:         {cls.KIND}",

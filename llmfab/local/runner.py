@@ -9,7 +9,6 @@ Ctrl-C, and exits non-zero if anything failed.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -19,7 +18,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
@@ -27,58 +25,21 @@ from rich.table import Table
 
 from llmfab.api import KINDS, ValidationFailed, load_resources
 from llmfab.api.common import Phase, Resource
-from llmfab.api.inference_service import InferenceService
-from llmfab.api.loading import dump_resource
-from llmfab.api.training_run import TrainingRun
 from llmfab.local.ordering import OrderingError, dependents, order_resources
-from llmfab.status import FileStatusReporter, log_path, status_path
+from llmfab.stages import (
+    STAGES,
+    owns_phase,
+    spec_file_path,
+    stage_available,
+    stage_command,
+    stages_for,
+    write_spec_file,
+)
+from llmfab.status import FileStatusReporter, log_path, read_status
 from llmfab.store import artifact_dir, artifact_root, read_manifest, write_json_atomic
-from llmfab.workload import STAGES
 
 STOP_GRACE_SECONDS = 20.0
 SERVE_READY_TIMEOUT = float(os.environ.get("LLMFAB_SERVE_READY_TIMEOUT", "600"))
-
-
-def stages_for(res: Resource) -> list[str]:
-    """The workload stages that make up one resource, in order."""
-    if isinstance(res, TrainingRun):
-        return ["train", *(["eval"] if res.spec.eval.enabled else [])]
-    if isinstance(res, InferenceService):
-        quantize = ["quantize"] if res.spec.quantization.method != "none" else []
-        return [*quantize, *(["eval"] if res.spec.eval.enabled else []), "serve"]
-    return [res.STAGE]
-
-
-def stage_available(stage: str) -> bool:
-    """Whether this installation has the stage's module (an image may ship only some stages)."""
-    return importlib.util.find_spec(STAGES[stage][0]) is not None
-
-
-def spec_file_path(res: Resource, root: Path) -> Path:
-    return root / res.ARTIFACT_DIR / f"{res.name}.spec.yaml"
-
-
-def write_spec_file(res: Resource, root: Path) -> Path:
-    """The one-resource YAML the workload reads (what the operator puts in a ConfigMap)."""
-    path = spec_file_path(res, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(dump_resource(res), sort_keys=False, allow_unicode=True))
-    tmp.replace(path)
-    return path
-
-
-def stage_command(stage: str, spec_file: Path, force: bool) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "llmfab",
-        stage,
-        "run",
-        "--spec",
-        str(spec_file),
-        *(["--force"] if force else []),
-    ]
 
 
 @dataclass
@@ -124,14 +85,6 @@ def _status_table(rows: list[tuple[str, str, dict[str, object]]]) -> Table:
     return table
 
 
-def _read_status(res: Resource, root: Path) -> dict[str, object]:
-    try:
-        data: dict[str, object] = json.loads(status_path(res.ARTIFACT_DIR, res.name, root).read_text())
-        return data
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGINT the child's process group (torchrun forwards it), then escalate."""
     for sig, wait in ((signal.SIGINT, STOP_GRACE_SECONDS), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
@@ -157,7 +110,7 @@ def _start(res: Resource, stage: str, spec_file: Path, force: bool, root: Path) 
         f.write(f"\n===== {time.strftime('%Y-%m-%dT%H:%M:%S')} llmfab {stage} run =====\n".encode())
         env = {**os.environ, "LLMFAB_HOME": str(root), "PYTHONUNBUFFERED": "1"}
         return subprocess.Popen(
-            stage_command(stage, spec_file, force),
+            stage_command(stage, spec_file, force, python=sys.executable),
             stdout=f,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -170,7 +123,7 @@ def _wait_serving(res: Resource, proc: subprocess.Popen[bytes], root: Path, live
     """Wait until the server reports a ready replica (or dies)."""
     deadline = time.monotonic() + SERVE_READY_TIMEOUT
     while time.monotonic() < deadline:
-        status = _read_status(res, root)
+        status = read_status(res.ARTIFACT_DIR, res.name, root)
         live.update(_status_table([(res.key, "serve", status)]))
         if proc.poll() is not None:
             return False
@@ -194,7 +147,7 @@ def _run_stage(
             if stage == "serve":
                 if _wait_serving(res, proc, root, live):
                     outcome.servers.append((res, proc))
-                    url = _read_status(res, root).get("url", "")
+                    url = read_status(res.ARTIFACT_DIR, res.name, root).get("url", "")
                     console.print(f"[green]serving[/green] {res.key} at {url}")
                     console.print(
                         f"  curl {url}/completions -H 'Content-Type: application/json' "
@@ -208,7 +161,7 @@ def _run_stage(
                 _stop(proc)
             else:
                 while proc.poll() is None:
-                    live.update(_status_table([(res.key, stage, _read_status(res, root))]))
+                    live.update(_status_table([(res.key, stage, read_status(res.ARTIFACT_DIR, res.name, root))]))
                     time.sleep(0.5)
     except KeyboardInterrupt:
         _stop(proc)
@@ -216,7 +169,7 @@ def _run_stage(
     seconds = time.monotonic() - started
     if proc.returncode == 0:
         console.print(
-            f"[green]✓[/green] {label} in {seconds:.1f}s  {_progress_text(_read_status(res, root))}",
+            f"[green]✓[/green] {label} in {seconds:.1f}s  {_progress_text(read_status(res.ARTIFACT_DIR, res.name, root))}",
             highlight=False,
         )
         outcome.succeeded.append(label)
@@ -275,25 +228,23 @@ def run_up(
                 console.print(f"[yellow]-[/yellow] {res.key} not run: a resource it references failed")
                 outcome.skipped.append(res.key)
                 continue
-            spec_file = write_spec_file(res, root)
+            spec_file = write_spec_file(res, spec_file_path(res.ARTIFACT_DIR, res.name, root))
             reporter.phase(Phase.PENDING, "Queued", "queued by llmfab up")
             for stage in stages:
                 if not stage_available(stage):
                     console.print(
                         f"[yellow]skipped[/yellow] {res.key} [{stage}]: this llmfab has no "
-                        f"'{stage}' stage yet ({STAGES[stage][0]} is missing); nothing was run",
+                        f"'{stage}' stage yet ({STAGES[stage].module} is missing); nothing was run",
                         highlight=False,
                     )
                     outcome.skipped.append(f"{res.key} [{stage}]")
-                    if stage == res.STAGE:
+                    if owns_phase(stage, res.KIND):
                         reporter.phase(Phase.PENDING, "StageNotAvailable", f"stage '{stage}' not available")
                         failed_keys.add((res.KIND, res.name))
                         break
                     continue
                 if not _run_stage(res, stage, spec_file, force, root, console, outcome):
-                    # A failed evaluation of a trained run still leaves a usable model for the
-                    # resources that reference it; any other failure blocks them.
-                    if stage == res.STAGE or isinstance(res, InferenceService):
+                    if owns_phase(stage, res.KIND):  # else its artifact is still usable downstream
                         failed_keys.add((res.KIND, res.name))
                     break
         _summary(outcome, console)

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from llmfab.status import status_path
+from llmfab.api.inference_service import InferenceService
+from llmfab.status import read_status, status_path
 
 
 class ChatError(RuntimeError):
@@ -24,11 +25,10 @@ class ChatError(RuntimeError):
 
 
 def service_url(name: str, root: Path | None = None) -> str:
-    path = status_path("services", name, root)
-    try:
-        status = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise ChatError(f"InferenceService {name!r} has no status ({path}); start it with `llmfab up -f FILE`") from e
+    status = read_status(InferenceService.ARTIFACT_DIR, name, root)
+    if not status:
+        path = status_path(InferenceService.ARTIFACT_DIR, name, root)
+        raise ChatError(f"InferenceService {name!r} has no status ({path}); start it with `llmfab up -f FILE`")
     url = status.get("url")
     if not url or not status.get("readyReplicas"):
         raise ChatError(

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from llmfab.api.inference_service import InferenceService
+from llmfab.errors import WorkloadError
 from llmfab.store import is_complete, read_manifest
-from llmfab.workload import WorkloadContext, WorkloadError
+from llmfab.workload import WorkloadContext
 
 QUANTIZED_DIR = "model-4bit"
 

@@ -30,8 +30,9 @@ from typing import IO, Any
 
 from llmfab.api.common import Phase
 from llmfab.api.inference_service import InferenceService
+from llmfab.errors import WorkloadError
 from llmfab.serving.vllm_args import LaunchPlan, build_launch, unservable_reason
-from llmfab.workload import WorkloadContext, WorkloadError
+from llmfab.workload import WorkloadContext
 
 SKIP_IF_COMPLETE = False
 REPO = Path(__file__).resolve().parents[2]

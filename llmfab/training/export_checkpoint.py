@@ -13,16 +13,33 @@ from pathlib import Path
 from torch.distributed.checkpoint import load as dcp_load
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
+from llmfab.api import ValidationFailed
 from llmfab.api.training_run import TrainingRun
+from llmfab.stages import spec_file_path
 from llmfab.store import artifact_dir, read_manifest
 from llmfab.training.checkpoint import TRAINER_STATE, complete_checkpoints
 from llmfab.training.export import export_hf
 from llmfab.training.model import ModelArgs, Transformer
 from llmfab.training.trainer import LanguageModelLoss
+from llmfab.workload import load_spec_file
 
 
 class ExportError(Exception):
     """The run, its Dataset or the checkpoint cannot be found; the message says which and why."""
+
+
+def export_named_run(name: str, root: Path, step: int | None = None, out_dir: Path | None = None) -> Path:
+    """``llmfab export NAME``: the TrainingRun is read from the spec file ``llmfab up`` wrote."""
+    spec_file = spec_file_path(TrainingRun.ARTIFACT_DIR, name, root)
+    try:
+        run = load_spec_file(spec_file)
+    except FileNotFoundError:
+        raise ExportError(f"TrainingRun/{name}: no spec at {spec_file}; run it with `llmfab up` first") from None
+    except ValidationFailed as e:
+        raise ExportError(str(e)) from None
+    if not isinstance(run, TrainingRun):
+        raise ExportError(f"{spec_file}: holds a {run.KIND}, not a TrainingRun")
+    return export_checkpoint(run, root, step, out_dir)
 
 
 def export_checkpoint(

@@ -37,11 +37,12 @@ from typing import Any
 import numpy as np
 import yaml
 
-from llmfab.api.loading import dump_resource
 from llmfab.api.training_run import TrainingRun, TrainingRunSpec
+from llmfab.errors import DependencyNotReady, StageNotSupported, WorkloadError
+from llmfab.stages import write_spec_file
 from llmfab.status import FileStatusReporter
 from llmfab.store import MANIFEST, write_manifest
-from llmfab.workload import DependencyNotReady, WorkloadContext, WorkloadError
+from llmfab.workload import WorkloadContext
 
 LAUNCH_SPEC = ".launch-spec.yaml"
 MAX_OOM_RELAUNCHES = 8  # each halves the micro-batch: 8 cover 256 -> 1
@@ -51,10 +52,7 @@ def run(ctx: WorkloadContext) -> None:
     resource = ctx.resource
     assert isinstance(resource, TrainingRun)
     spec = resource.spec
-    if spec.objective != "pretrain":
-        raise WorkloadError(
-            f"spec.objective: {spec.objective!r} is not implemented by this trainer yet; use pretrain"
-        )
+    refuse_unsupported(spec)
     dataset_dir = ctx.dependency("Dataset", spec.dataset.name)
     data = check_dataset(dataset_dir, spec)
     world = spec.parallelism.nodes * spec.parallelism.processes_per_node
@@ -62,6 +60,19 @@ def run(ctx: WorkloadContext) -> None:
         launch_torchrun(ctx, spec)
         return
     train_here(ctx, spec, data, dataset_dir)
+
+
+def refuse_unsupported(spec: TrainingRunSpec) -> None:
+    """Fields that validate but that this trainer cannot honour yet are refused, never ignored."""
+    if spec.objective != "pretrain":
+        raise StageNotSupported(
+            f"spec.objective: {spec.objective!r} is not implemented by this trainer yet; use pretrain"
+        )
+    if spec.pruning.enabled:
+        raise StageNotSupported(
+            "spec.pruning.enabled: pruning is not implemented by this trainer yet; "
+            "remove spec.pruning or set enabled: false"
+        )
 
 
 def check_dataset(dataset_dir: Path, spec: TrainingRunSpec) -> Any:
@@ -139,9 +150,7 @@ def launch_torchrun(ctx: WorkloadContext, spec: TrainingRunSpec) -> None:
     from llmfab.training.batching import read_cap  # torch: only where this process trains or reads a cap
 
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    spec_file = ctx.out_dir / LAUNCH_SPEC
-    # dump_resource keeps explicit nulls: ``prometheusPort: null`` must stay off in the workers.
-    spec_file.write_text(yaml.safe_dump(dump_resource(ctx.resource), sort_keys=False))
+    spec_file = write_spec_file(ctx.resource, ctx.out_dir / LAUNCH_SPEC)
     for attempt in range(MAX_OOM_RELAUNCHES + 1):
         endpoint, node_rank = rendezvous(spec)
         cmd = torchrun_command(spec, spec_file, endpoint, node_rank, ctx.force)

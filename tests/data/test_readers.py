@@ -15,7 +15,7 @@ import zstandard
 from llmfab.api.dataset import DatasetSpec
 from llmfab.data.readers import read_documents
 from llmfab.data.steps import StepCounter
-from llmfab.workload import WorkloadError
+from llmfab.errors import WorkloadError
 
 
 def read(tmp_path: Path, *sources: dict, batch_documents: int = 1000) -> tuple[list[tuple[str, str, str]], StepCounter]:

@@ -15,7 +15,7 @@ from llmfab.data.tokenizer import (
     train_sentencepiece,
     write_hf_tokenizer,
 )
-from llmfab.workload import WorkloadError
+from llmfab.errors import WorkloadError
 
 from .corpus import FRENCH, GERMAN, document
 
