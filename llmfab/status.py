@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+from llmfab import __version__
 from llmfab.api.common import Condition, ConditionStatus, Phase, Resource, utc_now
 from llmfab.store import artifact_root, write_json_atomic
 
@@ -41,25 +42,37 @@ def log_path(kind_dir: str, name: str, root: Path | None = None) -> Path:
     return (root or artifact_root()) / kind_dir / f"{name}.log"
 
 
-def _conditions_for(phase: Phase, reason: str, message: str, generation: int | None) -> list[dict[str, Any]]:
-    """Ready/Progressing/Failed conditions that follow from a phase (Kubernetes conventions)."""
-    ready = phase == Phase.SUCCEEDED
-    progressing = phase in (Phase.PENDING, Phase.RUNNING)
-    failed = phase == Phase.FAILED
-    now = utc_now()
+CONDITION_TYPES = ("Ready", "Progressing", "Complete", "Failed", "Suspended")
 
-    def cond(ctype: str, on: bool) -> dict[str, Any]:
-        c = Condition(
+
+def conditions_for(
+    phase: Phase, reason: str, message: str, generation: int | None, ready: bool | None = None
+) -> list[dict[str, Any]]:
+    """The conditions that follow from a phase, as Kubeflow Trainer and KServe users read them.
+
+    ``Ready``: the output can be used (a finished artifact; for an InferenceService, a serving
+    replica: pass ``ready``). ``Progressing``: queued or running. ``Complete``/``Failed``: the
+    workload ended. ``Suspended``: ``spec.suspend`` holds it. Each carries the reason and message.
+    """
+    on = {
+        "Ready": phase == Phase.SUCCEEDED if ready is None else ready,
+        "Progressing": phase in (Phase.PENDING, Phase.RUNNING),
+        "Complete": phase == Phase.SUCCEEDED,
+        "Failed": phase == Phase.FAILED,
+        "Suspended": phase == Phase.SUSPENDED,
+    }
+    now = utc_now()
+    return [
+        Condition(
             type=ctype,
-            status=ConditionStatus.TRUE if on else ConditionStatus.FALSE,
+            status=ConditionStatus.TRUE if on[ctype] else ConditionStatus.FALSE,
             reason=reason,
             message=message,
             last_transition_time=now,
             observed_generation=generation,
-        )
-        return c.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-    return [cond("Ready", ready), cond("Progressing", progressing), cond("Failed", failed)]
+        ).model_dump(mode="json", by_alias=True, exclude_none=True)
+        for ctype in CONDITION_TYPES
+    ]
 
 
 class StatusReporter(ABC):
@@ -86,7 +99,7 @@ class StatusReporter(ABC):
             "phase": str(phase),
             "message": message,
             "observedGeneration": self.resource.metadata.generation,
-            "conditions": _conditions_for(phase, reason, message, self.resource.metadata.generation),
+            "conditions": conditions_for(phase, reason, message, self.resource.metadata.generation),
             **fields,
         }
         if phase == Phase.RUNNING:
@@ -140,9 +153,12 @@ class KubernetesStatusReporter(StatusReporter):
         try:
             config.load_incluster_config()
         except config.ConfigException:
-            config.load_kube_config()
-        self._custom = client.CustomObjectsApi()
-        self._core = client.CoreV1Api()
+            # $KUBECONFIG as it is now: the client library reads it only once, at its import.
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+        api = client.ApiClient()
+        api.user_agent = f"llmfab-workload/{__version__} ({resource.STAGE})"
+        self._custom = client.CustomObjectsApi(api)
+        self._core = client.CoreV1Api(api)
         self._client = client
 
     def patch(self, fields: dict[str, Any]) -> None:

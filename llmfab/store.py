@@ -148,3 +148,24 @@ def staged_directory(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def delete_artifacts(kind_dir: str, name: str, root: Path | None = None) -> list[Path]:
+    """Remove a resource's artifact directory and its bookkeeping files (spec, status, events,
+    log); return what was removed. The directory is first renamed to a temporary sibling, so a
+    crash half-way leaves nothing that looks complete."""
+    root = root or artifact_root()
+    directory = artifact_dir(kind_dir, name, root)
+    removed: list[Path] = []
+    if directory.exists():
+        doomed = directory.with_name(f"{directory.name}{TMP_MARKER}deleted")
+        shutil.rmtree(doomed, ignore_errors=True)
+        os.replace(directory, doomed)
+        shutil.rmtree(doomed)
+        removed.append(directory)
+    for suffix in (".spec.yaml", ".status.json", ".events.jsonl", ".log"):
+        path = directory.with_name(f"{name}{suffix}")
+        if path.exists():
+            path.unlink()
+            removed.append(path)
+    return removed

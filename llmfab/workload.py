@@ -6,7 +6,7 @@ validate``), the no-op check against the manifest's spec hash, phase transitions
 module only implements ``run(ctx)``.
 
 Exit codes: 0 done (or already up to date), 1 failed, 2 invalid spec, 3 a dependency is not ready,
-130 interrupted.
+130 interrupted (SIGINT), 143 terminated (SIGTERM; ``llmfab.signals``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import yaml
 from llmfab.api import KINDS, ValidationFailed, parse_resource
 from llmfab.api.common import Phase, Resource
 from llmfab.errors import DependencyNotReady, StageNotSupported, WorkloadError
+from llmfab.signals import exit_code, signal_of, stop_reason, stopping
 from llmfab.stages import STAGES, is_primary, owns_phase, stage_available
 from llmfab.status import StatusReporter, reporter_for
 from llmfab.store import artifact_dir, artifact_root, is_complete, read_manifest, resource_dir, spec_hash
@@ -116,14 +117,14 @@ def run_stage(stage: str, spec_file: Path, force: bool = False) -> int:
     primary = is_primary(stage, resource.KIND)
     fails_resource = owns_phase(stage, resource.KIND)
     label = stage.capitalize()
-    if primary:
-        reporter.phase(Phase.RUNNING, "Started", f"{stage} started")
-    else:
-        # eval/quantize around a resource's own stage: events, and the phase where it owns it.
-        reporter.event(f"{label}Started", f"{stage} started")
-        if fails_resource:
-            reporter.phase(Phase.RUNNING, f"{label}Started", f"{stage} started")
-    try:
+    try:  # from the first "Running" on, every way out reports a final phase
+        if primary:
+            reporter.phase(Phase.RUNNING, "Started", f"{stage} started")
+        else:
+            # eval/quantize around a resource's own stage: events, and the phase where it owns it.
+            reporter.event(f"{label}Started", f"{stage} started")
+            if fails_resource:
+                reporter.phase(Phase.RUNNING, f"{label}Started", f"{stage} started")
         fn(ctx)
     except DependencyNotReady as e:
         reporter.phase(Phase.WAITING, e.reason, str(e))
@@ -133,10 +134,11 @@ def run_stage(stage: str, spec_file: Path, force: bool = False) -> int:
         _failed(reporter, fails_resource, e.reason, str(e), label)
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        _failed(reporter, fails_resource, "Interrupted", "stopped by the user", label)
-        return 130
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as llmfab.signals.Terminated
+        return _stopped(reporter, fails_resource, signal_of(stop), f"{resource.key}: {stage}", label)
     except Exception as e:  # the status must say what broke, whatever it was
+        if (signum := stopping()) is not None:  # broken by the stop itself (see signals.stopping)
+            return _stopped(reporter, fails_resource, signum, f"{resource.key}: {stage}", label)
         if isinstance(e, WorkloadError):
             reason, message = e.reason, str(e)
         else:
@@ -153,6 +155,13 @@ def run_stage(stage: str, spec_file: Path, force: bool = False) -> int:
     else:
         reporter.event(f"{label}Completed", f"{stage} finished")
     return 0
+
+
+def _stopped(reporter: StatusReporter, fails_resource: bool, signum: int, what: str, label: str) -> int:
+    reason, message = stop_reason(signum)
+    _failed(reporter, fails_resource, reason, message, label)
+    print(f"{what} {message}", file=sys.stderr)
+    return exit_code(signum)
 
 
 def _failed(reporter: StatusReporter, fails_resource: bool, reason: str, message: str, label: str) -> None:

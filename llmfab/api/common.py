@@ -114,6 +114,7 @@ class Phase(StrEnum):
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
+    SUSPENDED = "Suspended"  # spec.suspend: pods deleted, checkpoints kept (cluster only)
 
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
@@ -133,7 +134,7 @@ def utc_now() -> str:
 class Condition(Spec):
     """A Kubernetes-style condition (``Ready``, ``Progressing``, ``Failed``)."""
 
-    type: str = Field(description="Condition type: Ready, Progressing or Failed.")
+    type: str = Field(description="Condition type: Ready, Progressing, Complete, Failed or Suspended.")
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(default="", description="CamelCase machine-readable reason.")
     message: str = Field(default="", description="Human-readable detail.")
@@ -156,6 +157,13 @@ class StatusBase(Spec):
     message: str = Field(default="", description="One line on what is happening or what went wrong.")
     artifact_path: str | None = Field(
         default=None, description="Where the output lives, relative to the artifact root."
+    )
+    stage: str | None = Field(
+        default=None, description="Cluster: the stage whose pods run now (data, train, eval, quantize, serve)."
+    )
+    stages: dict[str, str] = Field(
+        default_factory=dict,
+        description="Cluster: stage -> Pending, Running, Suspended, Succeeded or Failed, this generation.",
     )
 
 
@@ -221,8 +229,35 @@ class EnvVar(Spec):
     value: str = Field(default="", description="Value.")
 
 
+# Set by the operator in every pod to wire ranks, storage and status; a user value would break them.
+RESERVED_ENV = (
+    "LLMFAB_HOME", "LLMFAB_STATUS", "LLMFAB_RDZV_ENDPOINT", "LLMFAB_NODE_RANK", "LLMFAB_NNODES",
+    "JOB_COMPLETION_INDEX", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "RANK", "LOCAL_RANK",
+    "WORLD_SIZE", "LOCAL_WORLD_SIZE", "PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK",
+    "PET_MASTER_ADDR", "PET_MASTER_PORT",
+)  # fmt: skip
+
+
+def _no_reserved_env(p: Any) -> str | None:
+    taken = [e.name for e in p.env if e.name in RESERVED_ENV]
+    if taken:
+        return (
+            f"spec.pod.env: {', '.join(taken)} is set by the operator (rank wiring, artifact store, "
+            "status); remove it from spec.pod.env"
+        )
+    return None
+
+
 class PodSettings(Spec):
     """Where and with what a workload's pods run. Ignored by ``llmfab up`` except ``env``."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            cel="self.env.all(e, !(e.name in " + str(list(RESERVED_ENV)).replace('"', "'") + "))",
+            message="spec.pod.env may not set a variable the operator sets (LLMFAB_HOME, MASTER_ADDR, RANK, ...)",
+            check=_no_reserved_env,
+        ),
+    )
 
     image: str | None = Field(default=None, description="Override the chart's image for this stage.")
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
@@ -230,6 +265,18 @@ class PodSettings(Spec):
     tolerations: list[Toleration] = Field(default_factory=list, description="Taints to tolerate.")
     env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables.")
     priority_class_name: str | None = Field(default=None, description="Pod priority class.")
+    runtime_class_name: str | None = Field(
+        default=None,
+        description="Pod runtimeClassName; default: the chart's (k3s with the NVIDIA toolkit needs 'nvidia').",
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Fail the Job after this many seconds (activeDeadlineSeconds)."
+    )
+    retries: int = Field(
+        default=3, ge=0, le=100,
+        description="Pod failures retried per pod (backoffLimitPerIndex); each retry resumes from the "
+        "last checkpoint. An invalid spec (exit 2) is never retried.",
+    )
 
 
 class Storage(Spec):
@@ -240,6 +287,16 @@ class Storage(Spec):
         description="Existing PVC holding the artifact store; default: the chart's shared claim.",
     )
     sub_path: str | None = Field(default=None, description="Sub-directory of the claim to mount.")
+
+
+# Spec fields that say where or whether a workload runs, never what it produces.
+NOT_OUTPUT_FIELDS = frozenset({"pod", "suspend", "deletion_policy"})
+
+DeletionPolicy = Literal["Retain", "Delete"]
+DELETION_POLICY_DESCRIPTION = (
+    "Retain: the artifacts stay in the store when the resource is deleted; Delete: the operator "
+    "removes them (its children always go)."
+)
 
 
 class ResourceRef(Spec):
@@ -282,7 +339,7 @@ class Resource(BaseModel):
     def spec_hash_input(self) -> dict[str, Any]:
         """The spec fields that change the output; a change rebuilds, anything else is a no-op."""
         spec = getattr(self, "spec")  # noqa: B009 - every subclass defines spec
-        data: dict[str, Any] = spec.model_dump(mode="json", by_alias=True, exclude={"pod"})
+        data: dict[str, Any] = spec.model_dump(mode="json", by_alias=True, exclude=NOT_OUTPUT_FIELDS)
         return data
 
 

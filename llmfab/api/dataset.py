@@ -11,7 +11,18 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from llmfab.api.common import CelRule, PodSettings, Resource, ResourceRef, Spec, StatusBase, Storage
+from llmfab.api.common import (
+    DELETION_POLICY_DESCRIPTION,
+    DNS1123_LABEL,
+    CelRule,
+    DeletionPolicy,
+    PodSettings,
+    Resource,
+    ResourceRef,
+    Spec,
+    StatusBase,
+    Storage,
+)
 
 
 def _source_has_one_origin(s: Any) -> str | None:
@@ -373,6 +384,12 @@ class RaySettings(Spec):
         default=None,
         description="ray://host:10001 or host:6379 of a Ray cluster; default: start a local one.",
     )
+    cluster: str | None = Field(
+        default=None,
+        pattern=DNS1123_LABEL,
+        description="Cluster only: a KubeRay RayCluster in this namespace; the operator submits a "
+        "RayJob to it (its pods need the llmfab trainer image and the artifacts volume).",
+    )
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs for a local Ray.")
     object_store_memory: str = Field(
         description="Object store size of a local Ray (keep well under /dev/shm).",
@@ -408,6 +425,10 @@ class DatasetSpec(Spec):
     engine: Engine = Field(default_factory=Engine)
     storage: Storage = Field(default_factory=Storage)
     pod: PodSettings = Field(default_factory=PodSettings)
+    suspend: bool = Field(
+        default=False, description="Cluster only: true deletes the Dataset's pods; false runs it again."
+    )
+    deletion_policy: DeletionPolicy = Field(default="Retain", description=DELETION_POLICY_DESCRIPTION)
 
 
 class StepStats(Spec):
@@ -437,7 +458,7 @@ class Dataset(Resource):
     STAGE: ClassVar[str] = "data"
     ARTIFACT_DIR: ClassVar[str] = "datasets"
     PRINTER_COLUMNS: ClassVar[tuple[dict[str, str], ...]] = (
-        {"name": "Docs", "type": "integer", "jsonPath": ".status.documents"},
+        {"name": "Documents", "type": "integer", "jsonPath": ".status.documents"},
         {"name": "Tokens", "type": "integer", "jsonPath": ".status.tokens"},
     )
 

@@ -6,7 +6,17 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from llmfab.api.common import DNS1123_LABEL, CelRule, PodSettings, Resource, Spec, StatusBase, Storage
+from llmfab.api.common import (
+    DELETION_POLICY_DESCRIPTION,
+    DNS1123_LABEL,
+    CelRule,
+    DeletionPolicy,
+    PodSettings,
+    Resource,
+    Spec,
+    StatusBase,
+    Storage,
+)
 from llmfab.api.evaluation import EvalResults, EvalSpec
 
 
@@ -98,6 +108,7 @@ class InferenceServiceSpec(Spec):
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
     storage: Storage = Field(default_factory=Storage)
     pod: PodSettings = Field(default_factory=PodSettings)
+    deletion_policy: DeletionPolicy = Field(default="Retain", description=DELETION_POLICY_DESCRIPTION)
 
 
 class InferenceServiceStatus(StatusBase):

@@ -13,8 +13,11 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from llmfab.api.common import (
+    DELETION_POLICY_DESCRIPTION,
     DNS1123_LABEL,
+    NOT_OUTPUT_FIELDS,
     CelRule,
+    DeletionPolicy,
     PodSettings,
     Resource,
     ResourceRef,
@@ -342,6 +345,12 @@ class TrainingRunSpec(Spec):
     pruning: PruningSpec = Field(default_factory=PruningSpec)
     storage: Storage = Field(default_factory=Storage)
     pod: PodSettings = Field(default_factory=PodSettings)
+    suspend: bool = Field(
+        default=False,
+        description="Cluster only: true deletes the training pods and keeps the checkpoints; false "
+        "again resumes from the last checkpoint (as Kubeflow Trainer's suspend, for Kueue).",
+    )
+    deletion_policy: DeletionPolicy = Field(default="Retain", description=DELETION_POLICY_DESCRIPTION)
 
 
 class TrainingRunStatus(StatusBase):
@@ -370,7 +379,7 @@ class TrainingRun(Resource):
     PRINTER_COLUMNS: ClassVar[tuple[dict[str, str], ...]] = (
         {"name": "Step", "type": "integer", "jsonPath": ".status.step"},
         {"name": "Loss", "type": "number", "jsonPath": ".status.loss"},
-        {"name": "Tokens/s", "type": "number", "jsonPath": ".status.tokensPerSecond"},
+        {"name": "ETA(s)", "type": "integer", "jsonPath": ".status.etaSeconds"},
     )
 
     kind: Literal["TrainingRun"] = "TrainingRun"
@@ -390,5 +399,7 @@ class TrainingRun(Resource):
 
     def spec_hash_input(self) -> dict[str, Any]:
         # Monitoring and pod placement do not change the trained weights.
-        data: dict[str, Any] = self.spec.model_dump(mode="json", by_alias=True, exclude={"pod", "monitoring"})
+        data: dict[str, Any] = self.spec.model_dump(
+            mode="json", by_alias=True, exclude={*NOT_OUTPUT_FIELDS, "monitoring"}
+        )
         return data

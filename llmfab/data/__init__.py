@@ -5,6 +5,9 @@ One module per step family, datatrove-style: :mod:`readers` (sources → Arrow b
 :mod:`fineweb` (per-document steps, run in workers by :mod:`cleaning`), :mod:`exact_dedup`,
 :mod:`near_dedup` (MinHash + LSH + exact Jaccard check, on :mod:`hashing`), :mod:`perplexity`,
 :mod:`outliers`, :mod:`split`, :mod:`tokenizer` (SentencePiece + Hugging Face copy),
-:mod:`shards` (writer and ``open_split`` reader), :mod:`engine` (local processes or Ray Data),
-:mod:`pipeline` (``build_dataset``, the whole build) and :mod:`workload` (``run(ctx)``).
+:mod:`shards` (writer and ``open_split`` reader). :mod:`registry` lists the steps in pipeline
+order and :mod:`steps` holds what they share (counts, :class:`~steps.Removal`). :mod:`engine` runs
+worker functions (local processes or Ray Data); :mod:`passes` holds the build's passes (clean,
+select, tokenizer, shards), :mod:`pipeline` composes them (``build_dataset``) and :mod:`workload`
+is ``run(ctx)``.
 """

@@ -1,10 +1,11 @@
 """The per-batch half of the pipeline that runs in workers: normalise, filter, hash, sketch.
 
 :class:`CleanBatch` is the function the engine maps over record batches of documents. It runs
-the document steps in order (the first that drops a document names the reason), then, for the
-survivors, the batch-vectorised parts: exact-dedup key, outlier statistics, MinHash band keys and
-shingle sets. Dedup decisions themselves need the whole corpus and are made by the driver
-(:mod:`llmfab.data.pipeline`), which sees the results in input order.
+the per-document steps of :data:`llmfab.data.registry.STEPS` in order (the first that drops a
+document is its :class:`~llmfab.data.steps.Removal`), then, for the survivors, the
+batch-vectorised parts: exact-dedup key, outlier statistics, MinHash band keys and shingle sets.
+Dedup decisions themselves need the whole corpus and are made by the driver
+(:mod:`llmfab.data.passes.clean`), which sees the results in input order.
 """
 
 from __future__ import annotations
@@ -15,39 +16,27 @@ import numpy as np
 import pyarrow as pa
 
 from llmfab.api.dataset import DatasetSpec
-from llmfab.data.c4 import C4QualityFilter
 from llmfab.data.exact_dedup import document_key
-from llmfab.data.fineweb import FineWebQualityFilter
-from llmfab.data.gopher_quality import GopherQualityFilter
-from llmfab.data.gopher_repetition import GopherRepetitionFilter
-from llmfab.data.language import LanguageIdFilter
 from llmfab.data.near_dedup import MinHasher
 from llmfab.data.normalize import Normalizer, document_line_keys
 from llmfab.data.outliers import document_stats
-from llmfab.data.steps import EXAMPLE_CHARS, DocumentStep
+from llmfab.data.registry import StepDefinition, document_steps
+from llmfab.data.steps import (
+    EDITS_TYPE,
+    EXAMPLE_CHARS,
+    REMOVAL_TYPE,
+    DocumentStep,
+    Edit,
+    Removal,
+    edits_to_arrow,
+    removals_to_arrow,
+)
 
 CLEAN_SCHEMA = pa.schema([
     ("text", pa.large_string()), ("source", pa.string()), ("id", pa.string()),
-    ("reason", pa.string()), ("edits", pa.string()), ("key", pa.binary(16)), ("stats", pa.list_(pa.float64())),
+    ("removal", REMOVAL_TYPE), ("edits", EDITS_TYPE), ("key", pa.binary(16)), ("stats", pa.list_(pa.float64())),
     ("bands", pa.list_(pa.uint64())), ("shingles", pa.large_list(pa.uint64())),
 ])
-
-
-def document_steps(spec: DatasetSpec, boilerplate: frozenset[bytes] = frozenset()) -> list[DocumentStep]:
-    """The enabled per-document steps in pipeline order (language first, as FineWeb does)."""
-    f = spec.filters
-    steps: list[DocumentStep] = [Normalizer(spec.normalize, boilerplate)]
-    if f.language.enabled:
-        steps.append(LanguageIdFilter(f.language))
-    if f.gopher_repetition.enabled:
-        steps.append(GopherRepetitionFilter(f.gopher_repetition))
-    if f.gopher_quality.enabled:
-        steps.append(GopherQualityFilter(f.gopher_quality))
-    if f.c4.enabled:
-        steps.append(C4QualityFilter(f.c4))
-    if f.fineweb.enabled:
-        steps.append(FineWebQualityFilter(f.fineweb))
-    return steps
 
 
 class CleanBatch:
@@ -56,7 +45,7 @@ class CleanBatch:
     def __init__(self, spec: DatasetSpec, boilerplate: frozenset[bytes] = frozenset()) -> None:
         self.spec = spec
         self.boilerplate = boilerplate
-        self._steps: list[DocumentStep] | None = None
+        self._steps: list[tuple[StepDefinition, DocumentStep]] | None = None
         self._hasher: MinHasher | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -69,10 +58,10 @@ class CleanBatch:
                 self._hasher = MinHasher(self.spec.dedup.near)
         originals = [t or "" for t in batch.column("text").to_pylist()]
         texts = list(originals)
-        reasons: list[str | None] = [None] * len(texts)
-        edits = [""] * len(texts)
+        removals: list[Removal | None] = [None] * len(texts)
+        edits: list[list[Edit]] = [[] for _ in texts]
         alive = list(range(len(texts)))
-        for step in self._steps:  # step by step over the batch, so a step can vectorise (language)
+        for definition, step in self._steps:  # step by step over the batch, so a step can vectorise (language)
             batch_fn = getattr(step, "batch", None)
             if batch_fn is not None:
                 results = batch_fn([texts[i] for i in alive])
@@ -81,15 +70,15 @@ class CleanBatch:
             survivors = []
             for i, (text, why) in zip(alive, results, strict=True):
                 if why is None:
-                    if len(text) != len(texts[i]) and step.name != "normalize":  # lines removed (C4)
-                        edits[i] += f"{step.name}:{len(texts[i]) - len(text)};"
+                    if len(text) != len(texts[i]) and definition.reports_edits:  # lines removed (C4)
+                        edits[i].append(Edit(definition.name, len(texts[i]) - len(text)))
                     texts[i] = text
                     survivors.append(i)
                 else:
-                    reasons[i] = f"{step.name}:{why}"
+                    removals[i] = Removal(definition.name, why)
             alive = survivors
-        out_text = [t if r is None else o[:EXAMPLE_CHARS + 1] for t, o, r in zip(texts, originals, reasons, strict=True)]
-        kept = [i for i, r in enumerate(reasons) if r is None]
+        out_text = [t if r is None else o[:EXAMPLE_CHARS + 1] for t, o, r in zip(texts, originals, removals, strict=True)]
+        kept = [i for i, r in enumerate(removals) if r is None]
         n = len(texts)
         keys: list[bytes | None] = [None] * n
         stats: list[list[float] | None] = [None] * n
@@ -105,8 +94,7 @@ class CleanBatch:
                 shingles[i] = sh[off[j]: off[j + 1]]
         return pa.table({
             "text": pa.array(out_text, pa.large_string()), "source": batch.column("source"),
-            "id": batch.column("id"), "reason": pa.array(reasons, pa.string()),
-            "edits": pa.array([e or None for e in edits], pa.string()),
+            "id": batch.column("id"), "removal": removals_to_arrow(removals), "edits": edits_to_arrow(edits),
             "key": pa.array(keys, pa.binary(16)), "stats": pa.array(stats, pa.list_(pa.float64())),
             "bands": _list_array(bands, pa.list_(pa.uint64())),
             "shingles": _list_array(shingles, pa.large_list(pa.uint64())),

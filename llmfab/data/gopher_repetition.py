@@ -84,9 +84,12 @@ class GopherRepetitionFilter:
             if n in top:
                 starts = np.flatnonzero(new)
                 counts = np.diff(np.append(starts, len(sk)))
-                best = int(np.argmax(counts))
-                first = order[starts[best]]
-                chars = int(cum[first + n] - cum[first]) * int(counts[best])
+                # Ties go to the n-gram that occurs first, as ``Counter.most_common`` (Gopher's
+                # reference code) breaks them: never to whichever the string hash sorts first.
+                firsts = order[starts]
+                tied = counts == counts.max()
+                first = int(firsts[tied].min())
+                chars = int(cum[first + n] - cum[first]) * int(counts.max())
                 if chars / total > top[n]:
                     return text, f"top_{n}gram_ratio"
             if n in dup:

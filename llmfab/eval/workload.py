@@ -23,8 +23,9 @@ from llmfab.api.common import utc_now
 from llmfab.api.evaluation import EvalResults, EvalSpec
 from llmfab.api.inference_service import InferenceService
 from llmfab.api.training_run import TrainingRun
+from llmfab.data.shards import DataFormatError, DatasetInfo
 from llmfab.errors import WorkloadError
-from llmfab.eval import bias, generation, model_io, perplexity, regard, report, splits
+from llmfab.eval import bias, generation, model_io, perplexity, regard, report
 from llmfab.status import read_status
 from llmfab.store import read_manifest, write_json_atomic
 from llmfab.workload import WorkloadContext
@@ -100,7 +101,7 @@ def resolve_inputs(ctx: WorkloadContext) -> tuple[dict[str, Path], Path | None, 
 
 
 def evaluate_model(
-    label: str, model_dir: Path, spec: EvalSpec, dataset: splits.DatasetInfo | None, out_dir: Path,
+    label: str, model_dir: Path, spec: EvalSpec, dataset: DatasetInfo | None, out_dir: Path,
     log: Any,
 ) -> dict[str, Any]:
     """Every enabled evaluation of one model directory, as JSON-ready dicts."""
@@ -112,7 +113,7 @@ def evaluate_model(
     if spec.perplexity.enabled and dataset is not None:
         result["perplexity"] = {}
         for split in spec.perplexity.splits:
-            tokens = splits.split_tokens(dataset, split, spec.perplexity.max_tokens)
+            tokens = dataset.split(split).tokens(spec.perplexity.max_tokens)
             r = perplexity.perplexity(model, tokens, context, spec.perplexity.stride,
                                       spec.perplexity.batch_size, split)
             result["perplexity"][split] = r.to_json()
@@ -121,7 +122,7 @@ def evaluate_model(
     if spec.generation.enabled and dataset is not None:
         g = spec.generation
         r_gen = generation.evaluate_generation(
-            model, tokenizer, splits.split_documents(dataset, "test"), g.samples, g.prompt_tokens,
+            model, tokenizer, list(dataset.split("test").documents()), g.samples, g.prompt_tokens,
             g.max_new_tokens, eos, context)
         generation.write_samples_jsonl(out_dir / f"generations-{label}.jsonl", r_gen.samples)
         result["generation"] = r_gen.to_json()
@@ -196,8 +197,8 @@ def run(ctx: WorkloadContext) -> None:
     try:
         for directory in model_dirs.values():
             model_io.read_config(directory)  # fails early, naming the directory, before any work
-        dataset = splits.open_dataset(dataset_dir) if dataset_dir else None
-    except (model_io.ModelLoadError, splits.DatasetFormatError) as e:
+        dataset = DatasetInfo.load(dataset_dir) if dataset_dir else None
+    except (model_io.ModelLoadError, DataFormatError) as e:
         raise WorkloadError(str(e)) from e
     if dataset is None:
         ctx.reporter.event("EvalNoDataset", "no Dataset known for this model: perplexity and generation skipped; "
@@ -217,7 +218,7 @@ def run(ctx: WorkloadContext) -> None:
 
     try:
         models = {label: evaluate_model(label, d, spec, dataset, out_dir, log) for label, d in model_dirs.items()}
-    except (model_io.ModelLoadError, splits.DatasetFormatError, ValueError) as e:
+    except (model_io.ModelLoadError, DataFormatError, ValueError) as e:
         raise WorkloadError(str(e)) from e
     report_path = out_dir / "report.html" if spec.report else None
     results = summarize(models, report_path)

@@ -2,8 +2,10 @@
 
 The runner executes exactly what a pod would (``python -m llmfab <stage> run --spec FILE``), so the
 local path cannot drift from the cluster path. It writes each resource's spec file and log beside
-its artifacts, shows progress from the status files the workloads write, stops children cleanly on
-Ctrl-C, and exits non-zero if anything failed.
+its artifacts, shows progress from the status files the workloads write, and exits non-zero if
+anything failed. On SIGINT (Ctrl-C) or SIGTERM (systemd, ``docker stop``) it forwards the signal to
+the running child's process group, SIGKILLs what is left after :data:`STOP_GRACE_SECONDS`, stops
+its servers the same way and exits 130 or 143 (``llmfab.signals``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from rich.table import Table
 from llmfab.api import KINDS, ValidationFailed, load_resources
 from llmfab.api.common import Phase, Resource
 from llmfab.local.ordering import OrderingError, dependents, order_resources
+from llmfab.signals import exit_code, signal_of, stop_reason
 from llmfab.stages import (
     STAGES,
     owns_phase,
@@ -38,7 +42,10 @@ from llmfab.stages import (
 from llmfab.status import FileStatusReporter, log_path, read_status
 from llmfab.store import artifact_dir, artifact_root, read_manifest, write_json_atomic
 
-STOP_GRACE_SECONDS = 20.0
+STOP_GRACE_SECONDS = 30.0
+"""How long a stopped child's process group may take to exit before SIGKILL: Kubernetes' default
+``terminationGracePeriodSeconds``, which the workloads are built to stop within (a SIGTERM
+checkpoint takes at most ``training.checkpoint.SIGTERM_SAVE_BUDGET_SECONDS``)."""
 SERVE_READY_TIMEOUT = float(os.environ.get("LLMFAB_SERVE_READY_TIMEOUT", "600"))
 
 
@@ -85,15 +92,35 @@ def _status_table(rows: list[tuple[str, str, dict[str, object]]]) -> Table:
     return table
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGINT the child's process group (torchrun forwards it), then escalate."""
-    for sig, wait in ((signal.SIGINT, STOP_GRACE_SECONDS), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        if proc.poll() is not None:
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> None:
+    """Stop a child started by :func:`_start`: its process group is its workload (which stops
+    torchrun and the workers itself, or vLLM)."""
+    _stop_group(proc.pid, sig, proc.poll)
+
+
+def _stop_group(pgid: int, sig: int, reap: Callable[[], object] = lambda: None) -> None:
+    """Send ``sig`` to process group ``pgid``, wait until no process of it is left, SIGKILL it
+    after :data:`STOP_GRACE_SECONDS`. ``reap`` collects the leader if it is this process's child."""
+    for signum, grace in ((sig, STOP_GRACE_SECONDS), (signal.SIGKILL, 5.0)):
+        deadline = time.monotonic() + grace
+        try:
+            os.killpg(pgid, signum)
+            while time.monotonic() < deadline:
+                reap()  # an exited leader stays in its group as a zombie until collected
+                os.killpg(pgid, 0)
+                time.sleep(0.1)
+        except ProcessLookupError:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=wait)
+
+
+def _record_stop(res: Resource, stage: str, root: Path, sig: int) -> None:
+    """A child stopped before it could say so itself (killed during start-up, or SIGKILLed after
+    the grace period) still leaves a final phase behind."""
+    if not owns_phase(stage, res.KIND):
+        return
+    if read_status(res.ARTIFACT_DIR, res.name, root).get("phase") in (Phase.PENDING, Phase.RUNNING):
+        reason, message = stop_reason(sig)
+        FileStatusReporter(res, root).phase(Phase.FAILED, reason, f"{stage} {message} (recorded by llmfab up)")
 
 
 def _log_tail(path: Path, lines: int = 25) -> str:
@@ -163,8 +190,9 @@ def _run_stage(
                 while proc.poll() is None:
                     live.update(_status_table([(res.key, stage, read_status(res.ARTIFACT_DIR, res.name, root))]))
                     time.sleep(0.5)
-    except KeyboardInterrupt:
-        _stop(proc)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as llmfab.signals.Terminated
+        _stop(proc, signal_of(stop))
+        _record_stop(res, stage, root, signal_of(stop))
         raise
     seconds = time.monotonic() - started
     if proc.returncode == 0:
@@ -258,11 +286,11 @@ def run_up(
                     time.sleep(1)
                 console.print("[red]a server exited[/red]")
                 return 1
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted; stopping[/yellow]")
+    except KeyboardInterrupt as stop:
+        console.print(f"[yellow]interrupted by {signal.Signals(signal_of(stop)).name}; stopping[/yellow]")
         for _, proc in outcome.servers:
-            _stop(proc)
-        return 130
+            _stop(proc, signal_of(stop))
+        return exit_code(signal_of(stop))
     finally:
         if not detach:
             for _, proc in outcome.servers:
@@ -304,14 +332,7 @@ def run_down(name: str | None, console: Console) -> int:
         console.print(f"[red]error[/red]: no detached server named {name}")
         return 1
     for target in targets:
-        pid = pids.pop(target)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGINT)
-            deadline = time.monotonic() + STOP_GRACE_SECONDS
-            while time.monotonic() < deadline:
-                os.killpg(pid, 0)
-                time.sleep(0.2)
-            os.killpg(pid, signal.SIGKILL)
+        _stop_group(pids.pop(target), signal.SIGINT)
         console.print(f"stopped {target}")
     write_json_atomic(_pid_file(root), pids)
     return 0

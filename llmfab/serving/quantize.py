@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from llmfab.data.shards import DatasetInfo
 from llmfab.serving.gptq import HessianAccumulator, QuantizedWeight, gptq_quantize, rtn_quantize
 from llmfab.store import staged_directory, write_manifest
 
@@ -91,20 +92,17 @@ def choose_group_size(linears: list[tuple[str, nn.Linear]], requested: int) -> i
 def load_calibration(dataset_dir: Path, samples: int, seq_len: int, split: str = "val") -> torch.Tensor:
     """``samples`` windows of ``seq_len`` tokens spread evenly over a Dataset split -> [N, T] int64.
 
-    Reads the shard format directly (flat little-endian ids, dtype from the manifest).
+    Reads through :mod:`llmfab.data.shards` (memory-mapped: only the windows are copied).
     """
-    manifest = json.loads((dataset_dir / "manifest.json").read_text())
-    info = manifest["splits"].get(split)
-    if not info or not info.get("shards"):
-        raise QuantizationError(f"dataset {dataset_dir.name}: split {split!r} is empty; nothing to calibrate on")
-    dtype = np.dtype(manifest.get("dtype", "uint16")).newbyteorder("<")
-    ids = np.concatenate([np.memmap(dataset_dir / s["file"], dtype=dtype, mode="r") for s in info["shards"]])
-    if len(ids) < 2:
-        raise QuantizationError(f"dataset {dataset_dir.name}: split {split!r} has {len(ids)} tokens")
-    seq_len = min(seq_len, len(ids))
-    n = min(samples, max(1, len(ids) // seq_len))
-    starts = np.linspace(0, len(ids) - seq_len, num=n).astype(np.int64)
-    return torch.from_numpy(np.stack([ids[s : s + seq_len].astype(np.int64) for s in starts]))
+    reader = DatasetInfo.load(dataset_dir).split(split)
+    if reader.num_tokens < 2:
+        raise QuantizationError(
+            f"dataset {dataset_dir.name}: split {split!r} has {reader.num_tokens} tokens; nothing to calibrate on"
+        )
+    seq_len = min(seq_len, reader.num_tokens)
+    n = min(samples, max(1, reader.num_tokens // seq_len))
+    starts = np.linspace(0, reader.num_tokens - seq_len, num=n).astype(np.int64)
+    return torch.from_numpy(np.stack([reader.read(int(s), seq_len) for s in starts]))
 
 
 def _decoder_layers(model: nn.Module) -> nn.ModuleList | None:

@@ -7,6 +7,10 @@ is written as ``step-….tmp-save`` and renamed once every rank has finished, so
 
 DCP stores each tensor with its global shape and the shards' offsets, so a checkpoint written by N
 processes loads into M (resharding), and one written with FSDP loads without it.
+
+On SIGTERM (a pod being deleted or preempted) the trainer stops at the next step boundary and
+:meth:`CheckpointManager.save_on_sigterm` saves that step when it fits
+:data:`SIGTERM_SAVE_BUDGET_SECONDS`.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
@@ -34,6 +40,19 @@ from llmfab.training.distributed import DistEnv, broadcast_flag
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 TRAINER_STATE = "trainer.json"
+
+SIGTERM_SAVE_BUDGET_SECONDS = 20.0
+"""After SIGTERM, how long a training process may go on before it stops: to finish the step (or
+save) in progress and write one more checkpoint. The save is made only if the seconds already spent
+since the signal plus the expected duration of the save (this process's last save, else the state's
+size at :data:`ASSUMED_WRITE_BYTES_PER_SECOND`) fit in it; past it SIGTERM raises wherever the code
+is. Kubernetes' default ``terminationGracePeriodSeconds`` is 30 s: the remaining 10 s are for the
+status write, torchrun's shutdown and the exit. A pod with a longer grace period still saves
+nothing that takes longer than this."""
+
+ASSUMED_WRITE_BYTES_PER_SECOND = 100e6
+"""Write speed assumed for a save before one has been timed: a slow network volume (local NVMe
+writes 10-30x faster)."""
 
 
 class IncompatibleCheckpoint(ValueError):
@@ -56,8 +75,9 @@ def plain_exceptions() -> Iterator[None]:
         yield
     except CheckpointException as e:
         causes = [failure[0] if isinstance(failure, tuple) else failure for failure in e.failures.values()]
-        if any(isinstance(cause, KeyboardInterrupt) for cause in causes):
-            raise KeyboardInterrupt from e
+        for cause in causes:
+            if isinstance(cause, KeyboardInterrupt):  # Ctrl-C, or signals.Terminated: as it was
+                raise cause from e
         detail = "; ".join(f"rank {rank}: {type(c).__name__}: {c}" for rank, c in zip(e.failures, causes, strict=True))
         raise CheckpointIOError(f"checkpoint I/O failed ({detail or e})") from e
 
@@ -120,6 +140,8 @@ class CheckpointManager:
     ) -> None:
         self.directory, self.spec, self.env, self.fingerprint = directory, spec, env, fingerprint
         self._last_save_time = time.monotonic()
+        self.saved_step: int | None = None  # the newest step saved or loaded (a background save included)
+        self.last_save_seconds: float | None = None  # how long this process's last save took
         self._pending: tuple[Any, Path, Path, dict[str, Any]] | None = None
         self._async_group = None
         if spec.async_save and env.distributed:
@@ -163,16 +185,47 @@ class CheckpointManager:
         model_state, optim_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optim": optim_state}
         body = {**trainer_state, "step": step, "fingerprint": self.fingerprint, "worldSize": self.env.world_size}
-        self._last_save_time = time.monotonic()
+        started = self._last_save_time = time.monotonic()
         with plain_exceptions():
             if self.spec.async_save:
                 future = async_save(state, checkpoint_id=str(tmp), process_group=self._async_group)
+                if isinstance(future, Future):  # times the write itself, however late wait() comes
+                    future.add_done_callback(lambda _: setattr(self, "last_save_seconds", time.monotonic() - started))
                 self._pending = (future, tmp, final, body)
             else:
                 save(state, checkpoint_id=str(tmp))
+        self.saved_step = step
         if not self.spec.async_save:
             self._publish(tmp, final, body)
+            self.last_save_seconds = time.monotonic() - started
         return final
+
+    def save_on_sigterm(self, step: int, waited: float, model: nn.Module, optimizer: Any,
+                        trainer_state: dict[str, Any]) -> tuple[Path | None, str]:
+        """At the step boundary after SIGTERM (collective): save ``step`` if steps were taken since
+        the newest checkpoint (a preempted run would redo them) and the save fits
+        :data:`SIGTERM_SAVE_BUDGET_SECONDS` with the ``waited`` seconds already spent; a background
+        save in flight is finished either way. Return the new checkpoint or None, and what was done."""
+        if self.saved_step == step:
+            self.wait()
+            return None, f"step {step} was already checkpointed"
+        expected = self.expected_save_seconds(model, optimizer)
+        if not broadcast_flag(waited + expected <= SIGTERM_SAVE_BUDGET_SECONDS, self.env):
+            self.wait()
+            return None, (f"no checkpoint of step {step}: {waited:.1f} s since SIGTERM plus a ~{expected:.1f} s "
+                          f"save exceeds the {SIGTERM_SAVE_BUDGET_SECONDS:.0f} s budget")
+        started = time.monotonic()
+        path = self.save(step, model, optimizer, trainer_state)
+        self.wait()
+        return path, f"saved {path.name} in {time.monotonic() - started:.1f} s"
+
+    def expected_save_seconds(self, model: nn.Module, optimizer: Any) -> float:
+        """This process's last save duration, else its share of the state at the assumed speed."""
+        if self.last_save_seconds is not None:
+            return self.last_save_seconds
+        tensors = [*model.state_dict().values(), *(v for s in optimizer.state.values() for v in s.values())]
+        size = sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+        return size / self.env.world_size / ASSUMED_WRITE_BYTES_PER_SECOND
 
     def wait(self) -> None:
         """Finish a background save, if one is running, and publish it."""
@@ -209,4 +262,5 @@ class CheckpointManager:
             dcp_load(state, checkpoint_id=str(path))
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         self._last_save_time = time.monotonic()
+        self.saved_step = int(body["step"])
         return body

@@ -19,8 +19,8 @@ from llmfab.stages import spec_file_path
 from llmfab.store import artifact_dir, read_manifest
 from llmfab.training.checkpoint import TRAINER_STATE, complete_checkpoints
 from llmfab.training.export import export_hf
-from llmfab.training.model import ModelArgs, Transformer
-from llmfab.training.trainer import LanguageModelLoss
+from llmfab.training.model import Transformer
+from llmfab.training.trainer import LanguageModelLoss, model_args_from_spec
 from llmfab.workload import load_spec_file
 
 
@@ -59,7 +59,7 @@ def export_checkpoint(
         raise ExportError(
             f"spec.dataset.name: Dataset/{run.spec.dataset.name} has no complete artifact in {dataset_dir}"
         )
-    args = ModelArgs.from_spec(run.spec.model, int(manifest["vocabSize"]))
+    args = model_args_from_spec(run.spec.model, int(manifest["vocabSize"]))
     model = Transformer(args)
     # Checkpoints hold the trainer's model+loss module; load through the same module so the keys
     # match, and only its model entries (the optimizer state stays on disk).

@@ -22,8 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmfab.api.training_run import ModelSpec
-
 
 @dataclass
 class ModelArgs:
@@ -59,24 +57,6 @@ class ModelArgs:
     @property
     def head_dim(self) -> int:
         return self.hidden // self.heads
-
-    @classmethod
-    def from_spec(cls, spec: ModelSpec, vocab_size: int) -> ModelArgs:
-        return cls(
-            vocab_size=vocab_size,
-            layers=spec.layers,
-            hidden=spec.hidden,
-            heads=spec.heads,
-            kv_heads=spec.kv_heads if spec.kv_heads is not None else spec.heads,
-            intermediate=spec.intermediate_size(),
-            context_length=spec.context_length,
-            rope_theta=spec.rope_theta,
-            norm_eps=spec.norm_eps,
-            tie_embeddings=spec.tie_embeddings,
-            dropout=spec.dropout,
-            init_std=spec.init_std,
-            sharing_groups=spec.sharing.groups if spec.sharing.groups is not None else spec.layers,
-        )
 
 
 class RMSNorm(nn.Module):

@@ -1,7 +1,7 @@
 """Training windows from a Dataset's token shards, deterministic and shared out across ranks.
 
-The format is the Dataset artifact (COMMON.md): per split, flat little-endian token files that
-``numpy.memmap`` reads, documents separated by EOS. A split is seen as one token stream.
+The shards are read through :mod:`llmfab.data.shards` (the one reader of the Dataset artifact): a
+split is one memory-mapped token stream of documents, each followed by EOS.
 
 Sampling is a pure function of ``(seed, sequence index)``: each epoch cuts the stream into
 non-overlapping windows of ``context + 1`` tokens at a random offset and visits them in a seeded
@@ -13,76 +13,18 @@ the data the uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-
-class DataFormatError(ValueError):
-    """The Dataset artifact does not match the documented shard format."""
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What the trainer needs from a Dataset manifest."""
-
-    directory: Path
-    vocab_size: int
-    dtype: np.dtype[Any]
-    eos_id: int
-    manifest: dict[str, Any]
-
-    @classmethod
-    def load(cls, directory: Path) -> DatasetInfo:
-        try:
-            manifest = json.loads((directory / "manifest.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataFormatError(f"{directory}/manifest.json: unreadable ({e})") from e
-        dtype = manifest.get("dtype")
-        if dtype not in ("uint16", "uint32"):
-            raise DataFormatError(f"{directory}/manifest.json: dtype {dtype!r} is not uint16 or uint32")
-        return cls(directory, int(manifest["vocabSize"]), np.dtype(dtype), int(manifest["eosId"]), manifest)
-
-    def split(self, name: str) -> TokenStream:
-        splits = self.manifest.get("splits", {})
-        if name not in splits:
-            raise DataFormatError(f"{self.directory}: the Dataset has no {name!r} split (has {sorted(splits)})")
-        files = [self.directory / s["file"] for s in splits[name]["shards"]]
-        return TokenStream(tuple(files), self.dtype)
-
-
-class TokenStream:
-    """The shards of one split, read as one contiguous array of token ids."""
-
-    def __init__(self, files: tuple[Path, ...], dtype: np.dtype[Any]) -> None:
-        self.shards = [np.memmap(f, dtype=dtype, mode="r") for f in files if f.stat().st_size > 0]
-        sizes = np.array([len(s) for s in self.shards], dtype=np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
-        self.num_tokens = int(self.offsets[-1])
-
-    def read(self, start: int, n: int) -> np.ndarray:
-        """Tokens ``[start, start + n)`` as int64, across shard boundaries."""
-        out = np.empty(n, dtype=np.int64)
-        filled = 0
-        shard = int(np.searchsorted(self.offsets, start, side="right")) - 1
-        while filled < n:
-            local = start + filled - int(self.offsets[shard])
-            piece = self.shards[shard][local : local + n - filled]
-            out[filled : filled + len(piece)] = piece
-            filled += len(piece)
-            shard += 1
-        return out
+from llmfab.data.shards import DataFormatError, SplitReader
 
 
 class WindowSampler:
     """Seeded epochs of non-overlapping ``context + 1``-token windows; state = sequences consumed."""
 
-    def __init__(self, stream: TokenStream, context: int, seed: int) -> None:
+    def __init__(self, stream: SplitReader, context: int, seed: int) -> None:
         self.stream = stream
         self.window = context + 1
         self.seed = seed
@@ -123,7 +65,7 @@ class WindowSampler:
 
 
 def validation_batches(
-    stream: TokenStream, context: int, batch_size: int, batches: int, rank: int, world: int
+    stream: SplitReader, context: int, batch_size: int, batches: int, rank: int, world: int
 ) -> list[torch.Tensor]:
     """The same fixed windows at every evaluation: the first ``batches × batch_size × world``
     non-overlapping windows of the split (wrapping if it is short), split across ranks."""

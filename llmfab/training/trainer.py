@@ -1,7 +1,8 @@
 """The pretraining loop, composed from one module per concern (torchtitan's shape).
 
     build model -> parallelize -> optimizer -> resume from the latest checkpoint
-    for each step: lr; the step's windows; micro-batches (forward, chunked loss, backward);
+    for each step: stop here on SIGTERM (with a checkpoint if it fits);
+                   lr; the step's windows; micro-batches (forward, chunked loss, backward);
                    all-reduce; clip; stop on NaN/inf; optimizer step; log; validate; checkpoint
 
 Every rank runs this; rank 0 alone writes metrics, status and the trainer part of checkpoints.
@@ -20,7 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmfab.api.training_run import TrainingRunSpec
+from llmfab.api.training_run import ModelSpec, TrainingRunSpec
+from llmfab.data.shards import DatasetInfo
+from llmfab.signals import hold_sigterm
 from llmfab.status import StatusReporter
 from llmfab.training import distributed as D
 from llmfab.training import losses
@@ -37,11 +40,16 @@ from llmfab.training.batching import (
     read_cap,
     write_cap,
 )
-from llmfab.training.checkpoint import CheckpointManager, architecture_of, parameter_fingerprint
+from llmfab.training.checkpoint import (
+    SIGTERM_SAVE_BUDGET_SECONDS,
+    CheckpointManager,
+    architecture_of,
+    parameter_fingerprint,
+)
 from llmfab.training.metrics import MetricsSink, flops_per_token, peak_flops
 from llmfab.training.model import ModelArgs, Transformer
 from llmfab.training.optim import build_optimizer, lr_multiplier
-from llmfab.training.token_data import DatasetInfo, WindowSampler, validation_batches
+from llmfab.training.token_data import WindowSampler, validation_batches
 
 
 class NonFiniteLoss(RuntimeError):
@@ -112,12 +120,15 @@ def choose_micro_batch(spec: TrainingRunSpec, module: LanguageModelLoss, env: D.
         m = spec.model
         size = estimate_micro_batch(parameters, m.layers, m.hidden, m.context_length,
                                     spec.activation_checkpointing.mode != "none", largest)
-    return _min_over_ranks(size, env) if env.distributed else size
+    return _over_ranks(size, env, torch.distributed.ReduceOp.MIN)
 
 
-def _min_over_ranks(value: int, env: D.DistEnv) -> int:
+def _over_ranks(value: int, env: D.DistEnv, op: Any) -> int:
+    """``value`` reduced over all ranks with ``op`` (e.g. ``ReduceOp.MIN``); itself for one process."""
+    if not env.distributed:
+        return value
     t = torch.tensor([value], device=env.device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    torch.distributed.all_reduce(t, op=op)
     return int(t.item())
 
 
@@ -154,9 +165,28 @@ class Parts:
     fingerprint: dict[str, Any]
 
 
+def model_args_from_spec(spec: ModelSpec, vocab_size: int) -> ModelArgs:
+    """The API's ``spec.model`` as the model's own arguments (the model does not know the API)."""
+    return ModelArgs(
+        vocab_size=vocab_size,
+        layers=spec.layers,
+        hidden=spec.hidden,
+        heads=spec.heads,
+        kv_heads=spec.kv_heads if spec.kv_heads is not None else spec.heads,
+        intermediate=spec.intermediate_size(),
+        context_length=spec.context_length,
+        rope_theta=spec.rope_theta,
+        norm_eps=spec.norm_eps,
+        tie_embeddings=spec.tie_embeddings,
+        dropout=spec.dropout,
+        init_std=spec.init_std,
+        sharing_groups=spec.sharing.groups if spec.sharing.groups is not None else spec.layers,
+    )
+
+
 def build(spec: TrainingRunSpec, vocab_size: int, env: D.DistEnv) -> Parts:
     torch.manual_seed(spec.seed)  # identical initial weights on every rank
-    args = ModelArgs.from_spec(spec.model, vocab_size)
+    args = model_args_from_spec(spec.model, vocab_size)
     model = Transformer(args).to(env.device)
     parameters = sum(p.numel() for p in model.parameters())
     fingerprint = parameter_fingerprint(model, spec.optimizer.type, architecture_of(args))
@@ -235,8 +265,22 @@ def train(spec: TrainingRunSpec, run_dir: Path, data: DatasetInfo, reporter: Sta
     reporter.progress(totalSteps=steps, parameters=parts.parameters, step=step)
     meter = Throughput(schedule, step, steps)
     loss = val_loss = None
+
+    def trainer_state() -> dict[str, Any]:  # besides weights and optimizer: what a resume needs
+        return {"sampler": sampler.state_dict(), "tokens": schedule.tokens_until(step)}
+
+    # SIGTERM waits for the end of the step: a checkpoint of a half-applied update would be wrong,
+    # and under torchrun every rank must stop at the same step to save together.
+    sigterm = hold_sigterm(SIGTERM_SAVE_BUDGET_SECONDS)
     try:
         while step < steps:
+            if _over_ranks(int(sigterm.since() is not None), env, torch.distributed.ReduceOp.MAX):
+                saved, done = checkpoints.save_on_sigterm(step, sigterm.since() or 0.0, module, optimizer,
+                                                          trainer_state())
+                last_checkpoint = str(saved) if saved else last_checkpoint
+                reporter.event("Preempted", f"SIGTERM at step {step}: {done}")
+                reporter.progress(step=step, lastCheckpoint=last_checkpoint)
+                sigterm.stop()
             lr = spec.optimizer.lr * lr_multiplier(step, steps, spec.optimizer)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -281,8 +325,7 @@ def train(spec: TrainingRunSpec, run_dir: Path, data: DatasetInfo, reporter: Sta
             if spec.eval_every_steps and (step % spec.eval_every_steps == 0 or step == steps):
                 val_loss = values["val_loss"] = evaluate(module, val_batches, spec, env)
             if checkpoints.due(step) or step == steps:
-                trainer_state = {"sampler": sampler.state_dict(), "tokens": schedule.tokens_until(step)}
-                last_checkpoint = str(checkpoints.save(step, module, optimizer, trainer_state))
+                last_checkpoint = str(checkpoints.save(step, module, optimizer, trainer_state()))
             if step % spec.monitoring.log_every_steps == 0 or step == steps or "val_loss" in values:
                 values.update(meter.report(step))
                 values["mfu"] = mfu(values["tokens_per_second"])
@@ -293,6 +336,7 @@ def train(spec: TrainingRunSpec, run_dir: Path, data: DatasetInfo, reporter: Sta
                                   etaSeconds=values["eta_seconds"], mfu=values["mfu"],
                                   lastCheckpoint=last_checkpoint, parameters=parts.parameters)
         checkpoints.wait()
+        sigterm.release()  # one that came during the last step stops the run here
         if val_loss is None:
             val_loss = evaluate(module, val_batches, spec, env)
         test_loss = None
@@ -301,6 +345,7 @@ def train(spec: TrainingRunSpec, run_dir: Path, data: DatasetInfo, reporter: Sta
             test_loss = evaluate(module, test, spec, env)
         weights = full_state_dict(module)
     finally:
+        sigterm.close()
         sink.close()
     return TrainResult(step, schedule.tokens_until(step), loss, val_loss, test_loss, parts.parameters,
                        last_checkpoint, weights if env.is_main else None, parts.args)

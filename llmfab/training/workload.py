@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import yaml
 
 from llmfab.api.training_run import TrainingRun, TrainingRunSpec
 from llmfab.errors import DependencyNotReady, StageNotSupported, WorkloadError
+from llmfab.signals import die_with_parent, signal_of
 from llmfab.stages import write_spec_file
 from llmfab.status import FileStatusReporter
 from llmfab.store import MANIFEST, write_manifest
@@ -77,7 +77,7 @@ def refuse_unsupported(spec: TrainingRunSpec) -> None:
 
 def check_dataset(dataset_dir: Path, spec: TrainingRunSpec) -> Any:
     """The Dataset's shards are readable and its vocabulary agrees with its tokenizers."""
-    from llmfab.training.token_data import DataFormatError, DatasetInfo
+    from llmfab.data.shards import DataFormatError, DatasetInfo
 
     name = f"Dataset/{spec.dataset.name}"
     try:
@@ -156,7 +156,8 @@ def launch_torchrun(ctx: WorkloadContext, spec: TrainingRunSpec) -> None:
         cmd = torchrun_command(spec, spec_file, endpoint, node_rank, ctx.force)
         ctx.reporter.event("Launching", " ".join(cmd[1:]))
         cap_before = read_cap(ctx.out_dir, None)  # any key: the workers check theirs
-        code = _wait_forwarding_signals(subprocess.Popen(cmd, preexec_fn=_die_with_parent))
+        # Its own process group: a signal to ours (Ctrl-C, `llmfab up`) reaches torchrun once, forwarded.
+        code = _wait_forwarding_signals(subprocess.Popen(cmd, preexec_fn=die_with_parent, process_group=0))
         if code == 0:
             return
         cap_after = read_cap(ctx.out_dir, None)
@@ -179,39 +180,25 @@ def launch_torchrun(ctx: WorkloadContext, spec: TrainingRunSpec) -> None:
     )
 
 
-def _die_with_parent() -> None:
-    """In the torchrun child, before exec: SIGTERM it if this launcher dies, even by SIGKILL, so
-    torchrun stops its workers instead of training on as orphans (Linux prctl; elsewhere a no-op)."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def _wait_forwarding_signals(proc: subprocess.Popen[bytes]) -> int:
-    """Wait for torchrun; SIGTERM (pod deletion) and Ctrl-C reach it, and through it the workers,
-    instead of leaving them orphaned."""
-    previous = None
-    with contextlib.suppress(ValueError):  # not the main thread: no handler, plain wait
-        previous = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+    """Wait for torchrun. A stop (Ctrl-C, or SIGTERM as ``signals.Terminated``: pod deletion) is
+    forwarded to it, and through it to the workers, which stop as one process would (SIGTERM: at a
+    step boundary, with a checkpoint); once torchrun is done the stop goes on to ``run_stage``.
+    torchrun bounds the wait: it SIGKILLs workers 30 s after forwarding."""
     try:
         return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
+    except KeyboardInterrupt as stop:
+        proc.send_signal(signal_of(stop))
         proc.wait()
         raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def train_here(ctx: WorkloadContext, spec: TrainingRunSpec, data: Any, dataset_dir: Path) -> None:
     """This process's part of the run (every torchrun rank runs it)."""
+    from llmfab.data.shards import DataFormatError
     from llmfab.training import distributed as D
     from llmfab.training.batching import BatchConfigError, OutOfMemoryAtSmallestBatch, OutOfMemoryBackoff
     from llmfab.training.checkpoint import CheckpointIOError, IncompatibleCheckpoint
-    from llmfab.training.token_data import DataFormatError
     from llmfab.training.trainer import NonFiniteLoss, train
 
     env = D.init_distributed(spec)

@@ -6,7 +6,6 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import cel
 import jsonschema
 import kubernetes_validate
 import pytest
@@ -15,6 +14,7 @@ import yaml
 from llmfab.api import KINDS, ValidationFailed, load_resources, parse_resource
 from llmfab.api.crds import build_crd, crd_filename, openapi_schema, render_crd
 from llmfab.api.loading import dump_resource as _dump_with_nulls
+from tests.kube.crd_schema import apply_defaults, cel_results
 
 
 def dump_resource(res: Any) -> dict[str, Any]:
@@ -83,36 +83,7 @@ def test_short_names_do_not_clash_with_common_crds() -> None:
 
 
 # --- CEL: each rule, evaluated by a real CEL implementation, agrees with the pydantic check -------
-
-
-def _apply_defaults(schema: dict[str, Any], obj: Any) -> Any:
-    """Kubernetes structural defaulting (what the API server does before CEL runs)."""
-    if isinstance(obj, dict) and schema.get("properties"):
-        for name, child in schema["properties"].items():
-            if name not in obj and "default" in child:
-                obj[name] = copy.deepcopy(child["default"])
-            if name in obj:
-                obj[name] = _apply_defaults(child, obj[name])
-    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
-        return [_apply_defaults(schema["items"], x) for x in obj]
-    if schema.get("type") == "number" and isinstance(obj, int) and not isinstance(obj, bool):
-        return float(obj)  # CEL sees OpenAPI numbers as doubles
-    return obj
-
-
-def _cel_results(schema: dict[str, Any], obj: Any) -> list[tuple[str, bool]]:
-    """Evaluate every x-kubernetes-validations rule at its place in the object."""
-    results = []
-    if isinstance(obj, dict):
-        for rule in schema.get("x-kubernetes-validations", []):
-            results.append((rule["rule"], bool(cel.evaluate(rule["rule"], {"self": obj}))))
-        for name, child in (schema.get("properties") or {}).items():
-            if name in obj and obj[name] is not None:
-                results.extend(_cel_results(child, obj[name]))
-    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
-        for item in obj:
-            results.extend(_cel_results(schema["items"], item))
-    return results
+# Structural defaulting and CEL evaluation are the test API server's (tests/kube/crd_schema.py).
 
 
 BASE = {
@@ -157,6 +128,11 @@ CASES = [  # (kind, spec patch that is valid, spec patch that breaks exactly one
         {"preferences": {"path": "p.jsonl", "inferenceService": "chat"}},
     ),
     ("InferenceService", {"model": {"path": "/m"}}, {"model": {"path": "/m", "trainingRun": "tiny"}}),
+    (
+        "TrainingRun",
+        {"pod": {"env": [{"name": "NCCL_DEBUG", "value": "INFO"}]}},
+        {"pod": {"env": [{"name": "MASTER_ADDR", "value": "elsewhere"}]}},
+    ),
 ]
 
 
@@ -172,21 +148,21 @@ def test_cel_rule_agrees_with_pydantic(kind: str, good: dict, bad: dict) -> None
     schema = openapi_schema(KINDS[kind])
     for patch, valid in ((good, True), (bad, False)):
         doc = _doc(kind, patch)
-        defaulted = _apply_defaults(schema, copy.deepcopy(doc))
+        defaulted = apply_defaults(schema, copy.deepcopy(doc))
         jsonschema.Draft4Validator(schema).validate(defaulted)  # types, enums, bounds are fine in both cases
-        cel_ok = all(ok for _, ok in _cel_results(schema, defaulted))
+        cel_ok = all(r.ok for r in cel_results(schema, defaulted))
         try:
             parse_resource(doc)
             pydantic_ok = True
         except ValidationFailed:
             pydantic_ok = False
-        assert cel_ok == pydantic_ok == valid, (patch, _cel_results(schema, defaulted))
+        assert cel_ok == pydantic_ok == valid, (patch, cel_results(schema, defaulted))
 
 
 def test_cel_name_rule_rejects_bad_names() -> None:
     schema = openapi_schema(KINDS["Dataset"])
-    assert all(ok for _, ok in _cel_results(schema, {"metadata": {"name": "books-1"}}))
-    assert not all(ok for _, ok in _cel_results(schema, {"metadata": {"name": "Books_1"}}))
+    assert all(r.ok for r in cel_results(schema, {"metadata": {"name": "books-1"}}))
+    assert not all(r.ok for r in cel_results(schema, {"metadata": {"name": "Books_1"}}))
 
 
 def test_examples_validate_with_pydantic_and_against_the_crd_schema() -> None:
@@ -195,9 +171,9 @@ def test_examples_validate_with_pydantic_and_against_the_crd_schema() -> None:
     for res in resources:
         schema = openapi_schema(type(res))
         doc = yaml.safe_load(yaml.safe_dump(dump_resource(res)))
-        defaulted = _apply_defaults(schema, doc)
+        defaulted = apply_defaults(schema, doc)
         jsonschema.Draft4Validator(schema).validate(defaulted)
-        assert all(ok for _, ok in _cel_results(schema, defaulted)), res.key
+        assert all(r.ok for r in cel_results(schema, defaulted)), res.key
 
 
 def test_crd_defaults_match_pydantic_defaults() -> None:
@@ -205,6 +181,6 @@ def test_crd_defaults_match_pydantic_defaults() -> None:
     for kind in BASE:
         schema = openapi_schema(KINDS[kind])
         doc = _doc(kind, {})
-        server_side = _apply_defaults(schema, copy.deepcopy(doc))["spec"]
+        server_side = apply_defaults(schema, copy.deepcopy(doc))["spec"]
         client_side = dump_resource(parse_resource(doc))["spec"]
         assert server_side == client_side, kind

@@ -154,3 +154,20 @@ def test_batched_language_id_equals_py3langid(clean_docs: list[str]) -> None:
     for text, (lang, prob) in zip(texts, batched, strict=True):
         ref_lang, ref_prob = detect(text)
         assert lang == ref_lang and abs(prob - ref_prob) < 1e-4, text[:40]
+
+
+def test_gopher_top_ngram_ties_do_not_depend_on_the_string_hash() -> None:
+    """Two 2-grams repeat equally often; the first to occur decides (as Counter.most_common)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from llmfab.api.dataset import GopherRepetition; from llmfab.data.gopher_repetition import *;"
+        "import llmfab.data.gopher_repetition as g; f = [v for v in vars(g).values() if getattr(v, 'name', '')"
+        " == 'gopher_repetition'][0](GopherRepetition());"
+        "text = ' '.join(['ab cd'] * 3 + ['extraordinarily longwinded'] * 3 + [f'w{i}' for i in range(40)]);"
+        "print(f(text)[1])"
+    )
+    seen = {subprocess.run([sys.executable, "-c", code], env={"PYTHONHASHSEED": str(seed), "PATH": "/usr/bin"},
+                           capture_output=True, text=True, check=True).stdout for seed in range(6)}
+    assert len(seen) == 1, seen

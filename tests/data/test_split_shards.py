@@ -35,7 +35,7 @@ def test_shards_roll_over_and_read_back_across_boundaries(tmp_path: Path) -> Non
     info = writer.finish()
     assert info["documents"] == 5 and info["tokens"] == sum(len(d) + 1 for d in docs)
     assert len(info["shards"]) == 3
-    manifest = {"dtype": "uint16", "eosId": 2, "splits": {"train": info}}
+    manifest = {"dtype": "uint16", "eosId": 2, "vocabSize": 8000, "splits": {"train": info}}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     reader = open_split(tmp_path, "train")
     stream = np.concatenate([np.append(d, 2) for d in docs])

@@ -1,5 +1,5 @@
 """Session fixtures for the eval tests: a tiny SentencePiece tokenizer (converted to HF), a Dataset
-artifact in the COMMON.md shard format, and a tiny random LlamaForCausalLM. Built once, ~2 s."""
+artifact written by ``llmfab.data.shards``, and a tiny random LlamaForCausalLM. Built once, ~2 s."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer, PreTrainedTokenizerBase
 
+from llmfab.data.shards import token_dtype, write_split
 from llmfab.eval.probes_data import CATEGORIES, completion_prompts, minimal_pairs
 from llmfab.store import write_manifest
 
@@ -48,25 +48,6 @@ class EvalFixture:
     model_dir: Path
     tokenizer: PreTrainedTokenizerBase
     eos_id: int
-
-
-def _write_split(dataset_dir: Path, split: str, docs: list[list[int]], eos: int) -> dict[str, object]:
-    (dataset_dir / split).mkdir(parents=True)
-    flat: list[int] = []
-    starts: list[int] = []
-    for doc in docs:
-        starts.append(len(flat))
-        flat.extend([*doc, eos])
-    np.asarray(flat, dtype="<u2").tofile(dataset_dir / split / "shard-00000.bin")
-    np.save(dataset_dir / split / "shard-00000.idx.npy", np.asarray(starts, dtype=np.int64))
-    shard = {
-        "file": f"{split}/shard-00000.bin",
-        "index": f"{split}/shard-00000.idx.npy",
-        "tokens": len(flat),
-        "documents": len(docs),
-        "sha256": "",
-    }
-    return {"tokens": len(flat), "documents": len(docs), "shards": [shard]}
 
 
 def build_tokenizer(work: Path, rng: random.Random) -> Path:
@@ -114,7 +95,7 @@ def eval_fixture(tmp_path_factory: pytest.TempPathFactory) -> EvalFixture:
         docs = [
             tokenizer.encode(random_document(rng, length), add_special_tokens=False) for _ in range(count)
         ]
-        splits[split] = _write_split(dataset_dir, split, docs, eos)
+        splits[split] = write_split(dataset_dir, split, docs, token_dtype(len(tokenizer)), eos)
     write_manifest(
         dataset_dir,
         {

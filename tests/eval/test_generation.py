@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from llmfab.data.shards import open_split
 from llmfab.eval.generation import evaluate_generation, score, select_documents, write_samples_jsonl
 from llmfab.eval.model_io import load_model
-from llmfab.eval.splits import open_dataset, split_documents
 
 
 def test_identical_strings_score_perfectly_and_disjoint_ones_zero() -> None:
@@ -37,7 +37,7 @@ def test_documents_too_short_give_a_clear_error() -> None:
 
 def test_greedy_continuations_match_a_manual_argmax_loop(eval_fixture, tmp_path) -> None:
     model = load_model(eval_fixture.model_dir, "float32")
-    documents = split_documents(open_dataset(eval_fixture.dataset_dir), "test")
+    documents = list(open_split(eval_fixture.dataset_dir, "test").documents())
     result = evaluate_generation(model, eval_fixture.tokenizer, documents, samples=5, prompt_tokens=12,
                                  max_new_tokens=10, eos_id=eval_fixture.eos_id, context=64, batch_size=2)
     assert len(result.samples) == 5

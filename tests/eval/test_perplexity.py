@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from llmfab.data.shards import open_split
 from llmfab.eval.model_io import load_model
 from llmfab.eval.perplexity import perplexity, plan_windows
-from llmfab.eval.splits import open_dataset, split_tokens
 
 
 @pytest.mark.parametrize(
@@ -31,7 +31,7 @@ def test_stride_not_below_context_is_rejected_naming_the_field() -> None:
 
 def test_single_window_perplexity_equals_exp_of_mean_cross_entropy(eval_fixture) -> None:
     model = load_model(eval_fixture.model_dir, "float32")
-    tokens = split_tokens(open_dataset(eval_fixture.dataset_dir), "val", max_tokens=50)
+    tokens = open_split(eval_fixture.dataset_dir, "val").tokens(50)
     result = perplexity(model, tokens, context=64, stride=32)
     ids = torch.from_numpy(tokens).unsqueeze(0)
     with torch.no_grad():
@@ -42,7 +42,7 @@ def test_single_window_perplexity_equals_exp_of_mean_cross_entropy(eval_fixture)
 
 def test_sliding_window_matches_brute_force_per_token_scoring(eval_fixture) -> None:
     model = load_model(eval_fixture.model_dir, "float32")
-    tokens = split_tokens(open_dataset(eval_fixture.dataset_dir), "val", max_tokens=90)
+    tokens = open_split(eval_fixture.dataset_dir, "val").tokens(90)
     context = 16
     result = perplexity(model, tokens, context=context, stride=1, batch_size=7)
     # Brute force: each token t >= 1 predicted from the (up to) context-1 tokens before it.
@@ -58,7 +58,7 @@ def test_sliding_window_matches_brute_force_per_token_scoring(eval_fixture) -> N
 
 def test_batching_does_not_change_the_result(eval_fixture) -> None:
     model = load_model(eval_fixture.model_dir, "float32")
-    tokens = split_tokens(open_dataset(eval_fixture.dataset_dir), "test")
+    tokens = open_split(eval_fixture.dataset_dir, "test").tokens()
     one = perplexity(model, tokens, context=64, stride=16, batch_size=1)
     many = perplexity(model, tokens, context=64, stride=16, batch_size=16)
     assert one.windows > 3
@@ -66,7 +66,7 @@ def test_batching_does_not_change_the_result(eval_fixture) -> None:
 
 
 def test_bf16_perplexity_is_close_to_fp32(eval_fixture) -> None:
-    tokens = split_tokens(open_dataset(eval_fixture.dataset_dir), "val")
+    tokens = open_split(eval_fixture.dataset_dir, "val").tokens()
     fp32 = perplexity(load_model(eval_fixture.model_dir, "float32"), tokens, context=64)
     bf16 = perplexity(load_model(eval_fixture.model_dir, "bfloat16"), tokens, context=64)
     assert bf16.perplexity == pytest.approx(fp32.perplexity, rel=0.02)

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
+from llmfab.data.shards import open_split
 from llmfab.eval.model_io import is_quantized, load_model
 from llmfab.eval.perplexity import perplexity
-from llmfab.eval.splits import open_dataset, split_tokens
 
 pytest.importorskip("compressed_tensors")
 
@@ -21,7 +21,7 @@ def test_compressed_tensors_4bit_model_evaluates_close_to_bf16(eval_fixture, tmp
     quantize_checkpoint(eval_fixture.model_dir, out, QuantizeOptions(algorithm="rtn", group_size=32), None,
                         log=lambda _: None)
     assert is_quantized(out) and not is_quantized(eval_fixture.model_dir)
-    tokens = split_tokens(open_dataset(eval_fixture.dataset_dir), "val")
+    tokens = open_split(eval_fixture.dataset_dir, "val").tokens()
     bf16 = perplexity(load_model(eval_fixture.model_dir, "bfloat16"), tokens, context=64)
     q4 = perplexity(load_model(out, "bfloat16"), tokens, context=64)
     assert math.isfinite(q4.perplexity)

@@ -1,4 +1,8 @@
-"""`llmfab up` end to end on real stages: a Dataset and a TrainingRun, re-runs, failures, Ctrl-C."""
+"""`llmfab up` end to end on real stages: a Dataset and a TrainingRun, re-runs, failures, Ctrl-C.
+
+Every process goes through the ``processes`` fixture (conftest.py): it ends with the test, with all
+it started, whatever the outcome. More stop signals: test_signals.py.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
+from conftest import Processes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,15 +57,9 @@ def pipeline(tmp_path: Path, steps: int = 8, dataset: str = DATASET) -> Path:
     return path
 
 
-def up(*args: str, home: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def up(processes: Processes, *args: str, home: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LLMFAB_HOME": str(home), "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "llmfab", "up", *args],
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=timeout,
-    )
+    return processes.run([sys.executable, "-m", "llmfab", "up", *args], env=env, timeout=timeout)
 
 
 def status(home: Path, kind_dir: str, name: str) -> dict:
@@ -69,10 +67,10 @@ def status(home: Path, kind_dir: str, name: str) -> dict:
 
 
 @pytest.mark.slow
-def test_up_builds_a_dataset_then_trains_on_it_and_reruns_are_no_ops(tmp_path: Path) -> None:
+def test_up_builds_a_dataset_then_trains_on_it_and_reruns_are_no_ops(tmp_path: Path, processes: Processes) -> None:
     home = tmp_path / "home"
     file = pipeline(tmp_path)
-    first = up("-f", str(file), home=home)
+    first = up(processes, "-f", str(file), home=home)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "done: 2 succeeded, 0 failed, 0 skipped" in first.stdout
     assert status(home, "datasets", "books")["phase"] == "Succeeded"
@@ -84,12 +82,8 @@ def test_up_builds_a_dataset_then_trains_on_it_and_reruns_are_no_ops(tmp_path: P
 
     # `llmfab export` rebuilds model/ from the latest checkpoint: the same weights training exported.
     env = {**os.environ, "LLMFAB_HOME": str(home)}
-    exported = subprocess.run(
-        [sys.executable, "-m", "llmfab", "export", "tiny", "--out", str(tmp_path / "exported")],
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=300,
+    exported = processes.run(
+        [sys.executable, "-m", "llmfab", "export", "tiny", "--out", str(tmp_path / "exported")], env=env, timeout=300
     )
     assert exported.returncode == 0, exported.stderr
     from safetensors.torch import load_file
@@ -98,23 +92,23 @@ def test_up_builds_a_dataset_then_trains_on_it_and_reruns_are_no_ops(tmp_path: P
     again = load_file(tmp_path / "exported" / "model.safetensors")
     assert final.keys() == again.keys() and all((final[k] == again[k]).all() for k in final)
 
-    again = up("-f", str(file), home=home)
+    again = up(processes, "-f", str(file), home=home)
     assert again.returncode == 0
     log = (home / "runs" / "tiny.log").read_text() + (home / "datasets" / "books.log").read_text()
     assert log.count("up to date") == 2, log
 
     changed = pipeline(tmp_path, steps=12)
-    third = up("-f", str(changed), home=home)
+    third = up(processes, "-f", str(changed), home=home)
     assert third.returncode == 0, third.stdout
     assert status(home, "runs", "tiny")["step"] == 12
     assert (home / "datasets" / "books.log").read_text().count("up to date") == 2  # dataset untouched
 
 
 @pytest.mark.slow
-def test_a_failed_resource_fails_the_run_and_blocks_what_depends_on_it(tmp_path: Path) -> None:
+def test_a_failed_resource_fails_the_run_and_blocks_what_depends_on_it(tmp_path: Path, processes: Processes) -> None:
     home = tmp_path / "home"
     file = pipeline(tmp_path, dataset=DATASET.replace("corpus/*.txt", "missing/*.txt"))
-    out = up("-f", str(file), home=home)
+    out = up(processes, "-f", str(file), home=home)
     assert out.returncode == 1
     text = " ".join(out.stdout.split())
     assert "Dataset/books [data] failed (exit 1)" in text
@@ -126,11 +120,11 @@ def test_a_failed_resource_fails_the_run_and_blocks_what_depends_on_it(tmp_path:
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_training_and_its_children_cleanly(tmp_path: Path) -> None:
+def test_ctrl_c_stops_training_and_its_children_cleanly(tmp_path: Path, processes: Processes) -> None:
     home = tmp_path / "home"
     file = pipeline(tmp_path, steps=100_000)
     env = {**os.environ, "LLMFAB_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
+    proc = processes.start(  # SIGINT at its default, whatever the shell that runs pytest left it at
         [sys.executable, "-m", "llmfab", "up", "-f", str(file)],
         env=env,
         stdout=subprocess.PIPE,
@@ -148,14 +142,12 @@ def test_ctrl_c_stops_training_and_its_children_cleanly(tmp_path: Path) -> None:
         time.sleep(0.5)
     else:
         pytest.fail("training never reported a step")
-    children = psutil.Process(proc.pid).children(recursive=True)
-    assert children
+    assert len(processes.survivors(proc)) > 1  # `up` and its workload
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, output
     assert "interrupted" in output
-    psutil.wait_procs(children, timeout=10)
-    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    processes.assert_none_left(proc)
     final = status(home, "runs", "tiny")
     log = (home / "runs" / "tiny.log").read_text()[-3000:]
     assert final["phase"] == "Failed" and final["conditions"][0]["reason"] == "Interrupted", log

@@ -21,7 +21,8 @@ import torch
 import yaml
 
 from llmfab.serving.quantize import QuantizeOptions, load_calibration, quantize_checkpoint
-from llmfab.serving.tiny import build_llama, build_tokenizer, sample_text, write_dataset
+
+from .tiny_models import build_llama, build_tokenizer, sample_text, write_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE_PYTHON = REPO / ".venv-serve" / "bin" / "python"

@@ -11,11 +11,11 @@ import torch
 from safetensors import safe_open
 
 from llmfab.serving.quantize import QuantizationError, QuantizeOptions, load_dequantized, quantize_checkpoint
-from llmfab.serving.tiny import build_llama, perplexity
 from llmfab.store import read_manifest
 from llmfab.workload import run_stage
 
 from .conftest import TinySetup, write_service
+from .tiny_models import build_llama, perplexity
 
 pytestmark = pytest.mark.slow
 

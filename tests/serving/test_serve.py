@@ -111,7 +111,7 @@ def test_missing_model_directory(tiny: TinySetup, tmp_path: Path) -> None:
 
 
 def test_shape_the_4bit_kernel_cannot_take_fails_before_vllm(tiny: TinySetup, tmp_path: Path) -> None:
-    from llmfab.serving.tiny import build_llama
+    from .tiny_models import build_llama
 
     bad = build_llama(tmp_path / "bad-model", tiny.tokenizer, hidden=96, intermediate=200, layers=1, heads=4)
     spec = {"model": {"path": str(bad)}, "quantization": {"algorithm": "rtn"}, "server": {"port": free_port()}}

@@ -41,7 +41,9 @@ def test_file_reporter_writes_phase_conditions_progress_and_events(tmp_path: Pat
     assert status["phase"] == "Succeeded" and status["step"] == 5 and status["observedGeneration"] == 3
     assert status["startTime"] and status["completionTime"]
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
-    assert conditions == {"Ready": "True", "Progressing": "False", "Failed": "False"}
+    assert conditions == {
+        "Ready": "True", "Progressing": "False", "Complete": "True", "Failed": "False", "Suspended": "False"
+    }
     events = [json.loads(line) for line in (tmp_path / "runs" / "tiny.events.jsonl").read_text().splitlines()]
     assert [e["reason"] for e in events] == ["Started", "Completed"]
 
@@ -107,7 +109,7 @@ def test_pod_reporter_patches_the_status_subresource_and_posts_events(emulator: 
     stored = emulator.objects[RUNS, "default", "tiny"].last.raw
     status = stored["status"]
     assert status["phase"] == "Running" and status["step"] == 7 and status["tokensPerSecond"] == 1000.0
-    assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Failed"}
+    assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Complete", "Failed", "Suspended"}
     assert stored["spec"] == {"dataset": {"name": "books"}}  # only status was touched
     events = [emulator.objects[key].last.raw for key in emulator.objects if key[0].plural == "events"]
     assert any(e["reason"] == "Started" and e["involvedObject"]["name"] == "tiny" for e in events)

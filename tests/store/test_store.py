@@ -104,3 +104,24 @@ def test_published_directory_is_readable_by_others(tmp_path: Path) -> None:
     assert final.stat().st_mode & 0o777 == 0o755
     assert (final / "weights.bin").stat().st_mode & 0o044 == 0o044
     assert (final / "manifest.json").stat().st_mode & 0o044 == 0o044
+
+
+def test_llmfab_delete_removes_artifacts_and_records_but_not_other_resources(tmp_path: Path) -> None:
+    """What the operator's clean-up Job runs for ``deletionPolicy: Delete``."""
+    for name in ("tiny", "tiny-2"):
+        with staged_directory(tmp_path / "runs" / name) as tmp:
+            write_manifest(tmp, {"kind": "TrainingRun"})
+        for suffix in (".spec.yaml", ".status.json", ".events.jsonl", ".log"):
+            (tmp_path / "runs" / f"{name}{suffix}").write_text("{}")
+    env = {**os.environ, "LLMFAB_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "llmfab", "delete", "ltr", "tiny"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "tiny-2", "tiny-2.events.jsonl", "tiny-2.log", "tiny-2.spec.yaml", "tiny-2.status.json"]
+    again = subprocess.run([sys.executable, "-m", "llmfab", "delete", "trainingrun", "tiny"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "nothing to delete" in again.stdout
+    bad = subprocess.run([sys.executable, "-m", "llmfab", "delete", "trainingrunz", "tiny"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown kind 'trainingrunz'" in bad.stderr

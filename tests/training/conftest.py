@@ -1,8 +1,9 @@
 """A tiny Dataset artifact in the documented shard format, and TrainingRun specs that train on it.
 
-The Dataset is built here with numpy + SentencePiece (not through the data stage) so these tests
-only depend on the format in COMMON.md: uint16 shards, each document followed by EOS, an index of
-document starts, a SentencePiece model and a Hugging Face tokenizer directory.
+The Dataset is built here with SentencePiece and the shard writer of ``llmfab.data.shards`` (not
+through the data stage) so these tests only depend on that format: uint16 shards, each document
+followed by EOS, an index of document starts, a SentencePiece model and a Hugging Face tokenizer
+directory.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import yaml
+
+from llmfab.data.shards import token_dtype, write_split
 
 VOCAB = 300
 WORDS = (
@@ -86,30 +88,11 @@ def build_dataset(root: Path, name: str = "tiny", docs: int = 1500) -> Path:
         "test": (int(docs * 0.9), docs),
     }
     for split, (lo, hi) in bounds.items():
-        (directory / split).mkdir()
-        ids: list[int] = []
-        starts: list[int] = []
-        for doc in text[lo:hi]:
-            starts.append(len(ids))
-            ids.extend([*sp.encode(doc), 2])
+        encoded = [sp.encode(doc) for doc in text[lo:hi]]
+        tokens = sum(len(ids) + 1 for ids in encoded)
         # Two shards for train, to exercise reads across shard boundaries.
-        cut = len(ids) // 2 if split == "train" else len(ids)
-        shards = []
-        for k, (a, b) in enumerate([(0, cut), (cut, len(ids))] if cut < len(ids) else [(0, cut)]):
-            f = f"{split}/shard-{k:05d}.bin"
-            np.asarray(ids[a:b], dtype=np.uint16).tofile(directory / f)
-            idx = np.asarray([s - a for s in starts if a <= s < b], dtype=np.int64)
-            np.save(directory / f"{split}/shard-{k:05d}.idx.npy", idx)
-            shards.append(
-                {
-                    "file": f,
-                    "index": f"{split}/shard-{k:05d}.idx.npy",
-                    "tokens": b - a,
-                    "documents": len(idx),
-                    "sha256": "",
-                }
-            )
-        splits[split] = {"tokens": len(ids), "documents": hi - lo, "shards": shards}
+        shard_tokens = tokens // 2 if split == "train" else tokens
+        splits[split] = write_split(directory, split, encoded, token_dtype(VOCAB), eos_id=2, shard_tokens=shard_tokens)
     manifest = {
         "kind": "Dataset",
         "name": name,

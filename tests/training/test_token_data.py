@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from llmfab.training.token_data import DataFormatError, DatasetInfo, WindowSampler, validation_batches
+from llmfab.data.shards import DataFormatError, DatasetInfo
+from llmfab.training.token_data import WindowSampler, validation_batches
 
 
 @pytest.fixture

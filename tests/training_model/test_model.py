@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from llmfab.api.training_run import ModelSpec
-from llmfab.training.model import ModelArgs, Transformer
+from llmfab.training.model import Transformer
+from llmfab.training.trainer import model_args_from_spec
 
 from .conftest import VOCAB, tiny_args
 
@@ -91,9 +92,9 @@ def test_meta_device_build_then_init_weights_matches_a_cpu_build() -> None:
     torch.testing.assert_close(model(tokens), reference(tokens))
 
 
-def test_from_spec_reads_shape_and_sharing() -> None:
+def test_model_args_from_spec_reads_shape_and_sharing() -> None:
     spec = ModelSpec.model_validate({"preset": "small", "kvHeads": 4, "sharing": {"groups": 3}})
-    args = ModelArgs.from_spec(spec, vocab_size=8000)
+    args = model_args_from_spec(spec, vocab_size=8000)
     assert (args.layers, args.hidden, args.heads, args.kv_heads, args.sharing_groups) == (6, 512, 8, 4, 3)
     assert args.intermediate == 1408 and args.context_length == 512 and args.tie_embeddings
 

@@ -5,6 +5,8 @@ template) without downloading anything. This builds one from a few KB of text: a
 tokenizer (``tokenizers``), a ``LlamaForCausalLM`` whose linear sizes are multiples of 32 (so the
 4-bit CPU kernel takes it), optionally trained for a few steps so that perplexity comparisons mean
 something, and a Dataset artifact in llmfab's shard format (for GPTQ calibration).
+
+Used by the serving tests (their ``conftest``) and by ``benchmarks/serve_latency.py``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from llmfab.data.shards import token_dtype, write_split
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
@@ -121,25 +125,14 @@ def _train(model: torch.nn.Module, ids: list[int], steps: int, seq: int = 64, ba
 
 
 def write_dataset(out_dir: Path, tokenizer_dir: Path, texts: dict[str, list[str]]) -> Path:
-    """A Dataset artifact (COMMON.md format, one shard per split) from documents per split."""
+    """A Dataset artifact (one shard per split, written by :mod:`llmfab.data.shards`) from documents per split."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    splits = {}
-    for split, docs in texts.items():
-        (out_dir / split).mkdir(parents=True, exist_ok=True)
-        ids: list[int] = []
-        offsets = []
-        for d in docs:
-            offsets.append(len(ids))
-            ids.extend(tok(d)["input_ids"] + [tok.eos_token_id])
-        arr = np.asarray(ids, dtype="<u2")
-        arr.tofile(out_dir / split / "shard-00000.bin")
-        np.save(out_dir / split / "shard-00000.idx.npy", np.asarray(offsets, dtype=np.int64))
-        shard = {"file": f"{split}/shard-00000.bin", "index": f"{split}/shard-00000.idx.npy",
-                 "tokens": len(ids), "documents": len(docs), "sha256": ""}
-        splits[split] = {"tokens": len(ids), "documents": len(docs), "shards": [shard]}
-    manifest = {"kind": "Dataset", "name": out_dir.name, "vocabSize": len(tok), "dtype": "uint16",
+    dtype = token_dtype(len(tok))
+    splits = {split: write_split(out_dir, split, (tok(d)["input_ids"] for d in docs), dtype, tok.eos_token_id)
+              for split, docs in texts.items()}
+    manifest = {"kind": "Dataset", "name": out_dir.name, "vocabSize": len(tok), "dtype": dtype.name,
                 "bosId": tok.bos_token_id, "eosId": tok.eos_token_id, "padId": tok.pad_token_id,
                 "unkId": tok.unk_token_id, "hfTokenizer": "tokenizer", "splits": splits}
     tok.save_pretrained(out_dir / "tokenizer")

@@ -1,0 +1,114 @@
+"""An InferenceService on the cluster: a Deployment of ``llmfab serve run`` (which starts vLLM's
+OpenAI server with the spec's arguments), a Service in front of it, and a ServiceMonitor when the
+Prometheus operator is installed (scrape annotations otherwise).
+
+The server pods report nothing to ``/status`` themselves (``LLMFAB_STATUS=off``): with several
+replicas they would race, and the cluster URL and ready count come from the Service and the
+Deployment, which the operator reads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from llmfab.api.inference_service import InferenceService
+from llmfab.operator.builders.common import (
+    SPEC_HASH_ANNOTATION,
+    Manifest,
+    child_name,
+    gpus_per_pod,
+    labels,
+    metadata,
+    pod_spec,
+    selector_labels,
+)
+from llmfab.operator.settings import OperatorSettings
+
+COMPONENT = "serve"
+PORT_NAME = "http"
+# vLLM loads and (on CPU) warms up the model before /health answers: minutes on a big model.
+STARTUP_SECONDS = 1200
+
+
+def service_name(res: InferenceService) -> str:
+    return child_name(res)
+
+
+def service_url(res: InferenceService) -> str:
+    """The OpenAI base URL inside the cluster."""
+    return f"http://{service_name(res)}.{res.metadata.namespace}.svc:{res.spec.server.port}/v1"
+
+
+def _probe(path: str, port: int, period: int, failures: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "failureThreshold": failures,
+            "timeoutSeconds": 5}
+
+
+def build_deployment(res: InferenceService, settings: OperatorSettings, use_service_monitor: bool) -> Manifest:
+    port = res.spec.server.port
+    gpus = gpus_per_pod(res, res.spec.server.tensor_parallel_size)
+    probes = {
+        "ports": [{"name": PORT_NAME, "containerPort": port, "protocol": "TCP"}],
+        "startupProbe": _probe("/health", port, 10, STARTUP_SECONDS // 10),
+        "readinessProbe": _probe("/health", port, 5, 3),
+        "livenessProbe": _probe("/health", port, 15, 4),
+    }
+    spec = pod_spec(res, settings, "serve", settings.serving_image, gpus, status="off", container_extra=probes)
+    # vLLM's engine gets SIGTERM from `llmfab serve run` and needs a moment to drain requests.
+    spec["terminationGracePeriodSeconds"] = 60
+    # Any change of what the pods run rolls them (the server block too, which the output hash omits).
+    served = res.spec.model_dump(mode="json", by_alias=True, exclude={"replicas", "deletion_policy"})
+    annotations = {SPEC_HASH_ANNOTATION: hashlib.sha256(json.dumps(served, sort_keys=True).encode()).hexdigest()[:16]}
+    if not use_service_monitor:
+        annotations |= {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+                        "prometheus.io/path": "/metrics"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(res, child_name(res), COMPONENT, with_revision=False),
+        "spec": {
+            "replicas": res.spec.replicas,
+            "selector": {"matchLabels": selector_labels(res, COMPONENT)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": labels(res, COMPONENT, with_revision=False), "annotations": annotations},
+                "spec": spec,
+            },
+        },
+    }
+
+
+def build_service(res: InferenceService) -> Manifest:
+    port = res.spec.server.port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(res, service_name(res), COMPONENT, with_revision=False),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(res, COMPONENT),
+            "ports": [{"name": PORT_NAME, "port": port, "targetPort": PORT_NAME, "protocol": "TCP"}],
+        },
+    }
+
+
+def build_service_monitor(res: InferenceService, extra_labels: dict[str, str] | None = None) -> Manifest:
+    """For the Prometheus operator; kube-prometheus-stack selects ServiceMonitors by its release
+    label by default, which the chart passes in ``extra_labels``."""
+    meta = metadata(res, child_name(res), COMPONENT, with_revision=False)
+    meta["labels"].update(extra_labels or {})
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": meta,
+        "spec": {
+            "selector": {"matchLabels": selector_labels(res, COMPONENT)},
+            "endpoints": [{"port": PORT_NAME, "path": "/metrics", "interval": "15s"}],
+        },
+    }
+
+
+def uses_service_monitor(res: InferenceService, settings: OperatorSettings) -> bool:
+    mode = res.spec.monitoring.service_monitor
+    return mode == "always" or (mode == "auto" and settings.service_monitors)

@@ -1,0 +1,162 @@
+"""kopf handlers: thin. Each reads the resource and its children, asks ``reconcile.decide`` what
+to do, and does it. The same reconcile runs on create, resume (operator restart), spec update and
+a timer that re-reads the children (Job/Deployment status) every ``resync_seconds``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import kopf
+
+from llmfab.api import KINDS, ValidationFailed, parse_resource
+from llmfab.api.common import API_GROUP, API_VERSION, Phase, Resource
+from llmfab.operator import metrics
+from llmfab.operator.builders.cleanup import build_cleanup_job, cleanup_job_name
+from llmfab.operator.builders.common import KIND_LABEL, REVISION_LABEL, STAGE_LABEL, child_name, revision
+from llmfab.operator.kube import MERGE_PATCH, Kube, connection_info, path_for
+from llmfab.operator.reconcile import Decision, Observed, decide, job_state
+from llmfab.operator.settings import OperatorSettings
+from llmfab.status import conditions_for
+
+CHILD_KINDS = (("batch/v1", "Job"), ("ray.io/v1", "RayJob"), ("v1", "ConfigMap"))
+ENVELOPE = ("apiVersion", "kind", "metadata", "spec")
+METADATA = ("name", "namespace", "labels", "annotations", "uid", "resourceVersion", "generation",
+            "creationTimestamp", "deletionTimestamp", "finalizers", "ownerReferences")
+
+
+def parse_body(body: Any) -> Resource:
+    """The resource as llmfab's API models read it (server-set status and fields left aside)."""
+    doc = {k: body.get(k) for k in ENVELOPE if body.get(k) is not None}
+    doc["metadata"] = {k: v for k, v in (body.get("metadata") or {}).items() if k in METADATA and v is not None}
+    return parse_resource(doc, f"{body.get('kind')}/{doc['metadata'].get('name')}")
+
+
+def observe(res: Resource, kube: Kube, status: dict[str, Any]) -> Observed:
+    """Children of the current revision (older ones are stale), the Deployment, and each
+    referenced resource."""
+    ns, current = res.metadata.namespace, revision(res)
+    selector = {"app.kubernetes.io/instance": res.name, KIND_LABEL: res.KIND.lower()}
+    observed = Observed(status=dict(status))
+    for api_version, kind in CHILD_KINDS:
+        for child in kube.list(api_version, kind, ns, selector):
+            labels = child["metadata"].get("labels") or {}
+            if labels.get("app.kubernetes.io/component") == "cleanup":
+                continue
+            if labels.get(REVISION_LABEL) != current:
+                observed.stale.append(child)
+            elif kind != "ConfigMap" and labels.get(STAGE_LABEL, labels.get("app.kubernetes.io/component")):
+                observed.jobs[labels.get(STAGE_LABEL) or labels["app.kubernetes.io/component"]] = child
+    if res.KIND == "InferenceService":
+        observed.deployment = kube.get("apps/v1", "Deployment", ns, child_name(res))
+    for kind, name in res.references():
+        observed.dependencies[f"{kind}/{name}"] = kube.get(f"{API_GROUP}/{API_VERSION}", kind, ns, name)
+    return observed
+
+
+def carry_out(decision: Decision, res: Resource, body: Any, kube: Kube) -> None:
+    for manifest in decision.apply:
+        kube.apply(manifest)
+    for manifest in decision.patch:
+        kube.patch(manifest)
+    for child in decision.delete:
+        kube.delete(child)
+    if decision.status:
+        kube.patch_status(res, decision.status)
+    for type_, reason, message in decision.events:
+        kopf.event(body, type=type_, reason=reason, message=message[:1024])
+
+
+def reconcile(body: Any, status: Any, kube: Kube, settings: OperatorSettings, logger: logging.Logger) -> None:
+    kind = str(body.get("kind"))
+    started = time.monotonic()
+    metrics.RECONCILES.labels(kind=kind).inc()
+    try:
+        try:
+            res = parse_body(body)
+        except ValidationFailed as e:
+            _invalid(body, dict(status or {}), e, kube)
+            raise kopf.PermanentError(str(e)) from None
+        decision = decide(res, observe(res, kube, dict(status or {})), settings)
+        carry_out(decision, res, body, kube)
+        metrics.observe_phase(res.metadata.uid or res.name, kind, decision.status.get("phase", (status or {}).get("phase")))
+    except (kopf.PermanentError, kopf.TemporaryError):
+        raise
+    except Exception:
+        metrics.ERRORS.labels(kind=kind).inc()
+        raise
+    finally:
+        metrics.SECONDS.labels(kind=kind).observe(time.monotonic() - started)
+    if decision.waiting:
+        raise kopf.TemporaryError(decision.waiting, delay=settings.resync_seconds)
+
+
+def _invalid(body: Any, status: dict[str, Any], error: ValidationFailed, kube: Kube) -> None:
+    """An invalid resource (the API server's schema let it through, llmfab's rules did not)."""
+    message = "; ".join(error.errors)
+    gen = (body.get("metadata") or {}).get("generation")
+    if status.get("phase") == Phase.FAILED and status.get("message") == message:
+        return
+    fields = {"phase": str(Phase.FAILED), "message": message, "observedGeneration": gen,
+              "conditions": conditions_for(Phase.FAILED, "InvalidSpec", message, gen)}
+    meta = body["metadata"]
+    path = path_for(f"{API_GROUP}/{API_VERSION}", body["kind"], meta["namespace"], meta["name"]) + "/status"
+    kube.request("PATCH", path, {"status": fields}, content_type=MERGE_PATCH)
+    kopf.event(body, type="Warning", reason="InvalidSpec", message=message[:1024])
+
+
+def delete_artifacts(body: Any, kube: Kube, settings: OperatorSettings) -> None:
+    """``spec.deletionPolicy: Delete``: a Job (not owned by the resource, which is going) removes
+    the artifacts from the volume; the resource's finalizer stays until that Job has finished."""
+    if (body.get("spec") or {}).get("deletionPolicy") != "Delete":
+        return
+    res = parse_body(body)
+    manifest = build_cleanup_job(res, settings)
+    job = kube.get("batch/v1", "Job", res.metadata.namespace, cleanup_job_name(res)) or kube.apply(manifest)
+    state = job_state(job)
+    if state.state == "failed":
+        raise kopf.PermanentError(f"artifact clean-up job failed: {state.message}")
+    if state.state != "succeeded":
+        raise kopf.TemporaryError("waiting for the artifact clean-up job", delay=settings.resync_seconds)
+    kube.delete(job)
+
+
+def build_registry(settings: OperatorSettings, kube: Kube) -> kopf.OperatorRegistry:
+    """The operator: kopf's login and settings, and the handlers of the four kinds."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(kube.api.configuration)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = "llmfab.dev/finalizer"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="llmfab.dev")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="llmfab.dev")
+        settings.posting.level = logging.WARNING  # events come from the reconciler, not from logs
+        settings.watching.server_timeout = 300
+
+    register(registry, settings, kube)
+    return registry
+
+
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: Kube) -> None:
+    """Handlers for the four kinds on ``registry``."""
+    for cls in KINDS.values():
+        args = (API_GROUP, API_VERSION, cls.PLURAL)
+
+        def on_change(body: Any, status: Any, logger: logging.Logger, **_: Any) -> None:
+            reconcile(body, status, kube, settings, logger)
+
+        def on_delete(body: Any, **_: Any) -> None:
+            metrics.observe_phase((body.get("metadata") or {}).get("uid", ""), str(body.get("kind")), None)
+            delete_artifacts(body, kube, settings)
+
+        kopf.on.resume(*args, registry=registry)(on_change)
+        kopf.on.create(*args, registry=registry)(on_change)
+        kopf.on.update(*args, field="spec", registry=registry)(on_change)
+        kopf.timer(*args, interval=settings.resync_seconds, registry=registry,
+                   when=lambda body, **_: not (body.get("metadata") or {}).get("deletionTimestamp"))(on_change)
+        kopf.on.delete(*args, registry=registry)(on_delete)

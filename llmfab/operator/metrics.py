@@ -1,0 +1,32 @@
+"""The operator's Prometheus metrics (``llmfab_operator_*``), served on its metrics port."""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry()
+RECONCILES = Counter("llmfab_operator_reconciles", "Reconcile passes.", ["kind"], registry=REGISTRY)
+ERRORS = Counter("llmfab_operator_reconcile_errors", "Reconcile passes that raised.", ["kind"], registry=REGISTRY)
+SECONDS = Histogram("llmfab_operator_reconcile_seconds", "Time of one reconcile pass.", ["kind"],
+                    registry=REGISTRY, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+RESOURCES = Gauge("llmfab_operator_resources", "Resources by kind and phase.", ["kind", "phase"], registry=REGISTRY)
+
+_phases: dict[str, tuple[str, str]] = {}  # uid -> (kind, phase)
+_lock = threading.Lock()
+
+
+def observe_phase(uid: str, kind: str, phase: str | None) -> None:
+    """Record a resource's phase (None: deleted) and recount the gauge."""
+    with _lock:
+        if phase is None:
+            _phases.pop(uid, None)
+        else:
+            _phases[uid] = (kind, phase)
+        counts: dict[tuple[str, str], int] = {}
+        for key in _phases.values():
+            counts[key] = counts.get(key, 0) + 1
+        RESOURCES.clear()
+        for (k, p), n in counts.items():
+            RESOURCES.labels(kind=k, phase=p).set(n)

@@ -1,0 +1,300 @@
+"""One reconcile step, as a pure function: (resource, what the cluster shows) -> what to do.
+
+The handlers read the resource's children and the resources it references, call :func:`decide`,
+and carry out the :class:`Decision` (apply manifests, delete stale children, patch status, post
+events). Keeping the decision pure is what lets every rule below be tested on plain dicts:
+
+- the stages of a kind, in order, and which of them move the phase come from ``llmfab.stages``
+  (the same rules ``llmfab up`` follows);
+- a resource whose references are not Ready waits (``phase: Waiting``, condition ``Ready=False``,
+  reason ``WaitingForDependency`` naming them) before its first child of a revision exists;
+- each stage but ``serve`` is a Job of the current output revision (a hash of the spec fields that
+  change the artifact); a change of them starts new Jobs and removes the old revision's, never
+  mutating a running one;
+- ``spec.suspend`` suspends the running Job (its pods go, checkpoints stay) and resumes it later;
+- the operator owns ``phase``, ``conditions``, ``message``, ``observedGeneration``, ``stage``,
+  times and, for an InferenceService, ``url``/``readyReplicas``; progress (step, loss, documents,
+  ...) belongs to the workload, which patches it from its pod, and is never written here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from llmfab.api.common import Phase, Resource, utc_now
+from llmfab.api.dataset import Dataset
+from llmfab.api.inference_service import InferenceService
+from llmfab.api.training_run import TrainingRun
+from llmfab.operator.builders.common import Manifest, build_spec_config_map, generation, revision
+from llmfab.operator.builders.dataset import build_dataset_children
+from llmfab.operator.builders.inference import (
+    build_deployment,
+    build_service,
+    build_service_monitor,
+    service_url,
+    uses_service_monitor,
+)
+from llmfab.operator.builders.jobs import build_headless_service, build_stage_job, pods_and_processes
+from llmfab.operator.settings import OperatorSettings
+from llmfab.stages import is_primary, owns_phase, stages_for
+from llmfab.status import conditions_for
+
+State = Literal["pending", "active", "succeeded", "failed", "suspended"]
+
+
+@dataclass(frozen=True)
+class ChildState:
+    state: State
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass
+class Observed:
+    """What the handler read from the API server for one resource."""
+
+    status: dict[str, Any] = field(default_factory=dict)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> Job/RayJob of this revision
+    deployment: dict[str, Any] | None = None
+    dependencies: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # "Kind/name" -> object
+    stale: list[dict[str, Any]] = field(default_factory=list)  # children of older revisions
+
+
+@dataclass
+class Decision:
+    apply: list[Manifest] = field(default_factory=list)
+    patch: list[Manifest] = field(default_factory=list)  # partial merge patches of existing children
+    delete: list[dict[str, Any]] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)  # merge patch of .status; {} = unchanged
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    waiting: str | None = None  # the handler retries later (kopf.TemporaryError)
+
+
+# --- reading children ----------------------------------------------------------------------------
+
+
+def _condition(obj: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype and c.get("status") == "True":
+            return dict(c)
+    return None
+
+
+def job_state(job: dict[str, Any]) -> ChildState:
+    """A batch/v1 Job's state from its conditions (``Complete``/``Failed``, the Job controller's
+    terminal verdicts) and counters; a RayJob's from ``jobDeploymentStatus``."""
+    if job.get("kind") == "RayJob":
+        return _ray_job_state(job)
+    status = job.get("status") or {}
+    if _condition(job, "Complete"):
+        return ChildState("succeeded", "Completed", "job complete")
+    failed = _condition(job, "Failed")
+    if failed:
+        reason = failed.get("reason") or "JobFailed"
+        return ChildState("failed", reason, failed.get("message") or f"job failed ({reason})")
+    if (job.get("spec") or {}).get("suspend"):
+        return ChildState("suspended", "Suspended", "job suspended")
+    if status.get("active"):
+        return ChildState("active", "Running", f"{status['active']} pod(s) running")
+    return ChildState("pending", "Starting", "waiting for pods")
+
+
+def _ray_job_state(job: dict[str, Any]) -> ChildState:
+    status = job.get("status") or {}
+    deployment = status.get("jobDeploymentStatus", "")
+    message = status.get("message", "")
+    if deployment == "Complete" and status.get("jobStatus") == "SUCCEEDED":
+        return ChildState("succeeded", "Completed", message or "ray job succeeded")
+    if deployment in ("Complete", "Failed"):
+        return ChildState("failed", status.get("reason") or "RayJobFailed", message or "ray job failed")
+    if deployment == "Suspended":
+        return ChildState("suspended", "Suspended", "ray job suspended")
+    if deployment == "Running":
+        return ChildState("active", "Running", message or "ray job running")
+    return ChildState("pending", "Starting", message or "submitting the ray job")
+
+
+def dependency_problem(key: str, obj: dict[str, Any] | None) -> str | None:
+    """Why a referenced resource cannot be used yet, or None when it is Ready."""
+    if obj is None:
+        return f"{key} does not exist"
+    status = obj.get("status") or {}
+    if key.startswith("InferenceService/"):
+        return None if (status.get("readyReplicas") or 0) >= 1 else f"{key} is not serving yet"
+    gen = (obj.get("metadata") or {}).get("generation")
+    if status.get("phase") == Phase.SUCCEEDED and (gen is None or status.get("observedGeneration") in (None, gen)):
+        return None
+    return f"{key} is not ready (phase {status.get('phase', 'Pending')})"
+
+
+# --- deciding --------------------------------------------------------------------------------------
+
+
+def decide(res: Resource, observed: Observed, settings: OperatorSettings) -> Decision:
+    d = Decision()
+    if not observed.jobs and observed.deployment is None:
+        problems = [p for key in _refs(res) if (p := dependency_problem(key, observed.dependencies.get(key)))]
+        if problems:
+            message = "waiting for " + "; ".join(problems)
+            _set_phase(d, res, observed, Phase.WAITING, "WaitingForDependency", message, stage=None)
+            d.waiting = message
+            return d
+    d.delete.extend(observed.stale)
+    states: dict[str, str] = {}
+    _walk_stages(d, res, observed, settings, states)
+    _record_stage_states(d, res, observed, states)
+    return d
+
+
+def _walk_stages(
+    d: Decision, res: Resource, observed: Observed, settings: OperatorSettings, states: dict[str, str]
+) -> None:
+    """Stages in order: the first unfinished one decides what runs; the phase follows the first
+    stage that owns it and has not succeeded."""
+    suspend = bool(getattr(res.spec, "suspend", False))
+    decided = False
+    for stage in stages_for(res):
+        if stage == "serve":
+            _serve(d, res, observed, settings)
+            states[stage] = "Running"
+            return
+        child = observed.jobs.get(stage)
+        if child is None:
+            d.apply.extend(_stage_children(res, stage, settings))
+            states[stage] = "Pending"
+            if not decided:
+                phase = Phase.SUSPENDED if suspend else Phase.PENDING
+                _set_phase(d, res, observed, phase, "Suspended" if suspend else "JobCreated",
+                           f"{stage}: created job for revision {revision(res)}", stage)
+            return
+        if child.get("kind") == "Job" and bool((child.get("spec") or {}).get("suspend")) != suspend:
+            d.patch.append(_suspend_patch(child, suspend))
+        st = job_state(child)
+        states[stage] = {"pending": "Pending", "active": "Running", "suspended": "Suspended",
+                         "failed": "Failed", "succeeded": "Succeeded"}[st.state]
+        if st.state in ("pending", "active", "suspended"):
+            if decided:
+                return
+            if suspend:
+                states[stage] = "Suspended"
+                _set_phase(d, res, observed, Phase.SUSPENDED, "Suspended",
+                           f"{stage}: suspended; pods deleted, checkpoints kept", stage)
+            elif st.state == "pending":
+                _set_phase(d, res, observed, Phase.PENDING, "Starting", f"{stage}: {st.message}", stage)
+            else:
+                _running(d, res, observed, stage, st)
+            return
+        if st.state == "failed" and owns_phase(stage, res.KIND):
+            if not decided:
+                _set_phase(d, res, observed, Phase.FAILED, st.reason, f"{stage}: {st.message}", stage)
+            return
+        if st.state == "succeeded" and is_primary(stage, res.KIND) and not decided:
+            _set_phase(d, res, observed, Phase.SUCCEEDED, "Completed", f"{stage} finished", stage)
+            decided = True
+
+
+def _record_stage_states(d: Decision, res: Resource, observed: Observed, states: dict[str, str]) -> None:
+    """``status.stages`` (stage -> state of this revision's Jobs), and an event for each stage that
+    finished since the last look and does not move the phase (a TrainingRun's evaluation)."""
+    before = observed.status.get("stages") or {}
+    if states == before:
+        return
+    d.status["stages"] = states
+    for stage, state in states.items():
+        if state in ("Succeeded", "Failed") and before.get(stage) != state and not owns_phase(stage, res.KIND):
+            kind = "Warning" if state == "Failed" else "Normal"
+            reason = f"{stage.capitalize()}{'Failed' if state == 'Failed' else 'Completed'}"
+            d.events.append((kind, reason, f"{stage} job {state.lower()}"))
+
+
+def _refs(res: Resource) -> list[str]:
+    return [f"{kind}/{name}" for kind, name in res.references()]
+
+
+def _stage_children(res: Resource, stage: str, settings: OperatorSettings) -> list[Manifest]:
+    """What a stage's pods need, in creation order: the spec ConfigMap of this revision first."""
+    if isinstance(res, Dataset) and stage == "data":
+        return [build_spec_config_map(res), *build_dataset_children(res, settings)]
+    children = [build_spec_config_map(res), build_stage_job(res, stage, settings)]
+    if isinstance(res, TrainingRun) and pods_and_processes(res, stage)[0] > 1:
+        children.insert(0, build_headless_service(res, settings, stage))
+    return children
+
+
+def _suspend_patch(job: dict[str, Any], suspend: bool) -> Manifest:
+    meta = job["metadata"]
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": meta["name"], "namespace": meta.get("namespace")},
+            "spec": {"suspend": suspend}}
+
+
+def _running(d: Decision, res: Resource, observed: Observed, stage: str, st: ChildState) -> None:
+    """While its pods run, the workload's own phase and messages stand (it reports from inside);
+    the operator writes Running only where it has not, or where the stage changed."""
+    status = observed.status
+    workload_reported = (
+        status.get("phase") in (Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED) and status.get("stage") == stage
+    )
+    if not workload_reported:
+        _set_phase(d, res, observed, Phase.RUNNING, st.reason, f"{stage}: {st.message}", stage)
+
+
+def _serve(d: Decision, res: Resource, observed: Observed, settings: OperatorSettings) -> None:
+    assert isinstance(res, InferenceService)
+    monitor = uses_service_monitor(res, settings)
+    d.apply += [build_spec_config_map(res), build_deployment(res, settings, monitor), build_service(res)]
+    if monitor:
+        d.apply.append(build_service_monitor(res, settings.service_monitor_labels))
+    dep_status = (observed.deployment or {}).get("status") or {}
+    ready = int(dep_status.get("readyReplicas") or 0)
+    url = service_url(res)
+    if res.spec.replicas == 0:
+        phase, reason, message = Phase.PENDING, "ScaledToZero", "replicas: 0"
+    elif ready:
+        phase, reason, message = Phase.RUNNING, "Serving", f"serving {url} ({ready}/{res.spec.replicas} ready)"
+    else:
+        phase, reason, message = Phase.RUNNING, "Starting", "waiting for the vLLM server to answer /health"
+    _set_phase(d, res, observed, phase, reason, message, "serve", ready=ready > 0,
+               extra={"url": url, "readyReplicas": ready})
+
+
+def _set_phase(
+    d: Decision,
+    res: Resource,
+    observed: Observed,
+    phase: Phase,
+    reason: str,
+    message: str,
+    stage: str | None,
+    ready: bool | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Patch the operator-owned fields when something in them changed; post an event on a
+    transition (phase or reason)."""
+    status = observed.status
+    gen = generation(res)
+    conditions = status.get("conditions") or []
+    last_reason = conditions[0].get("reason") if conditions else None
+    extra = extra or {}
+    changed_extra = any(status.get(k) != v for k, v in extra.items())
+    transition = status.get("phase") != phase or last_reason != reason or status.get("stage") != stage
+    if not transition and status.get("observedGeneration") == gen and not changed_extra:
+        return
+    patch: dict[str, Any] = {
+        "phase": str(phase),
+        "message": message,
+        "stage": stage,
+        "observedGeneration": gen,
+        **extra,
+    }
+    if transition or status.get("observedGeneration") != gen:
+        patch["conditions"] = conditions_for(phase, reason, message, gen, ready)
+        if phase in (Phase.RUNNING, Phase.PENDING) and not status.get("startTime"):
+            patch["startTime"] = utc_now()
+        if phase in (Phase.SUCCEEDED, Phase.FAILED):
+            patch["completionTime"] = utc_now()
+        elif status.get("completionTime"):
+            patch["completionTime"] = None
+        d.events.append(("Warning" if phase == Phase.FAILED else "Normal", reason, message))
+    d.status.update(patch)

@@ -1,0 +1,70 @@
+"""What the operator needs to know that no resource says: images, the shared artifact claim, the
+workload ServiceAccount, GPU runtime. The chart sets these as environment variables of the
+operator Deployment (``LLMFAB_OPERATOR_<FIELD>``); builders receive them as one frozen object."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmfab import __version__
+
+ENV_PREFIX = "LLMFAB_OPERATOR_"
+# Read by the operator's process itself (llmfab/operator/__main__.py), not by builders.
+PROCESS_VARIABLES = frozenset({"NAMESPACES", "LOG_LEVEL", "METRICS_PORT"})
+IMAGE_REPOSITORY = "ghcr.io/llmfab"
+
+
+class OperatorSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    trainer_image: str = Field(
+        default=f"{IMAGE_REPOSITORY}/trainer:{__version__}",
+        description="Image of Dataset, TrainingRun, RewardModel, eval and quantize pods.",
+    )
+    serving_image: str = Field(
+        default=f"{IMAGE_REPOSITORY}/serving:{__version__}", description="Image of the vLLM server pods."
+    )
+    image_pull_policy: str = "IfNotPresent"
+    artifacts_claim: str = Field(default="llmfab-artifacts", description="PVC mounted at /artifacts.")
+    workload_service_account: str = Field(
+        default="llmfab-workload", description="ServiceAccount of workload pods: may only patch status."
+    )
+    runtime_class_name: str | None = Field(
+        default=None, description="runtimeClassName of GPU pods (k3s + NVIDIA toolkit: nvidia)."
+    )
+    shm_size: str = Field(default="8Gi", description="Size limit of the /dev/shm emptyDir (NCCL, loaders).")
+    rendezvous_port: int = Field(default=29500, description="torchrun c10d port on pod 0.")
+    resync_seconds: float = Field(default=10.0, gt=0, description="How often children are re-read.")
+    service_monitors: bool = Field(
+        default=False, description="The Prometheus operator's ServiceMonitor CRD exists (found at start-up)."
+    )
+    service_monitor_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra ServiceMonitor labels; kube-prometheus-stack selects `release: <its release>`.",
+    )
+    run_as_user: int = 1000
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> OperatorSettings:
+        """Read ``LLMFAB_OPERATOR_TRAINER_IMAGE`` etc.; an unknown variable is an error, not ignored."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for key, value in env.items():
+            if not key.startswith(ENV_PREFIX) or key[len(ENV_PREFIX):] in PROCESS_VARIABLES:
+                continue
+            field = key[len(ENV_PREFIX):].lower()
+            if field not in cls.model_fields:
+                raise ValueError(f"{key}: unknown operator setting; known: "
+                                 + ", ".join(ENV_PREFIX + f.upper() for f in cls.model_fields))
+            if value == "":
+                values[field] = None
+            elif value.lstrip().startswith(("{", "[")):
+                values[field] = json.loads(value)
+            else:
+                values[field] = value
+        values.update(overrides)
+        return cls.model_validate(values)

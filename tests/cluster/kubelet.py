@@ -1,0 +1,196 @@
+"""A kubelet stand-in: runs the API server's Pods as local processes, the way a node would.
+
+Each pod's first container runs in its own mount namespace (``unshare -m``; the tests run as root,
+as CI does) where the pod's volumes appear at their ``mountPath``s: a PersistentVolumeClaim is a
+host directory per claim, a ConfigMap its data written as files, an emptyDir a fresh directory.
+``/etc/hosts`` gets the pod's ``<hostname>.<subdomain>.<namespace>.svc`` name (the kubelet writes
+it so in real pods), environment variables are resolved (``value`` and the downward API's
+``fieldRef``), and the pod's phase goes back through the API: ``Running``, then ``Succeeded`` or
+``Failed`` with the container's exit code, which the Job controller reads.
+
+What it does not do: images (the command runs with this checkout's interpreter, first on
+``PATH``), users (``securityContext`` is not applied), resources, probes, and in-cluster
+credentials (the workload reaches the API server through ``KUBECONFIG`` instead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from llmfab.operator.kube import MERGE_PATCH, Kube
+
+FIELD_ANNOTATION = re.compile(r"metadata\.annotations\['([^']+)'\]")
+
+
+def resolve_env(container: dict[str, Any], pod: dict[str, Any]) -> dict[str, str]:
+    """A container's environment as the kubelet computes it (values and downward-API fields)."""
+    meta = pod["metadata"]
+    env: dict[str, str] = {}
+    for item in container.get("env") or []:
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+            continue
+        path = item["valueFrom"]["fieldRef"]["fieldPath"]
+        if path == "metadata.name":
+            env[item["name"]] = meta["name"]
+        elif path == "metadata.namespace":
+            env[item["name"]] = meta.get("namespace", "default")
+        elif m := FIELD_ANNOTATION.fullmatch(path):
+            env[item["name"]] = (meta.get("annotations") or {})[m.group(1)]
+        else:
+            raise ValueError(f"{meta['name']}: fieldRef {path} is not emulated")
+    return env
+
+
+class LocalKubelet:
+    def __init__(self, kube: Kube, namespace: str, claims: dict[str, Path], workdir: Path,
+                 kubeconfig: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.kube, self.namespace, self.claims, self.workdir = kube, namespace, claims, workdir
+        self.kubeconfig = kubeconfig
+        self.extra_env = extra_env or {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, Path] = {}
+        self.exit_codes: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="kubelet", daemon=True)
+
+    def __enter__(self) -> LocalKubelet:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        for proc in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def log(self, pod_name: str) -> str:
+        path = self.logs.get(pod_name)
+        return path.read_text(errors="replace") if path and path.exists() else ""
+
+    # -- the loop: start new pods, report finished ones ------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._sync()
+            except Exception as e:  # keep the kubelet alive; the test sees the pod not progressing
+                print(f"kubelet: {type(e).__name__}: {e}", file=sys.stderr)
+            self._stop.wait(0.2)
+
+    def _sync(self) -> None:
+        status, data = self.kube.request("GET", f"/api/v1/namespaces/{self.namespace}/pods")
+        pods = (data or {}).get("items") or [] if status == 200 else []
+        names = set()
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            names.add(name)
+            phase = (pod.get("status") or {}).get("phase", "Pending")
+            if name not in self.procs and phase == "Pending" and not pod["metadata"].get("deletionTimestamp"):
+                self.procs[name] = self._start(pod)
+                self._report(name, "Running", None)
+        for name, proc in list(self.procs.items()):
+            if name not in names and proc.poll() is None:  # the pod was deleted: stop it as a kubelet would
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+            if proc.poll() is not None and name not in self.exit_codes:
+                self.exit_codes[name] = proc.returncode
+                if name in names:
+                    self._report(name, "Succeeded" if proc.returncode == 0 else "Failed", proc.returncode)
+
+    def _report(self, name: str, phase: str, exit_code: int | None) -> None:
+        state: dict[str, Any] = {"running": {}} if exit_code is None else {
+            "terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error"}}
+        body = {"status": {"phase": phase, "containerStatuses": [{"name": "workload", "state": state,
+                                                                  "ready": exit_code is None}]}}
+        self.kube.request("PATCH", f"/api/v1/namespaces/{self.namespace}/pods/{name}/status", body,
+                          content_type=MERGE_PATCH)
+
+    # -- running one pod -------------------------------------------------------------------------
+
+    def _start(self, pod: dict[str, Any]) -> subprocess.Popen[bytes]:
+        meta, spec = pod["metadata"], pod["spec"]
+        name = meta["name"]
+        root = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.workdir))
+        container = spec["containers"][0]
+        sources: dict[str, Path] = {}
+        memory: dict[str, str] = {}  # emptyDir medium Memory: a tmpfs of its size limit
+        for volume in spec.get("volumes") or []:
+            sources[volume["name"]] = self._volume(volume, root)
+            empty = volume.get("emptyDir") or {}
+            if empty.get("medium") == "Memory":
+                memory[volume["name"]] = empty.get("sizeLimit", "64Mi").replace("i", "")
+        script = ["set -e"]
+        for mount in container.get("volumeMounts") or []:
+            target = shlex.quote(mount["mountPath"])
+            if mount["name"] in memory:
+                script.append(f"mount -t tmpfs -o size={memory[mount['name']]} tmpfs {target}")
+                continue
+            host = sources[mount["name"]] / mount.get("subPath", "")
+            host.mkdir(parents=True, exist_ok=True)
+            script.append(f"mkdir -p {target} && mount --bind {shlex.quote(str(host))} {target}")
+        hosts = root / "hosts"
+        hostname = meta.get("labels", {}).get("batch.kubernetes.io/job-name", name)
+        index = (meta.get("annotations") or {}).get("batch.kubernetes.io/job-completion-index")
+        if index is not None:
+            hostname = f"{hostname}-{index}"
+        fqdn = f"{hostname}.{spec['subdomain']}.{meta.get('namespace', 'default')}.svc" if spec.get("subdomain") else hostname
+        hosts.write_text(f"127.0.0.1 localhost {fqdn} {hostname}\n::1 localhost\n")
+        script.append(f"mount --bind {shlex.quote(str(hosts))} /etc/hosts")
+        command = [*container.get("command", []), *container.get("args", [])]
+        script.append("exec " + shlex.join(command))
+        env = {
+            "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(root / "home"),
+            "KUBECONFIG": str(self.kubeconfig),
+            "HOSTNAME": hostname,
+            "OMP_NUM_THREADS": "1",
+            **self.extra_env,
+            **resolve_env(container, pod),
+        }
+        (root / "home").mkdir()
+        log = root / "log"
+        self.logs[name] = log
+        with log.open("wb") as out:
+            return subprocess.Popen(
+                ["unshare", "-m", "--propagation", "private", "bash", "-c", "\n".join(script)],
+                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                cwd=str(root),
+            )
+
+    def _volume(self, volume: dict[str, Any], root: Path) -> Path:
+        if "persistentVolumeClaim" in volume:
+            return self.claims[volume["persistentVolumeClaim"]["claimName"]]
+        path = root / "volumes" / volume["name"]
+        path.mkdir(parents=True)
+        if "configMap" in volume:
+            name = volume["configMap"]["name"]
+            status, cm = self.kube.request("GET", f"/api/v1/namespaces/{self.namespace}/configmaps/{name}")
+            if status != 200:
+                raise RuntimeError(f"configMap {name} not found (HTTP {status})")
+            for key, text in (cm.get("data") or {}).items():
+                (path / key).write_text(text)
+        return path
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
