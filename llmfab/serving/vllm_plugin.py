@@ -9,6 +9,11 @@ kernel methods *when that op is missing*: weights stay packed 4-bit in memory an
 unpacks them group-wise to the activation dtype and multiplies with torch. Slower than the
 native kernel, same numbers (it implements the same ``(q - zero) * scale`` math).
 
+It also asks Linux for permission to use AMX tiles (``arch_prctl(ARCH_REQ_XCOMP_PERM)``, through
+torch) in every vLLM process: on a Xeon with AMX, vLLM picks its AMX attention kernel, which uses the
+tiles without asking first, and the worker dies with SIGILL on the first request (seen on an Intel
+Xeon with amx_tile/amx_bf16 here). oneDNN asks for itself; vLLM's own kernels do not.
+
 vLLM loads it in every process (API server, engine core, workers) through the
 ``vllm.general_plugins`` entry point, which ``scripts/setup_serve_venv.sh`` registers in the
 serving venv. Imports nothing from llmfab, so it needs only torch and vLLM.
@@ -56,11 +61,21 @@ def dequantize(
     return (q - z) * s
 
 
+def enable_amx() -> bool:
+    """Request AMX tile permission for this process; False where the CPU or kernel has no AMX."""
+    try:
+        return bool(torch._C._cpu._init_amx())
+    except (AttributeError, RuntimeError):  # pragma: no cover - torch without the hook
+        return False
+
+
 def register() -> None:
-    """Entry point: patch ``CPUWNA16LinearKernel`` (idempotent; a no-op where the native op exists)."""
+    """Entry point: AMX permission, and patch ``CPUWNA16LinearKernel`` (idempotent; the patch is a
+    no-op where the native op exists)."""
     global _PATCHED
     if _PATCHED:
         return
+    enable_amx()
     try:
         from vllm.model_executor.kernels.linear.mixed_precision import cpu as kernel_module
     except ImportError:  # other vLLM layouts or builds: leave them alone

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,32 +40,62 @@ def flops_per_token(parameters_applied: int, layers: int, hidden: int, context: 
     return 6 * parameters_applied + 12 * layers * hidden * context
 
 
-# Names are fixed: the Grafana dashboards query them.
+# Names are fixed: the Grafana dashboards (llmfab/monitoring/dashboards.py) query them.
 GAUGES = {
     "loss": "train loss", "tokens_per_second": "training throughput", "step": "optimizer step",
     "lr": "learning rate", "grad_norm": "global gradient norm before clipping",
     "mfu": "model FLOPs utilisation (0-1)", "val_loss": "validation loss",
+    "step_seconds": "wall seconds per optimizer step, averaged since the previous log",
+}
+# Exported only where CUDA exists: rank 0's device, read at each log.
+CUDA_GAUGES = {
+    "gpu_memory_allocated_bytes": "CUDA memory held by tensors (torch.cuda.memory_allocated)",
+    "gpu_memory_reserved_bytes": "CUDA memory held by the caching allocator (torch.cuda.memory_reserved)",
 }
 
 
 class PrometheusExporter:
-    """Gauges ``llmfab_train_<name>`` on rank 0's ``/metrics`` (the Grafana dashboards query these)."""
+    """Gauges ``llmfab_train_<name>{run}`` on rank 0's ``/metrics`` (the Grafana dashboards query these).
+
+    A gauge appears once it has a value, so a validation loss not yet computed, or an MFU that a
+    CPU cannot report, is absent rather than a misleading 0. ``step_seconds`` is the wall time
+    between two logs divided by the steps between them, so it starts at the second log.
+    """
 
     def __init__(self, port: int, run: str) -> None:
+        import torch
         from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
         self.registry = CollectorRegistry()
-        self.gauges = {
-            key: Gauge(f"llmfab_train_{key}", help_, ["run"], registry=self.registry).labels(run=run)
-            for key, help_ in GAUGES.items()
-        }
+        self.run = run
+        self.cuda = torch.cuda.is_available()
+        names = {**GAUGES, **(CUDA_GAUGES if self.cuda else {})}
+        self.gauges = {key: Gauge(f"llmfab_train_{key}", help_, ["run"], registry=self.registry)
+                       for key, help_ in names.items()}
+        self.previous: tuple[int, float] | None = None
         self.server, self.thread = start_http_server(port, registry=self.registry)
 
     def update(self, values: dict[str, Any]) -> None:
+        values = {**values, **self.measured(values.get("step"))}
         for key, gauge in self.gauges.items():
             value = values.get(key)
             if isinstance(value, int | float) and math.isfinite(value):
-                gauge.set(value)
+                gauge.labels(run=self.run).set(value)
+
+    def measured(self, step: Any) -> dict[str, float]:
+        """What the exporter measures itself: step time and, on CUDA, device memory."""
+        out: dict[str, float] = {}
+        now = time.monotonic()
+        if isinstance(step, int):
+            if self.previous is not None and step > self.previous[0]:
+                out["step_seconds"] = (now - self.previous[1]) / (step - self.previous[0])
+            self.previous = (step, now)
+        if self.cuda:
+            import torch
+
+            out["gpu_memory_allocated_bytes"] = float(torch.cuda.memory_allocated())
+            out["gpu_memory_reserved_bytes"] = float(torch.cuda.memory_reserved())
+        return out
 
     def close(self) -> None:
         self.server.shutdown()

@@ -1,7 +1,7 @@
 """A kubelet stand-in: runs the API server's Pods as local processes, the way a node would.
 
-Each pod's first container runs in its own mount namespace (``unshare -m``; the tests run as root,
-as CI does) where the pod's volumes appear at their ``mountPath``s: a PersistentVolumeClaim is a
+Each pod's first container runs in its own mount and UTS namespaces (``unshare``; the tests run as
+root, as CI does), with the pod's hostname, where the pod's volumes appear at their ``mountPath``s: a PersistentVolumeClaim is a
 host directory per claim, a ConfigMap its data written as files, an emptyDir a fresh directory.
 ``/etc/hosts`` gets the pod's ``<hostname>.<subdomain>.<namespace>.svc`` name (the kubelet writes
 it so in real pods), environment variables are resolved (``value`` and the downward API's
@@ -33,6 +33,28 @@ from llmfab.operator.kube import MERGE_PATCH, Kube
 FIELD_ANNOTATION = re.compile(r"metadata\.annotations\['([^']+)'\]")
 
 
+def pod_hosts(pod: dict[str, Any]) -> tuple[str, list[tuple[str, list[str]]]]:
+    """(hostname, /etc/hosts lines) of a pod. An Indexed Job's pods get ``<job>-<index>`` names;
+    with a ``subdomain`` (a headless Service) cluster DNS resolves
+    ``<job>-<index>.<subdomain>.<namespace>.svc`` to each pod's IP. Here pod ``i`` gets the
+    loopback address ``127.0.0.<10+i>``, so each pod resolves its own name to its own address and
+    the others' to theirs, as on separate nodes (indexes up to 31)."""
+    meta, spec = pod["metadata"], pod["spec"]
+    job = (meta.get("labels") or {}).get("batch.kubernetes.io/job-name")
+    index = (meta.get("annotations") or {}).get("batch.kubernetes.io/job-completion-index")
+    hostname = spec.get("hostname") or (f"{job}-{index}" if job and index is not None else meta["name"])
+    lines: list[tuple[str, list[str]]] = [("127.0.0.1", ["localhost"]), ("::1", ["localhost"])]
+    subdomain, ns = spec.get("subdomain"), meta.get("namespace", "default")
+    if job and index is not None and subdomain:
+        for i in range(32):
+            name = f"{job}-{i}"
+            lines.append((f"127.0.0.{10 + i}", [f"{name}.{subdomain}.{ns}.svc.cluster.local",
+                                                f"{name}.{subdomain}.{ns}.svc", f"{name}.{subdomain}", name]))
+    else:
+        lines.append(("127.0.0.10", [hostname]))
+    return hostname, lines
+
+
 def resolve_env(container: dict[str, Any], pod: dict[str, Any]) -> dict[str, str]:
     """A container's environment as the kubelet computes it (values and downward-API fields)."""
     meta = pod["metadata"]
@@ -58,10 +80,12 @@ class LocalKubelet:
                  kubeconfig: Path, extra_env: dict[str, str] | None = None) -> None:
         self.kube, self.namespace, self.claims, self.workdir = kube, namespace, claims, workdir
         self.kubeconfig = kubeconfig
+        workdir.mkdir(parents=True, exist_ok=True)
         self.extra_env = extra_env or {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
         self.exit_codes: dict[str, int] = {}
+        self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kubelet", daemon=True)
 
@@ -88,6 +112,7 @@ class LocalKubelet:
             try:
                 self._sync()
             except Exception as e:  # keep the kubelet alive; the test sees the pod not progressing
+                self.errors.append(f"{type(e).__name__}: {e}")
                 print(f"kubelet: {type(e).__name__}: {e}", file=sys.stderr)
             self._stop.wait(0.2)
 
@@ -143,13 +168,10 @@ class LocalKubelet:
             host.mkdir(parents=True, exist_ok=True)
             script.append(f"mkdir -p {target} && mount --bind {shlex.quote(str(host))} {target}")
         hosts = root / "hosts"
-        hostname = meta.get("labels", {}).get("batch.kubernetes.io/job-name", name)
-        index = (meta.get("annotations") or {}).get("batch.kubernetes.io/job-completion-index")
-        if index is not None:
-            hostname = f"{hostname}-{index}"
-        fqdn = f"{hostname}.{spec['subdomain']}.{meta.get('namespace', 'default')}.svc" if spec.get("subdomain") else hostname
-        hosts.write_text(f"127.0.0.1 localhost {fqdn} {hostname}\n::1 localhost\n")
+        hostname, lines = pod_hosts(pod)
+        hosts.write_text("".join(f"{ip} {' '.join(names)}\n" for ip, names in lines))
         script.append(f"mount --bind {shlex.quote(str(hosts))} /etc/hosts")
+        script.append(f"hostname {shlex.quote(hostname)}")  # its own UTS namespace, as a pod has
         command = [*container.get("command", []), *container.get("args", [])]
         script.append("exec " + shlex.join(command))
         env = {
@@ -166,7 +188,7 @@ class LocalKubelet:
         self.logs[name] = log
         with log.open("wb") as out:
             return subprocess.Popen(
-                ["unshare", "-m", "--propagation", "private", "bash", "-c", "\n".join(script)],
+                ["unshare", "--mount", "--uts", "--propagation", "private", "bash", "-c", "\n".join(script)],
                 env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 cwd=str(root),
             )

@@ -1,0 +1,262 @@
+"""The Grafana dashboards in ``charts/llmfab/dashboards/``: Inference latency (vLLM's V1 metrics),
+Training (``llmfab_train_*``, rank 0 of each TrainingRun) and Pipeline (``llmfab_operator_*`` and
+the Dataset step counts the operator exports).
+
+Generated so the JSON is reproducible and reviewable in one place:
+
+    python -m llmfab.monitoring.dashboards --out charts/llmfab/dashboards          # write
+    python -m llmfab.monitoring.dashboards --out charts/llmfab/dashboards --check  # 1 if they drifted
+
+vLLM's metric names are those of its V1 engine as served on ``/metrics`` by vllm 0.32
+(``vllm:kv_cache_usage_perc``, not the removed ``vllm:gpu_cache_usage_perc``); every vLLM series
+carries ``model_name`` (the served model name) and ``engine``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from llmfab.monitoring.grafana import (
+    Dashboard,
+    Panel,
+    Target,
+    custom_variable,
+    latency_targets,
+    matchers,
+    quantile,
+    query_variable,
+    rate,
+    selector,
+    share_within,
+)
+
+TTFT = "vllm:time_to_first_token_seconds"
+ITL = "vllm:inter_token_latency_seconds"
+E2E = "vllm:e2e_request_latency_seconds"
+QUEUE = "vllm:request_queue_time_seconds"
+# Bounds of vLLM's TTFT histogram (vllm/v1/metrics/buckets.py), as its /metrics writes them.
+TTFT_SLO_CHOICES = (("100ms", "0.1"), ("250ms", "0.25"), ("500ms", "0.5"), ("1s", "1.0"), ("2.5s", "2.5"),
+                    ("5s", "5.0"), ("10s", "10.0"))
+TTFT_SLO_DEFAULT = "1.0"
+
+DATASET_DOCUMENTS = "llmfab_dataset_documents"  # {namespace, dataset, step, stage="in"|"out"}
+DATASET_REMOVED = "llmfab_dataset_documents_removed"  # {namespace, dataset, step, reason}
+
+
+def job_and_instance(metric: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two variables every dashboard filters by: Prometheus's ``job`` and ``instance`` labels."""
+    return (query_variable("job", "Job", metric), query_variable("instance", "Instance", metric, after=("job",)))
+
+
+def stat(title: str, unit: str, expr: str, description: str, **options: Any) -> Panel:
+    return Panel(title, "stat", unit, (Target(expr),), description, width=4, height=4, **options)
+
+
+def inference_latency() -> Dashboard:
+    sel = matchers("job", "model_name", "instance")
+    running = selector("vllm:num_requests_running", sel)
+    waiting = selector("vllm:num_requests_waiting", sel)
+    kv_cache = selector("vllm:kv_cache_usage_perc", sel)
+    tiles = (
+        stat("Requests / s", "reqps", f"sum({rate('vllm:request_success_total', sel)})",
+             "Requests finished per second, any finish reason (vllm:request_success_total)."),
+        stat("Generation tokens / s", "short", f"sum({rate('vllm:generation_tokens_total', sel)})",
+             "Output tokens generated per second (vllm:generation_tokens_total)."),
+        stat("Running", "short", f"sum({running})", "Requests in the running batch (vllm:num_requests_running)."),
+        stat("Waiting", "short", f"sum({waiting})",
+             "Requests queued for the scheduler; a queue that stays means demand exceeds capacity."),
+        stat("KV cache (fullest engine)", "percentunit", f"max({kv_cache})",
+             "KV-cache blocks in use on the fullest engine (vllm:kv_cache_usage_perc, 0-1).",
+             maximum=1, thresholds=(("green", None), ("orange", 0.9), ("red", 0.98))),
+        stat("TTFT within SLO", "percentunit", share_within(TTFT, "$ttft_slo", sel),
+             "Share of requests whose time to first token was at most the TTFT SLO chosen above "
+             "(${ttft_slo:text}); the threshold is one of the histogram's bucket bounds.",
+             maximum=1, thresholds=(("red", None), ("orange", 0.9), ("green", 0.99))),
+    )
+
+    def latency(title: str, histogram: str, what: str) -> Panel:
+        return Panel(title, "timeseries", "s", latency_targets(histogram, sel),
+                     f"{what}: p50, p90, p99 and the mean over the rate interval ({histogram}).")
+
+    by_model = ("model_name",)
+    return Dashboard(
+        uid="llmfab-inference-latency",
+        title="llmfab / Inference latency",
+        description="vLLM serving an InferenceService: latency quantiles, queue, batch, throughput and KV cache.",
+        tags=("llmfab", "vllm"),
+        variables=(
+            query_variable("job", "Job", "vllm:num_requests_running"),
+            query_variable("model_name", "Model", "vllm:num_requests_running", after=("job",)),
+            query_variable("instance", "Instance", "vllm:num_requests_running", after=("job", "model_name")),
+            custom_variable("ttft_slo", "TTFT SLO", "Time-to-first-token objective of the SLO tile.",
+                            TTFT_SLO_CHOICES, TTFT_SLO_DEFAULT),
+        ),
+        rows=(
+            tiles,
+            (latency("Time to first token", TTFT, "Arrival to first output token: queue, prefill, first decode"),
+             latency("Inter-token latency", ITL, "Time between consecutive output tokens")),
+            (latency("End-to-end request latency", E2E, "Arrival to last token"),
+             latency("Queue time", QUEUE, "Time spent waiting before the first schedule")),
+            (Panel("Requests running and waiting by model", "timeseries", "short", (
+                Target(f"sum by (model_name) ({running})", "{{model_name}} running"),
+                Target(f"sum by (model_name) ({waiting})", "{{model_name}} waiting"),
+            ), "Batch occupancy and queue length per served model."),
+             Panel("Tokens / s by model", "timeseries", "short", (
+                 Target(f"sum by (model_name) ({rate('vllm:generation_tokens_total', sel)})", "{{model_name}} generated"),
+                 Target(f"sum by (model_name) ({rate('vllm:prompt_tokens_total', sel)})", "{{model_name}} prompt"),
+             ), "Generation and prompt tokens per second per served model.")),
+            (Panel("KV-cache usage by model", "timeseries", "percentunit", (
+                Target(f"max by (model_name) ({kv_cache})", "{{model_name}}"),
+            ), "KV-cache blocks in use, fullest engine of each model (0-1).", maximum=1),
+             Panel("p99 latency by model", "timeseries", "s", (
+                 Target(quantile(0.99, TTFT, sel, by_model), "{{model_name}} time to first token"),
+                 Target(quantile(0.99, ITL, sel, by_model), "{{model_name}} inter-token"),
+                 Target(quantile(0.99, E2E, sel, by_model), "{{model_name}} end to end"),
+             ), "99th percentiles per served model.")),
+        ),
+    )
+
+
+def training() -> Dashboard:
+    sel = matchers("job", "instance", "run")
+
+    def gauge(name: str) -> str:
+        return selector(f"llmfab_train_{name}", sel)
+
+    return Dashboard(
+        uid="llmfab-training",
+        title="llmfab / Training",
+        description="TrainingRuns (rank 0's exporter): loss, throughput, MFU, step time, optimizer and GPU memory.",
+        variables=(
+            *job_and_instance("llmfab_train_step"),
+            query_variable("run", "TrainingRun", "llmfab_train_step", after=("job", "instance")),
+        ),
+        rows=(
+            (stat("Step", "short", f"max by (run) ({gauge('step')})", "Optimizer steps done."),
+             stat("Train loss", "short", f"min by (run) ({gauge('loss')})", "Latest logged training loss.",
+                  minimum=None),
+             stat("Validation loss", "short", f"min by (run) ({gauge('val_loss')})",
+                  "Latest validation loss (every spec.evalEverySteps).", minimum=None),
+             stat("Tokens / s", "short", f"sum by (run) ({gauge('tokens_per_second')})",
+                  "Training tokens per second, all ranks, since the previous log."),
+             stat("MFU", "percentunit", f"max by (run) ({gauge('mfu')})",
+                  "Model FLOPs utilisation (0-1) against the device's bf16 peak; CPUs report it only "
+                  "with LLMFAB_PEAK_FLOPS.", maximum=1),
+             stat("Step time", "s", f"max by (run) ({gauge('step_seconds')})",
+                  "Wall seconds per optimizer step, averaged since the previous log.")),
+            (Panel("Loss", "timeseries", "short", (
+                Target(gauge("loss"), "{{run}} train"),
+                Target(gauge("val_loss"), "{{run}} validation"),
+            ), "Training loss at each log and validation loss at each evaluation.", minimum=None),
+             Panel("Tokens / s", "timeseries", "short", (Target(gauge("tokens_per_second"), "{{run}}"),),
+                   "Training throughput over all ranks.")),
+            (Panel("MFU", "timeseries", "percentunit", (Target(gauge("mfu"), "{{run}}"),),
+                   "Model FLOPs utilisation (0-1).", maximum=1),
+             Panel("Step time", "timeseries", "s", (Target(gauge("step_seconds"), "{{run}}"),),
+                   "Wall seconds per optimizer step (evaluation and checkpoint pauses included).")),
+            (Panel("Learning rate", "timeseries", "short", (Target(gauge("lr"), "{{run}}"),),
+                   "Scheduled learning rate (warmup, then cosine)."),
+             Panel("Gradient norm", "timeseries", "short", (Target(gauge("grad_norm"), "{{run}}"),),
+                   "Global gradient norm before clipping.")),
+            (Panel("GPU memory", "timeseries", "bytes", (
+                Target(gauge("gpu_memory_allocated_bytes"), "{{run}} allocated"),
+                Target(gauge("gpu_memory_reserved_bytes"), "{{run}} reserved"),
+            ), "Rank 0's CUDA memory held by tensors and by the caching allocator; exported only "
+               "where CUDA exists, so CPU runs show no data here."),
+             Panel("Progress", "timeseries", "short", (Target(gauge("step"), "{{run}}"),),
+                   "Optimizer step: a flat line on a running job is a stalled run.")),
+        ),
+    )
+
+
+def pipeline() -> Dashboard:
+    sel = matchers("job", "instance")
+    ds = matchers("job", "instance", "dataset")
+    resources = selector("llmfab_operator_resources", sel)
+
+    def in_phase(phase: str) -> str:
+        return selector("llmfab_operator_resources", sel, f'phase="{phase}"')
+
+    reconciles = rate("llmfab_operator_reconciles_total", sel)
+    errors = rate("llmfab_operator_reconcile_errors_total", sel)
+    kept = selector(DATASET_DOCUMENTS, ds, 'stage="out"')
+    read = selector(DATASET_DOCUMENTS, ds, 'stage="in"')
+    return Dashboard(
+        uid="llmfab-pipeline",
+        title="llmfab / Pipeline",
+        description="The operator: resources by phase, reconcile rate, errors and duration; Dataset step counts.",
+        variables=(
+            *job_and_instance("llmfab_operator_reconciles_total"),
+            query_variable("dataset", "Dataset", DATASET_DOCUMENTS, after=("job", "instance")),
+        ),
+        rows=(
+            (stat("Resources", "short", f"sum({resources})", "llmfab resources the operator tracks."),
+             stat("Running", "short", f"sum({in_phase('Running')}) or vector(0)", "Resources in phase Running."),
+             stat("Failed", "short", f"sum({in_phase('Failed')}) or vector(0)", "Resources in phase Failed.",
+                  thresholds=(("green", None), ("red", 1))),
+             stat("Reconciles / s", "short", f"sum({reconciles})", "Reconcile passes per second, all kinds."),
+             stat("Reconcile errors", "percentunit", f"(sum({errors}) or vector(0)) / (sum({reconciles}) > 0)",
+                  "Share of reconcile passes that raised.", maximum=1,
+                  thresholds=(("green", None), ("orange", 0.01), ("red", 0.1))),
+             stat("Reconcile p99", "s", quantile(0.99, "llmfab_operator_reconcile_seconds", sel),
+                  "99th percentile of one reconcile pass.")),
+            (Panel("Resources by phase", "timeseries", "short", (
+                Target(f"sum by (kind, phase) ({resources})", "{{kind}} {{phase}}"),
+            ), "Datasets, TrainingRuns, RewardModels and InferenceServices in each phase."),
+             Panel("Reconciles and errors / s by kind", "timeseries", "short", (
+                 Target(f"sum by (kind) ({reconciles})", "{{kind}} reconciles"),
+                 Target(f"sum by (kind) ({errors})", "{{kind}} errors"),
+             ), "Reconcile passes and the passes that raised, per kind.")),
+            (Panel("Reconcile duration", "timeseries", "s",
+                   latency_targets("llmfab_operator_reconcile_seconds", sel),
+                   "One reconcile pass: p50, p90, p99 and the mean."),
+             Panel("Dataset documents kept per step", "bargauge", "short", (
+                 Target(f"sum by (dataset, step) ({kept})", "{{dataset}} {{step}}"),
+             ), "Documents each Dataset pipeline step passed on (status.steps[].documentsOut).")),
+            (Panel("Dataset share kept per step", "bargauge", "percentunit", (
+                Target(f"sum by (dataset, step) ({kept}) / (sum by (dataset, step) ({read}) > 0)",
+                       "{{dataset}} {{step}}"),
+            ), "documentsOut / documentsIn of each step.", maximum=1),
+             Panel("Dataset documents removed by reason", "bargauge", "short", (
+                 Target(f"sum by (dataset, step, reason) ({selector(DATASET_REMOVED, ds)})",
+                        "{{dataset}} {{step}}: {{reason}}"),
+             ), "Why each step dropped documents (status.steps[].removed).")),
+        ),
+    )
+
+
+DASHBOARDS = {"inference-latency": inference_latency, "training": training, "pipeline": pipeline}
+
+
+def render() -> dict[str, str]:
+    """File name → JSON text, as committed."""
+    return {f"{name}.json": json.dumps(build().to_json(), indent=2) + "\n" for name, build in DASHBOARDS.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llmfab.monitoring.dashboards", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="directory of the dashboard JSON files")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file differs")
+    args = parser.parse_args(argv)
+    drifted = []
+    for name, text in render().items():
+        path = args.out / name
+        if args.check:
+            if not path.is_file() or path.read_text() != text:
+                drifted.append(str(path))
+        else:
+            args.out.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    if drifted:
+        print("error: dashboards differ from llmfab/monitoring/dashboards.py: " + ", ".join(drifted)
+              + f"; regenerate with python -m llmfab.monitoring.dashboards --out {args.out}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""The Grafana dashboards in charts/llmfab/dashboards: generated, structurally sound, runnable PromQL.
+
+No Grafana runs here (none in any registry reachable), so the JSON is checked for what Grafana
+needs: uid, title, a Prometheus data-source variable used by every panel and query variable, a
+unit and a query in every panel, a grid without overlaps, and PromQL written as vLLM's own
+dashboards write it. ``tests/serving/test_dashboards_live.py`` runs every query against a real
+Prometheus scraping real exporters.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.registry import CollectorRegistry
+
+from llmfab.monitoring import dashboards
+from llmfab.monitoring.grafana import DATASOURCE, GRID_COLUMNS, UNITS
+from llmfab.monitoring.preview import default_values, expand
+from llmfab.operator import metrics as operator_metrics
+from llmfab.training.metrics import CUDA_GAUGES, GAUGES
+
+REPO = Path(__file__).resolve().parents[2]
+DIR = REPO / "charts" / "llmfab" / "dashboards"
+BUILT = {name: build().to_json() for name, build in dashboards.DASHBOARDS.items()}
+# Variables each dashboard's selectors must filter by.
+FILTERS = {"inference-latency": ("job", "model_name", "instance"), "training": ("job", "instance", "run"),
+           "pipeline": ("job", "instance")}
+SELECTOR = re.compile(r"\b((?:vllm:|llmfab_)[a-z0-9_:]+)\{([^}]*)\}")
+# Names vLLM's V0 engine or older releases exported, which V1 (vllm 0.32) no longer serves.
+GONE_FROM_VLLM = {"vllm:gpu_cache_usage_perc", "vllm:cpu_cache_usage_perc", "vllm:time_per_output_token_seconds",
+                  "vllm:avg_prompt_throughput_toks_per_s", "vllm:avg_generation_throughput_toks_per_s",
+                  "vllm:num_requests_swapped", "vllm:gpu_prefix_cache_hit_rate"}
+# Asked of the operator for the Pipeline dashboard (issue 11); the live test exports them itself.
+AWAITED_FROM_OPERATOR = {dashboards.DATASET_DOCUMENTS, dashboards.DATASET_REMOVED}
+
+
+def panels(name: str) -> list[dict[str, Any]]:
+    return list(BUILT[name]["panels"])
+
+
+def exprs(name: str) -> list[str]:
+    return [t["expr"] for p in panels(name) for t in p["targets"]]
+
+
+def metric_names(name: str) -> set[str]:
+    return {m.group(1) for e in exprs(name) for m in SELECTOR.finditer(e)}
+
+
+def test_committed_dashboards_are_what_the_generator_writes() -> None:
+    rendered = dashboards.render()
+    assert sorted(p.name for p in DIR.glob("*.json")) == sorted(rendered)
+    for file, text in rendered.items():
+        assert (DIR / file).read_text() == text, (
+            f"{file} drifted: python -m llmfab.monitoring.dashboards --out charts/llmfab/dashboards")
+
+
+def test_check_mode_names_a_drifted_file_and_passes_an_unchanged_one(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "dashboards"
+    shutil.copytree(DIR, out)
+    assert dashboards.main(["--out", str(out), "--check"]) == 0
+    (out / "training.json").write_text((out / "training.json").read_text().replace("Step time", "Step"))
+    assert dashboards.main(["--out", str(out), "--check"]) == 1
+    assert "training.json" in capsys.readouterr().err
+
+
+def test_each_dashboard_has_a_unique_uid_a_title_and_a_prometheus_datasource_variable() -> None:
+    uids = [d["uid"] for d in BUILT.values()]
+    assert len(set(uids)) == len(uids) and all(len(u) <= 40 for u in uids)  # Grafana's uid limit
+    for name, d in BUILT.items():
+        assert d["title"].startswith("llmfab / ") and d["description"]
+        variables = {v["name"]: v for v in d["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+        for filter_ in FILTERS[name]:
+            v = variables[filter_]
+            assert v["type"] == "query" and v["datasource"] == DATASOURCE
+            assert v["includeAll"] and v["multi"] and v["allValue"] == ".*"
+
+
+def test_query_variables_narrow_by_the_variables_before_them() -> None:
+    for name, d in BUILT.items():
+        seen: list[str] = []
+        for v in d["templating"]["list"]:
+            if v["type"] == "query":
+                used = re.findall(r"\$(\w+)", v["query"])
+                assert set(used) <= set(seen), f"{name}: {v['name']} uses {used} before they are defined"
+                assert v["query"].startswith("label_values(") and v["query"].endswith(f", {v['name']})")
+            seen.append(v["name"])
+
+
+@pytest.mark.parametrize("name", sorted(BUILT))
+def test_every_panel_has_a_unit_a_query_and_the_templated_datasource(name: str) -> None:
+    for p in panels(name):
+        assert p["type"] in {"timeseries", "stat", "bargauge"} and p["title"] and p["description"]
+        assert p["datasource"] == DATASOURCE
+        assert p["fieldConfig"]["defaults"]["unit"] in UNITS
+        assert p["targets"], f"{p['title']} has no query"
+        assert len({t["refId"] for t in p["targets"]}) == len(p["targets"])
+        for t in p["targets"]:
+            assert t["datasource"] == DATASOURCE and t["expr"].strip() and t["legendFormat"]
+
+
+@pytest.mark.parametrize("name", sorted(BUILT))
+def test_panels_fit_the_grid_without_overlapping(name: str) -> None:
+    cells: set[tuple[int, int]] = set()
+    ids = [p["id"] for p in panels(name)]
+    assert len(set(ids)) == len(ids)
+    for p in panels(name):
+        g = p["gridPos"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= GRID_COLUMNS and g["h"] > 0
+        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & mine, f"{p['title']} overlaps another panel"
+        cells |= mine
+
+
+@pytest.mark.parametrize("name", sorted(BUILT))
+def test_every_selector_filters_by_the_dashboard_variables(name: str) -> None:
+    for expr in exprs(name):
+        selectors = SELECTOR.findall(expr)
+        assert selectors, f"no metric selector in {expr}"
+        for metric, matchers in selectors:
+            for variable in FILTERS[name]:
+                assert f'{variable}=~"${variable}"' in matchers, f"{metric} in {expr} ignores ${variable}"
+
+
+SUM = r"sum(?: by \([\w, ]+\) )?\("  # sum( or sum by (a, b) (
+QUANTILE = re.compile(r"histogram_quantile\(0\.\d+, sum by \(le(?:, \w+)*\) \(rate\([^(){}]+_bucket\{[^}]*\}"
+                      r"\[\$__rate_interval\]\)\)\)")
+MEAN = re.compile(SUM + r"rate\(([^(){}]+)_sum\{[^}]*\}\[\$__rate_interval\]\)\) / \("
+                  + SUM + r"rate\(\1_count\{[^}]*\}\[\$__rate_interval\]\)\) > 0\)")
+
+
+@pytest.mark.parametrize("name", sorted(BUILT))
+def test_quantiles_means_and_rates_are_written_as_vllm_writes_them(name: str) -> None:
+    for expr in exprs(name):
+        assert set(re.findall(r"\[([^\]]+)\]", expr)) <= {"$__rate_interval"}, f"a fixed range in {expr}"
+        if "histogram_quantile(" in expr:
+            assert QUANTILE.fullmatch(expr), expr
+        if "_sum{" in expr:  # a mean: the _sum rate over the _count rate, never a lifetime average
+            assert MEAN.fullmatch(expr), expr
+
+
+def test_latency_panels_show_p50_p90_p99_and_the_mean() -> None:
+    titles = {p["title"]: p for p in panels("inference-latency")}
+    for title in ("Time to first token", "Inter-token latency", "End-to-end request latency", "Queue time"):
+        p = titles[title]
+        assert [t["legendFormat"] for t in p["targets"]] == ["p50", "p90", "p99", "mean"]
+        assert p["fieldConfig"]["defaults"]["unit"] == "s"
+
+
+def test_the_slo_tile_is_the_share_of_requests_in_the_threshold_bucket() -> None:
+    (tile,) = [p for p in panels("inference-latency") if 'le="$ttft_slo"' in p["targets"][0]["expr"]]
+    assert tile["type"] == "stat" and tile["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    assert "vllm:time_to_first_token_seconds_count" in tile["targets"][0]["expr"]
+    slo = next(v for v in BUILT["inference-latency"]["templating"]["list"] if v["name"] == "ttft_slo")
+    assert slo["current"]["value"] in [o["value"] for o in slo["options"]]
+    assert all(re.fullmatch(r"\d+\.\d+", o["value"]) for o in slo["options"])  # as the exporter writes le
+
+
+def test_the_dashboards_query_what_issue_11_lists() -> None:
+    assert {dashboards.TTFT, dashboards.ITL, dashboards.E2E, dashboards.QUEUE}.issubset(
+        {n.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count") for n in metric_names("inference-latency")})
+    assert {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:generation_tokens_total",
+            "vllm:kv_cache_usage_perc"} <= metric_names("inference-latency")
+    assert {f"llmfab_train_{n}" for n in ("loss", "val_loss", "tokens_per_second", "mfu", "step_seconds")} | {
+        f"llmfab_train_{n}" for n in CUDA_GAUGES} <= metric_names("training")
+    assert {"llmfab_operator_resources", dashboards.DATASET_DOCUMENTS} <= metric_names("pipeline")
+
+
+def test_no_dashboard_uses_a_vllm_name_that_v1_removed() -> None:
+    for name in BUILT:
+        assert not metric_names(name) & GONE_FROM_VLLM
+
+
+def _exported(registry: CollectorRegistry) -> set[str]:
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    return {family.name + s for family in registry.collect() for s in suffixes[family.type]}
+
+
+def test_llmfab_metrics_the_dashboards_query_are_exported_by_the_trainer_and_the_operator() -> None:
+    trainer = {f"llmfab_train_{n}" for n in {**GAUGES, **CUDA_GAUGES}}
+    operator = _exported(operator_metrics.REGISTRY) | AWAITED_FROM_OPERATOR
+    used = {n for name in BUILT for n in metric_names(name) if n.startswith("llmfab_")}
+    assert used - trainer - operator == set()
+
+
+def test_every_query_parses_as_promql(tmp_path: Path) -> None:
+    """promtool has no offline query parser, but it parses a rule file's expressions."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not on PATH: run scripts/install_prometheus.sh")
+    rules = []
+    for name, d in BUILT.items():
+        values = default_values(d)
+        for i, expr in enumerate(exprs(name)):
+            rules.append({"record": f"llmfab:check:{name.replace('-', '_')}_{i}", "expr": expand(expr, values, 60)})
+    path = tmp_path / "panels.rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}))
+    check = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"{len(rules)} rules found" in check.stdout
