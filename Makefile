@@ -46,6 +46,7 @@ lint: venv
 
 crds: venv
 	$(VENV)/bin/llmfab crds --out charts/llmfab/crds
+	$(VENV)/bin/llmfab rbac
 
 dashboards: venv
 	$(PY) -m llmfab.monitoring.dashboards --out charts/llmfab/dashboards
@@ -56,6 +57,7 @@ images:
 
 test: venv serve-venv tools lint
 	$(VENV)/bin/llmfab crds --out charts/llmfab/crds --check
+	$(VENV)/bin/llmfab rbac --check
 	$(PY) -m llmfab.monitoring.dashboards --out charts/llmfab/dashboards --check
 	$(PY) -m pytest -q -ra --durations=15
 

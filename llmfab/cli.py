@@ -82,6 +82,28 @@ def crds(
 
 
 @app.command()
+def rbac(
+    out: Annotated[Path, typer.Option("--out", help="The chart's rules file.")] = Path(
+        "charts/llmfab/files/rbac-rules.yaml"
+    ),
+    check: Annotated[bool, typer.Option(help="Exit 1 if --out differs from a fresh generation.")] = False,
+) -> None:
+    """Generate the operator's and workloads' RBAC rules for the chart."""
+    from llmfab.operator.rbac import render_rules
+    from llmfab.store import write_text_atomic
+
+    text = render_rules()
+    if check:
+        if not out.exists() or out.read_text() != text:
+            err_console.print(f"out of date: {out}; run `llmfab rbac --out {out}`")
+            raise typer.Exit(1)
+        console.print("RBAC rules are up to date")
+        return
+    write_text_atomic(out, text)
+    console.print(f"wrote {out}")
+
+
+@app.command()
 def explain(
     target: Annotated[str, typer.Argument(help="KIND or KIND.field.path, e.g. trainingrun.spec.model")],
 ) -> None:

@@ -140,6 +140,15 @@ def decide(res: Resource, observed: Observed, settings: OperatorSettings) -> Dec
             _set_phase(d, res, observed, Phase.WAITING, "WaitingForDependency", message, stage=None)
             d.waiting = message
             return d
+    if isinstance(res, TrainingRun) and res.spec.parallelism.nodes > settings.max_nodes:
+        message = (
+            f"spec.parallelism.nodes: {res.spec.parallelism.nodes} pods cannot share this cluster's "
+            f"artifact volume (at most {settings.max_nodes} node(s): a ReadWriteOnce claim such as "
+            "k3s local-path mounts on one node); install the chart with a ReadWriteMany "
+            "artifacts.storageClassName (e.g. NFS) and training.maxNodes, or lower nodes"
+        )
+        _set_phase(d, res, observed, Phase.FAILED, "TooManyNodes", message, stage=None)
+        return d
     d.delete.extend(observed.stale)
     states: dict[str, str] = {}
     _walk_stages(d, res, observed, settings, states)

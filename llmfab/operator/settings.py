@@ -46,6 +46,11 @@ class OperatorSettings(BaseModel):
         default_factory=dict,
         description="Extra ServiceMonitor labels; kube-prometheus-stack selects `release: <its release>`.",
     )
+    max_nodes: int = Field(
+        default=256, ge=1,
+        description="Largest spec.parallelism.nodes; 1 where the artifact volume is ReadWriteOnce "
+        "(k3s local-path): pods on several nodes cannot all mount it.",
+    )
     run_as_user: int = 1000
 
     @classmethod

@@ -221,3 +221,11 @@ def test_settings_come_from_the_environment_and_unknown_ones_are_refused() -> No
     assert s.trainer_image == "reg/t:1" and s.service_monitor_labels == {"release": "kps"}
     with pytest.raises(ValueError, match="LLMFAB_OPERATOR_TRAINER_IMAGEE: unknown operator setting"):
         OperatorSettings.from_env({"LLMFAB_OPERATOR_TRAINER_IMAGEE": "x"})
+
+
+def test_training_pods_expose_rank_zeros_metrics_port_for_scraping() -> None:
+    pod = build_stage_job(resource("TrainingRun", RUN), "train", SETTINGS)["spec"]["template"]
+    assert pod["spec"]["containers"][0]["ports"] == [{"name": "metrics", "containerPort": 9400, "protocol": "TCP"}]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9400"
+    off = build_stage_job(resource("TrainingRun", {**RUN, "monitoring": {"prometheusPort": None}}), "train", SETTINGS)
+    assert "ports" not in off["spec"]["template"]["spec"]["containers"][0]

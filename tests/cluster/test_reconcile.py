@@ -158,3 +158,11 @@ def test_job_state_reads_the_job_controllers_verdicts() -> None:
     assert job_state(job("x")).state == "pending"
     ray = {"kind": "RayJob", "status": {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}}
     assert job_state(ray).state == "succeeded"
+
+
+def test_more_nodes_than_the_artifact_volume_can_serve_fail_naming_the_field() -> None:
+    run = resource("TrainingRun", {**RUN, "parallelism": {"nodes": 2}})
+    d = decide(run, Observed(dependencies={"Dataset/books": READY_DATASET}), OperatorSettings(max_nodes=1))
+    assert d.apply == [] and d.status["phase"] == "Failed"
+    assert d.status["message"].startswith("spec.parallelism.nodes: 2 pods cannot share")
+    assert {c["type"]: c["reason"] for c in d.status["conditions"]}["Failed"] == "TooManyNodes"

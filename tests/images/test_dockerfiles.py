@@ -256,8 +256,8 @@ def chart_images(values: object) -> set[str]:
     """Images a values file names: ``image: repo:tag`` strings or ``{repository, tag}`` maps."""
     found: set[str] = set()
     if isinstance(values, dict):
-        if isinstance(values.get("repository"), str):
-            found.add(f"{values['repository']}:{values.get('tag') or __version__}")
+        if isinstance(values.get("repository"), str):  # an image map; empty tag: the appVersion
+            return {f"{values['repository']}:{values.get('tag') or __version__}"}
         for value in values.values():
             found |= chart_images(value)
     elif isinstance(values, list):

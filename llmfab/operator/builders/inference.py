@@ -23,6 +23,7 @@ from llmfab.operator.builders.common import (
     pod_spec,
     selector_labels,
 )
+from llmfab.operator.builders.jobs import scrape_annotations
 from llmfab.operator.settings import OperatorSettings
 
 COMPONENT = "serve"
@@ -61,8 +62,7 @@ def build_deployment(res: InferenceService, settings: OperatorSettings, use_serv
     served = res.spec.model_dump(mode="json", by_alias=True, exclude={"replicas", "deletion_policy"})
     annotations = {SPEC_HASH_ANNOTATION: hashlib.sha256(json.dumps(served, sort_keys=True).encode()).hexdigest()[:16]}
     if not use_service_monitor:
-        annotations |= {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
-                        "prometheus.io/path": "/metrics"}
+        annotations |= scrape_annotations(port)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

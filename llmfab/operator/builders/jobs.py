@@ -57,6 +57,19 @@ def pods_and_processes(res: Resource, stage: str) -> tuple[int, int]:
     return 1, 1
 
 
+def _metrics_port(res: Resource, stage: str) -> int | None:
+    """Rank 0 of a training stage serves Prometheus metrics on ``spec.monitoring.prometheusPort``."""
+    if not _trains(res, stage):
+        return None
+    port: int | None = res.spec.monitoring.prometheus_port  # type: ignore[attr-defined]
+    return port
+
+
+def scrape_annotations(port: int) -> dict[str, str]:
+    """For Prometheus configured to scrape annotated pods (no Prometheus operator)."""
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+
+
 def rank_env(res: Resource, settings: OperatorSettings, stage: str) -> list[dict[str, Any]]:
     """Kubeflow Trainer v2's wiring: node rank = the pod's completion index, rendezvous at pod 0's
     stable DNS name through the headless Service, one fixed port."""
@@ -79,7 +92,10 @@ def build_stage_job(res: Resource, stage: str, settings: OperatorSettings) -> Ma
         raise ValueError(f"stage {stage} does not run {res.KIND}")
     pods, processes = pods_and_processes(res, stage)
     gpus = gpus_per_pod(res, processes if _trains(res, stage) else 0)
-    template_spec = pod_spec(res, settings, stage, settings.trainer_image, gpus, rank_env(res, settings, stage))
+    port = _metrics_port(res, stage)
+    extra = {"ports": [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]} if port else None
+    template_spec = pod_spec(res, settings, stage, settings.trainer_image, gpus, rank_env(res, settings, stage),
+                             container_extra=extra)
     template_spec["restartPolicy"] = "Never"  # podFailurePolicy needs it; the Job retries pods
     if pods > 1:
         template_spec["subdomain"] = headless_service_name(res)  # <job>-<index>.<service> DNS names
@@ -99,7 +115,8 @@ def build_stage_job(res: Resource, stage: str, settings: OperatorSettings) -> Ma
         },
         "suspend": bool(getattr(res.spec, "suspend", False)),
         "template": {
-            "metadata": {"labels": {**labels(res, stage), STAGE_LABEL: stage}},
+            "metadata": {"labels": {**labels(res, stage), STAGE_LABEL: stage},
+                         **({"annotations": scrape_annotations(port)} if port else {})},
             "spec": template_spec,
         },
     }

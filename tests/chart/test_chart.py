@@ -1,0 +1,183 @@
+"""The Helm chart with the real helm 4.3: lint, render for every documented values file, validate
+every manifest offline, refuse bad values, and install as a user would (rendered manifests applied
+to the test API server with the real kubectl, then the operator configured from the rendered
+Deployment reconciles a resource under the rendered ClusterRole)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from llmfab.api.crds import crd_filename
+from llmfab.api.loading import KINDS
+from llmfab.operator import rbac
+from llmfab.operator.kube import USER_AGENT
+from llmfab.operator.settings import OperatorSettings
+from tests.cluster.conftest import run_operator
+from tests.cluster.kubelet import wait_for
+from tests.cluster.test_operator import DATASET
+from tests.kube.apiserver import KubeAPIServer
+from tests.kube.conftest import TOOLS
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "llmfab"
+VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+K8S_VERSION = "1.33"
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    if not (TOOLS / "helm").exists():
+        subprocess.run([str(REPO / "scripts" / "install_kube_tools.sh"), str(TOOLS)], check=True)
+    out = subprocess.run([str(TOOLS / "helm"), *args], capture_output=True, text=True, timeout=120)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+def render(*args: str) -> list[dict[str, Any]]:
+    out = helm("template", "llmfab", str(CHART), "--namespace", "llmfab", *args)
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def operator_env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    [deployment] = by_kind(docs, "Deployment")
+    return {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_helm_lint_strict_passes() -> None:
+    assert "0 chart(s) failed" in helm("lint", "--strict", str(CHART)).stdout
+
+
+@pytest.mark.parametrize("values", VALUES, ids=lambda p: p.stem)
+def test_every_documented_values_file_renders_valid_manifests(values: Path) -> None:
+    docs = render("-f", str(values))
+    assert {"Deployment", "ServiceAccount", "ClusterRole", "Role", "RoleBinding"} <= {d["kind"] for d in docs}
+    for doc in docs:
+        if doc["apiVersion"].startswith("monitoring.coreos.com"):
+            assert doc["spec"], doc  # no schema offline for the Prometheus operator's kinds
+            continue
+        kubernetes_validate.validate(copy.deepcopy(doc), K8S_VERSION, strict=True)
+    # The operator's settings parse (an unknown or malformed variable would stop it at start-up).
+    settings = OperatorSettings.from_env(operator_env(docs))
+    assert settings.trainer_image.startswith("ghcr.io/llmfab/trainer:")
+
+
+def test_the_crds_are_the_generated_ones_and_valid() -> None:
+    for cls in KINDS.values():
+        crd = yaml.safe_load((CHART / "crds" / crd_filename(cls)).read_text())
+        kubernetes_validate.validate(crd, K8S_VERSION, strict=True)
+
+
+def test_a_typo_in_values_fails_the_install() -> None:
+    out = helm("template", "x", str(CHART), "--set", "operator.replicass=2", check=False)
+    assert out.returncode != 0 and "additional properties 'replicass' not allowed" in out.stderr
+    out = helm("template", "x", str(CHART), "--set", "artifacts.accessMode=ReadWriteSometimes", check=False)
+    assert out.returncode != 0 and "accessMode" in out.stderr
+
+
+def test_multi_node_training_on_a_read_write_once_claim_is_refused() -> None:
+    out = helm("template", "x", str(CHART), "--set", "training.maxNodes=2", check=False)
+    assert out.returncode != 0 and "training.maxNodes=2 needs artifacts.accessMode=ReadWriteMany" in out.stderr
+    docs = render("--set", "training.maxNodes=2", "--set", "artifacts.accessMode=ReadWriteMany")
+    assert operator_env(docs)["LLMFAB_OPERATOR_MAX_NODES"] == "2"
+    assert operator_env(render())["LLMFAB_OPERATOR_MAX_NODES"] == "1"
+
+
+def test_rendered_rbac_is_exactly_the_operators_and_workloads_rules() -> None:
+    docs = render()
+    [cluster_role] = by_kind(docs, "ClusterRole")
+    assert cluster_role["rules"] == rbac.operator_rules()
+    [role] = by_kind(docs, "Role")
+    assert role["rules"] == rbac.workload_rules()
+    assert role["metadata"]["namespace"] == "llmfab"
+    namespaced = render("-f", str(CHART / "ci" / "namespaced-values.yaml"))
+    assert sorted(b["metadata"]["namespace"] for b in by_kind(namespaced, "RoleBinding")
+                  if b["roleRef"]["kind"] == "ClusterRole") == ["ml", "research"]
+    [_, cluster_only] = by_kind(namespaced, "ClusterRole")
+    assert cluster_only["rules"] == rbac.cluster_scoped(rbac.operator_rules())
+    assert {r["metadata"]["namespace"] for r in by_kind(namespaced, "Role")} == {"ml", "research"}
+    assert not by_kind(namespaced, "PersistentVolumeClaim")  # existingClaim
+    assert operator_env(namespaced)["LLMFAB_OPERATOR_NAMESPACES"] == "ml,research"
+    assert operator_env(namespaced)["LLMFAB_OPERATOR_ARTIFACTS_CLAIM"] == "shared-models"
+
+
+def test_the_rules_file_is_generated() -> None:
+    assert (CHART / "files" / "rbac-rules.yaml").read_text() == rbac.render_rules()
+
+
+def test_monitoring_values_label_monitors_for_kube_prometheus_stack() -> None:
+    docs = render("-f", str(CHART / "ci" / "kube-prometheus-stack-values.yaml"))
+    for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
+        [monitor] = by_kind(docs, kind)
+        assert monitor["metadata"]["labels"]["release"] == "kps", kind
+    assert json.loads(operator_env(docs)["LLMFAB_OPERATOR_SERVICE_MONITOR_LABELS"]) == {"release": "kps"}
+    [rule] = by_kind(docs, "PrometheusRule")
+    shipped = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())["groups"]
+    assert rule["spec"]["groups"] == shipped
+    dashboards = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    assert sorted(name for d in dashboards for name in d["data"]) == sorted(
+        p.name for p in (CHART / "dashboards").glob("*.json"))
+    for d in dashboards:
+        for text in d["data"].values():
+            assert json.loads(text)["uid"]
+
+
+def test_notes_tell_the_next_commands_and_warn_about_the_release_label() -> None:
+    out = helm("install", "llmfab", str(CHART), "-n", "llmfab", "--dry-run=client",
+               "--set", "monitoring.serviceMonitor.enabled=true").stdout
+    notes = out[out.index("NOTES:"):]
+    assert "kubectl -n llmfab apply -f examples/cluster/" in notes
+    assert "get inferenceservice NAME -o jsonpath='{.status.url}'" in notes
+    assert "release: <its release name>" in notes
+
+
+def test_installed_as_a_user_would_the_operator_reconciles_under_the_charts_rbac(
+    kube_apiserver: KubeAPIServer, kube: Any, kubectl: Any, tmp_path: Path
+) -> None:
+    """helm cannot install into the emulator (it stores releases as protobuf Secrets), so: render,
+    `kubectl apply` the result, then run the operator exactly as the rendered Deployment would."""
+    manifests = tmp_path / "rendered.yaml"  # what `helm install -n llmfab --create-namespace` sends
+    namespace = "apiVersion: v1\nkind: Namespace\nmetadata: {name: llmfab}\n---\n"
+    manifests.write_text(namespace + helm("template", "llmfab", str(CHART), "--namespace", "llmfab").stdout)
+    out = kubectl("apply", "-f", str(manifests))
+    assert "deployment.apps/llmfab-operator created" in out.stdout, out.stdout
+    docs = [d for d in yaml.safe_load_all(manifests.read_text()) if d]
+    env = operator_env(docs)
+    settings = OperatorSettings.from_env(env).model_copy(update={"resync_seconds": 0.3})
+    dataset = copy.deepcopy(DATASET)
+    dataset["metadata"]["namespace"] = "llmfab"
+    with run_operator(kube, settings):
+        kube_apiserver.create(dataset)
+        [job] = wait_for(lambda: kube_apiserver.items("jobs", namespace="llmfab"), 20, "the Dataset's Job")
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == kube_apiserver.read("serviceaccounts", "llmfab-workload", "llmfab")["metadata"]["name"]
+    claim = pod["volumes"][0]["persistentVolumeClaim"]["claimName"]
+    assert kube_apiserver.read("persistentvolumeclaims", claim, "llmfab")
+    assert pod["containers"][0]["image"] == env["LLMFAB_OPERATOR_TRAINER_IMAGE"]
+    rendered_rules = by_kind(docs, "ClusterRole")[0]["rules"]
+    calls = {(r.api_group or "", f"{r.resource}/{r.subresource}" if r.subresource else r.resource, r.verb)
+             for r in kube_apiserver.request_log if r.resource and r.user_agent.startswith(("kopf/", USER_AGENT))}
+    assert calls and {c for c in calls if not rbac.allows(rendered_rules, *c)} == set()
+
+
+def test_the_chart_version_is_llmfabs_so_empty_image_tags_name_the_built_images() -> None:
+    from llmfab import __version__
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == __version__
+    docs = render()
+    [deployment] = by_kind(docs, "Deployment")
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == f"ghcr.io/llmfab/operator:{__version__}"
+    assert operator_env(docs)["LLMFAB_OPERATOR_SERVING_IMAGE"] == OperatorSettings().serving_image
+    assert operator_env(docs)["LLMFAB_OPERATOR_TRAINER_IMAGE"] == OperatorSettings().trainer_image
