@@ -86,6 +86,7 @@ def test_kubectl_apply_runs_a_dataset_and_training_in_real_pods(
     assert len(list(last.glob("*.distcp"))) == nodes, sorted(p.name for p in last.iterdir())
 
     table = kubectl("get", "trainingruns").stdout.splitlines()
+    print("\n".join(table))
     assert table[0].split() == ["NAME", "PHASE", "STEP", "LOSS", "ETA(S)", "AGE"], table
     row = table[1].split()
     assert row[:3] == ["tiny", "Succeeded", "6"], table
