@@ -99,8 +99,10 @@ class RayEngine:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                       "logging_level": "WARNING", "configure_logging": False}
-            if spec.ray.address:
-                ray.init(address=spec.ray.address, **kwargs)
+            # A KubeRay RayJob runs this entrypoint on the cluster's head with RAY_ADDRESS set.
+            address = spec.ray.address or os.environ.get("RAY_ADDRESS")
+            if address:
+                ray.init(address=address, **kwargs)
             else:
                 # Ray's Unix socket paths must stay under ~107 bytes: a deep artifact dir gets /tmp
                 base = work_dir if len(str(work_dir)) < 40 else Path(tempfile.gettempdir())

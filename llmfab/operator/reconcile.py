@@ -27,7 +27,7 @@ from llmfab.api.dataset import Dataset
 from llmfab.api.inference_service import InferenceService
 from llmfab.api.training_run import TrainingRun
 from llmfab.operator.builders.common import Manifest, build_spec_config_map, generation, revision
-from llmfab.operator.builders.dataset import build_dataset_children
+from llmfab.operator.builders.dataset import build_dataset_children, uses_ray_job
 from llmfab.operator.builders.inference import (
     build_deployment,
     build_service,
@@ -169,6 +169,11 @@ def _walk_stages(
             states[stage] = "Running"
             return
         child = observed.jobs.get(stage)
+        if child is None and suspend and isinstance(res, Dataset) and uses_ray_job(res):
+            # A RayJob cannot be created suspended on an existing cluster: hold it back instead.
+            states[stage] = "Suspended"
+            _set_phase(d, res, observed, Phase.SUSPENDED, "Suspended", f"{stage}: suspended before start", stage)
+            return
         if child is None:
             d.apply.extend(_stage_children(res, stage, settings))
             states[stage] = "Pending"

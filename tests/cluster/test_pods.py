@@ -9,7 +9,11 @@ which `kubectl get` then shows in the printer columns.
 from __future__ import annotations
 
 import copy
+import os
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,9 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
+from llmfab.api import parse_resource
 from llmfab.operator import metrics, rbac
+from llmfab.operator.builders.dataset import build_ray_job
 from tests.cluster.conftest import run_operator
 from tests.cluster.kubelet import LocalKubelet, wait_for
 from tests.cluster.test_operator import DATASET, RUN, conditions, status
@@ -109,3 +115,40 @@ def test_kubectl_apply_runs_a_dataset_and_training_in_real_pods(
               for r in workload_calls if r.resource}
     denied = {t for t in denied if not rbac.allows(rbac.workload_rules(), *t)}
     assert denied == set()
+
+
+@pytest.mark.slow
+def test_the_ray_job_entrypoint_builds_the_dataset_on_a_running_ray_cluster(tmp_path: Path) -> None:
+    """What KubeRay runs on the RayCluster's head for a Dataset with ``engine.ray.cluster``: the
+    RayJob's entrypoint, with its runtime environment's variables and RAY_ADDRESS set."""
+    artifacts = tmp_path / "artifacts"
+    (artifacts / "corpus").mkdir(parents=True)
+    shutil.copy(REPO / "examples" / "data" / "moby_dick.txt", artifacts / "corpus")
+    dataset = copy.deepcopy(DATASET)
+    dataset["metadata"].update(namespace="default", uid="0000-ray")
+    dataset["spec"]["engine"] = {"type": "ray", "ray": {"cluster": "raycluster"}}
+    job = build_ray_job(parse_resource(dataset))
+    env_vars = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
+    # The head's artifacts volume is a directory here; no API server, so status goes to a file.
+    spec = yaml.safe_load(env_vars["LLMFAB_SPEC"])
+    spec["metadata"]["annotations"]["llmfab.dev/source-dir"] = str(artifacts)
+    env_vars.update(LLMFAB_HOME=str(artifacts), LLMFAB_STATUS="file", LLMFAB_SPEC=yaml.safe_dump(spec))
+    ray_dir = Path(f"/tmp/ray-{os.getpid()}")  # Ray's socket paths must stay short
+    base = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # A Ray cluster of our own (its head dies with this process), not `ray start`: `ray stop`
+    # would stop every Ray on the machine.
+    head = subprocess.Popen(
+        [sys.executable, "-c", "import ray, sys, time; ray.init(num_cpus=2, object_store_memory=128 << 20, "
+         f"include_dashboard=False, _temp_dir={str(ray_dir)!r}); "
+         "print(ray.get_runtime_context().gcs_address, flush=True); sys.stdin.read()"],
+        env=base, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        address = head.stdout.readline().strip()  # type: ignore[union-attr]
+        out = subprocess.run(shlex.split(job["spec"]["entrypoint"]), env={**base, **env_vars, "RAY_ADDRESS": address},
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        head.communicate(timeout=60)  # closing stdin ends the head process and its cluster
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert (artifacts / "datasets" / "books" / "manifest.json").exists()

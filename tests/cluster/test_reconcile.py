@@ -166,3 +166,11 @@ def test_more_nodes_than_the_artifact_volume_can_serve_fail_naming_the_field() -
     assert d.apply == [] and d.status["phase"] == "Failed"
     assert d.status["message"].startswith("spec.parallelism.nodes: 2 pods cannot share")
     assert {c["type"]: c["reason"] for c in d.status["conditions"]}["Failed"] == "TooManyNodes"
+
+
+def test_a_suspended_ray_dataset_holds_back_its_ray_job() -> None:
+    spec = {"sources": [{"path": "a.txt"}], "engine": {"type": "ray", "ray": {"cluster": "rc"}}}
+    d = decide(resource("Dataset", {**spec, "suspend": True}), Observed(), SETTINGS)
+    assert d.apply == [] and d.status["phase"] == "Suspended"
+    d = decide(resource("Dataset", spec), Observed(), SETTINGS)
+    assert [m["kind"] for m in d.apply] == ["ConfigMap", "RayJob"]

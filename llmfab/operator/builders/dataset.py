@@ -57,7 +57,8 @@ def build_ray_job(res: Dataset) -> Manifest:
             "entrypoint": f"bash -c {shlex.quote(entrypoint)}",
             "clusterSelector": {"ray.io/cluster": cluster},
             "runtimeEnvYAML": yaml.safe_dump(runtime_env, sort_keys=False),
-            "suspend": res.spec.suspend,
+            # No `suspend`: KubeRay refuses it for a RayJob on an existing cluster (clusterSelector);
+            # a suspended Dataset only holds back a RayJob not yet created.
             "submissionMode": "K8sJobMode",
         },
     }
