@@ -51,18 +51,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import kopf
 import requests
 import yaml
-from kopf.testing import KopfRunner
 from kubernetes import client, config
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from llmfab.operator.handlers import build_registry  # noqa: E402
 from llmfab.operator.kube import USER_AGENT, Kube  # noqa: E402
 from llmfab.operator.settings import OperatorSettings  # noqa: E402
+from tests.cluster.operator_runner import run_operator  # noqa: E402
 from tests.kube.apiserver import CHART_CRDS, KubeAPIServer  # noqa: E402
 from tests.kube.serving import serve_in_thread, write_kubeconfig  # noqa: E402
 from tests.kube.watches import WatchEvent  # noqa: E402
@@ -154,18 +152,6 @@ class TimedKube:
                     self.calls[f"{method} {what}"].append(time.monotonic() - started)
 
         kube.request = request  # type: ignore[method-assign]
-
-
-@contextlib.contextmanager
-def operator(kube: Kube, settings: OperatorSettings) -> Iterator[KopfRunner]:
-    """As tests/cluster/conftest.py ``run_operator``: kopf's default registry is put back after."""
-    default = kopf.get_default_registry()
-    try:
-        with KopfRunner(["run", "--standalone", "--all-namespaces"], registry=build_registry(settings, kube),
-                        timeout=120) as runner:
-            yield runner
-    finally:
-        kopf.set_default_registry(default)
 
 
 @contextlib.contextmanager
@@ -280,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run([str(KUBECTL), "get", "datasets,trainingruns"], env=env, capture_output=True,
                                check=True, timeout=120)
             settings = OperatorSettings(resync_seconds=args.resync)
-            with operator(kube, settings) as runner:
+            with run_operator(kube, settings, timeout=120) as runner:
                 # Ready: kopf watches every llmfab kind.
                 wait_until(lambda: {r.resource for r in list(server.request_log)
                                     if r.verb == "watch" and r.api_group == "llmfab.dev"} >= set(PLURALS),

@@ -20,9 +20,9 @@ from llmfab.api.loading import KINDS
 from llmfab.operator import rbac
 from llmfab.operator.kube import USER_AGENT
 from llmfab.operator.settings import OperatorSettings
-from tests.cluster.conftest import run_operator
 from tests.cluster.kubelet import wait_for
-from tests.cluster.test_operator import DATASET
+from tests.cluster.operator_runner import run_operator
+from tests.cluster.test_operator import DATASET, rbac_call
 from tests.kube.apiserver import KubeAPIServer
 from tests.kube.conftest import TOOLS
 
@@ -166,8 +166,8 @@ def test_installed_as_a_user_would_the_operator_reconciles_under_the_charts_rbac
     assert kube_apiserver.read("persistentvolumeclaims", claim, "llmfab")
     assert pod["containers"][0]["image"] == env["LLMFAB_OPERATOR_TRAINER_IMAGE"]
     rendered_rules = by_kind(docs, "ClusterRole")[0]["rules"]
-    calls = {(r.api_group or "", f"{r.resource}/{r.subresource}" if r.subresource else r.resource, r.verb)
-             for r in kube_apiserver.request_log if r.resource and r.user_agent.startswith(("kopf/", USER_AGENT))}
+    calls = {rbac_call(r) for r in kube_apiserver.request_log
+             if r.resource and r.user_agent.startswith(("kopf/", USER_AGENT))}
     assert calls and {c for c in calls if not rbac.allows(rendered_rules, *c)} == set()
 
 

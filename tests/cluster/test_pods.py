@@ -24,9 +24,9 @@ from prometheus_client import generate_latest
 from llmfab.api import parse_resource
 from llmfab.operator import metrics, rbac
 from llmfab.operator.builders.dataset import build_ray_job
-from tests.cluster.conftest import run_operator
 from tests.cluster.kubelet import LocalKubelet, wait_for
-from tests.cluster.test_operator import DATASET, RUN, conditions, status
+from tests.cluster.operator_runner import run_operator
+from tests.cluster.test_operator import DATASET, RUN, conditions, rbac_call, status
 from tests.kube.apiserver import KubeAPIServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -111,10 +111,8 @@ def test_kubectl_apply_runs_a_dataset_and_training_in_real_pods(
 
     workload_calls = [r for r in kube_apiserver.request_log if r.user_agent.startswith("llmfab-workload/")]
     assert workload_calls, "the pods reported nothing to the API server"
-    denied = {(r.api_group or "", f"{r.resource}/{r.subresource}" if r.subresource else str(r.resource), r.verb)
-              for r in workload_calls if r.resource}
-    denied = {t for t in denied if not rbac.allows(rbac.workload_rules(), *t)}
-    assert denied == set()
+    calls = {rbac_call(r) for r in workload_calls if r.resource}
+    assert {c for c in calls if not rbac.allows(rbac.workload_rules(), *c)} == set()
 
 
 @pytest.mark.slow
