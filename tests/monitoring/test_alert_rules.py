@@ -18,7 +18,7 @@ UNIT_TESTS = HERE / "prometheus-rules.test.yaml"
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     tool = shutil.which("promtool")
     if tool is None:
-        pytest.skip("promtool not on PATH: run scripts/install_prometheus.sh")
+        pytest.fail("promtool not on PATH: run scripts/install_prometheus.sh")
     return subprocess.run([tool, *args], capture_output=True, text=True, cwd=HERE)
 
 

@@ -26,7 +26,7 @@ from .conftest import free_port
 def requires_prometheus() -> tuple[str, str]:
     prometheus, promtool = shutil.which("prometheus"), shutil.which("promtool")
     if not (prometheus and promtool):
-        pytest.skip("prometheus/promtool not on PATH: run scripts/install_prometheus.sh")
+        pytest.fail("prometheus/promtool not on PATH: run scripts/install_prometheus.sh")
     return prometheus, promtool
 
 
