@@ -13,6 +13,7 @@ import os
 import sys
 
 import kopf
+from kubernetes.config import ConfigException
 from prometheus_client import start_http_server
 
 from llmfab.operator.handlers import build_registry
@@ -35,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    load_config()
+    try:
+        load_config()
+    except ConfigException as e:
+        print(f"error: no Kubernetes credentials: not in a pod with a ServiceAccount, and no usable "
+              f"kubeconfig ($KUBECONFIG or ~/.kube/config): {e}", file=sys.stderr)
+        return 2
     kube = Kube()
     settings = base.model_copy(update={"service_monitors": kube.group_version_served("monitoring.coreos.com/v1")})
     namespaces = args.namespace or [n for n in os.environ.get("LLMFAB_OPERATOR_NAMESPACES", "").split(",") if n]

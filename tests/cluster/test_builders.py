@@ -229,3 +229,17 @@ def test_training_pods_expose_rank_zeros_metrics_port_for_scraping() -> None:
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9400"
     off = build_stage_job(resource("TrainingRun", {**RUN, "monitoring": {"prometheusPort": None}}), "train", SETTINGS)
     assert "ports" not in off["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_the_operator_without_credentials_or_with_a_bad_setting_exits_2_saying_why(tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "LLMFAB_OPERATOR_"))}
+    run = [sys.executable, "-m", "llmfab.operator"]
+    out = subprocess.run(run, env={**env, "KUBECONFIG": str(tmp_path / "none"), "HOME": str(tmp_path)},
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "error: no Kubernetes credentials" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run(run, env={**env, "LLMFAB_OPERATOR_MAX_NODE": "2"}, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "LLMFAB_OPERATOR_MAX_NODE: unknown operator setting" in out.stderr
