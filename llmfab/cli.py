@@ -232,6 +232,28 @@ def chat(
     raise typer.Exit(chat_loop(name, url=url, system=system, max_tokens=max_tokens))
 
 
+feedback_app = typer.Typer(help="Human feedback of an InferenceService's feedback app.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("export")
+def feedback_export(
+    name: Annotated[str, typer.Argument(help="InferenceService whose feedback.sqlite to read.")],
+    out: Annotated[Path, typer.Option("--out", help="JSONL file of {prompt, chosen, rejected} pairs.")],
+) -> None:
+    """Write the votes as preference pairs (a RewardModel's spec.preferences.path); ties are skipped."""
+    from llmfab.api.inference_service import InferenceService
+    from llmfab.serving.feedback_store import FILENAME, export_preferences
+    from llmfab.store import artifact_dir
+
+    try:
+        count = export_preferences(artifact_dir(InferenceService.ARTIFACT_DIR, name) / FILENAME, out)
+    except FileNotFoundError as e:
+        err_console.print(f"error: {e}")
+        raise typer.Exit(1) from None
+    console.print(f"wrote {count} preference pairs to {out}")
+
+
 def _stage_app(stage: str, summary: str) -> typer.Typer:
     sub = typer.Typer(help=summary, no_args_is_help=True)
 

@@ -86,6 +86,19 @@ class FeedbackSpec(Spec):
 
     enabled: bool = Field(default=False, description="Serve the human-feedback app beside vLLM.")
     port: int = Field(description="HTTP port of the feedback app.", default=8080, ge=1024, le=65535)
+    token_env: str = Field(
+        default="LLMFAB_FEEDBACK_TOKEN",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the access token; unset or empty: no auth (a warning).",
+    )
+    prompts: str | None = Field(
+        default=None,
+        description="JSONL ({prompt: ...}) or text (one per line) file of prompts; default: a built-in list.",
+    )
+    max_tokens: int = Field(default=64, ge=1, le=2048, description="Tokens per completion shown.")
+    votes_per_pair: int = Field(
+        default=3, ge=1, le=100, description="Voters asked about the same pair (for the agreement view)."
+    )
 
 
 class MonitoringSpec(Spec):
@@ -98,7 +111,24 @@ class MonitoringSpec(Spec):
     dashboards: bool = Field(default=True, description="Grafana latency dashboard ConfigMap.")
 
 
+def _one_feedback_writer(s: Any) -> str | None:
+    if s.feedback.enabled and s.replicas > 1:
+        return (
+            f"spec.replicas: {s.replicas} replicas with spec.feedback.enabled would each write the one "
+            "feedback store (SQLite, one writer); use replicas: 1 for a service that collects feedback"
+        )
+    return None
+
+
 class InferenceServiceSpec(Spec):
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            cel="!self.feedback.enabled || self.replicas <= 1",
+            message="spec.feedback.enabled needs replicas <= 1 (the feedback store has one writer)",
+            check=_one_feedback_writer,
+        ),
+    )
+
     model: ModelSource
     quantization: Quantization = Field(default_factory=Quantization)
     eval: EvalSpec = Field(default_factory=EvalSpec)
@@ -113,6 +143,7 @@ class InferenceServiceSpec(Spec):
 
 class InferenceServiceStatus(StatusBase):
     url: str | None = Field(default=None, description="OpenAI API base URL.")
+    feedback_url: str | None = Field(default=None, description="Human-feedback app URL (spec.feedback).")
     ready_replicas: int | None = None
     model_size_bytes: int | None = Field(default=None, description="Served weights on disk.")
     quantized_path: str | None = None

@@ -66,6 +66,10 @@ class RewardModelSpec(Spec):
     base: RewardBase
     preferences: Preferences
     max_steps: int = Field(description="Optimizer steps.", default=500, ge=1)
+    margin: float = Field(
+        default=0.0, ge=0,
+        description="Bradley-Terry margin: the loss is -log sigmoid(r_chosen - r_rejected - margin).",
+    )
     seed: int = Field(default=0, description="Seed for init and data order.")
     precision: Literal["bf16", "fp32"] = Field(default="bf16", description="bf16 autocast or fp32.")
     optimizer: OptimizerSpec = Field(default_factory=lambda: OptimizerSpec(lr=1e-5, warmup_steps=20))

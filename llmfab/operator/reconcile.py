@@ -32,6 +32,7 @@ from llmfab.operator.builders.inference import (
     build_deployment,
     build_service,
     build_service_monitor,
+    feedback_url,
     service_url,
     uses_service_monitor,
 )
@@ -269,8 +270,10 @@ def _serve(d: Decision, res: Resource, observed: Observed, settings: OperatorSet
         phase, reason, message = Phase.RUNNING, "Serving", f"serving {url} ({ready}/{res.spec.replicas} ready)"
     else:
         phase, reason, message = Phase.RUNNING, "Starting", "waiting for the vLLM server to answer /health"
-    _set_phase(d, res, observed, phase, reason, message, "serve", ready=ready > 0,
-               extra={"url": url, "readyReplicas": ready})
+    extra: dict[str, Any] = {"url": url, "readyReplicas": ready}
+    if res.spec.feedback.enabled:
+        extra["feedbackUrl"] = feedback_url(res)
+    _set_phase(d, res, observed, phase, reason, message, "serve", ready=ready > 0, extra=extra)
 
 
 def _set_phase(

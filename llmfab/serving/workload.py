@@ -6,6 +6,8 @@ start ``python -m vllm.entrypoints.openai.api_server`` with the serving interpre
 ``/health``, report ``url``/``readyReplicas``/``modelSizeBytes``, then forward SIGINT/SIGTERM to the
 server and return when it exits. If the server dies during start-up, the tail of its log is the
 error message. vLLM's output is teed into ``services/<name>/server.log`` and our stdout (pod logs).
+With ``spec.feedback.enabled`` the human-feedback app (``feedback.py``) runs on a thread beside it,
+from ready until the server stops, and ``feedbackUrl`` is reported.
 
 The serving interpreter: ``LLMFAB_SERVE_PYTHON``, else ``<repo>/.venv-serve/bin/python`` (the local
 serving venv, ``scripts/setup_serve_venv.sh``), else this interpreter (the serving image, where vLLM
@@ -31,6 +33,7 @@ from typing import IO, Any
 from llmfab.api.common import Phase
 from llmfab.api.inference_service import InferenceService
 from llmfab.errors import WorkloadError
+from llmfab.serving.feedback import FeedbackApp, feedback_app
 from llmfab.serving.vllm_args import LaunchPlan, build_launch, unservable_reason
 from llmfab.workload import WorkloadContext
 
@@ -161,6 +164,18 @@ def model_to_serve(ctx: WorkloadContext) -> Path:
     return ensure_quantized(ctx, model_dir)
 
 
+def start_feedback(ctx: WorkloadContext, openai_url: str) -> FeedbackApp:
+    """The human-feedback app (``spec.feedback``) on a thread of this process, beside vLLM."""
+    resource = ctx.resource
+    assert isinstance(resource, InferenceService)
+    spec, server_spec = resource.spec.feedback, resource.spec.server
+    prompts = ctx.resolve(spec.prompts) if spec.prompts else None
+    model = server_spec.served_model_name or resource.name
+    app = feedback_app(spec, ctx.out_dir, openai_url, model, server_spec.host, prompts).start()
+    print(f"{resource.key}: human feedback at {app.url} (votes in {app.store.path})", flush=True)
+    return app
+
+
 def run(ctx: WorkloadContext) -> None:
     """Entry point of ``llmfab serve run``: returns once the server has stopped after SIGINT/SIGTERM."""
     from llmfab.serving.quantize import weights_size
@@ -174,6 +189,9 @@ def run(ctx: WorkloadContext) -> None:
     if problem:
         raise WorkloadError(problem)
     check_port_free(server_spec.host, server_spec.port)
+    feedback_spec = resource.spec.feedback
+    if feedback_spec.enabled:
+        check_port_free(server_spec.host, feedback_spec.port)
     plan = build_launch(
         server_spec, model_dir, resource.name, serving_python(), ctx.out_dir / "vllm-cache", gpu=gpu
     )
@@ -190,6 +208,7 @@ def run(ctx: WorkloadContext) -> None:
         server.send(sig)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    feedback = None
     try:
         try:
             wait_ready(server, base, timeout)
@@ -199,10 +218,12 @@ def run(ctx: WorkloadContext) -> None:
                 return
             raise
         size = weights_size(model_dir)
+        if feedback_spec.enabled:
+            feedback = start_feedback(ctx, plan.url)
         ctx.reporter.phase(
             Phase.RUNNING, "Serving", f"serving {plan.url}",
             url=plan.url, readyReplicas=1, modelSizeBytes=size, quantizedPath=str(model_dir)
-            if plan.quantization else None,
+            if plan.quantization else None, **({"feedbackUrl": feedback.url} if feedback else {}),
         )  # fmt: skip
         print(
             f"{resource.key}: ready at {plan.url} ({plan.quantization or 'unquantized'}, {size / 2**20:.1f} MiB)\n"
@@ -222,6 +243,8 @@ def run(ctx: WorkloadContext) -> None:
             )
         print(f"{resource.key}: server stopped ({signal.Signals(stop_requested[0]).name})", flush=True)
     finally:
+        if feedback is not None:
+            feedback.stop()
         if server.proc.poll() is None:
             server.stop()
         for s, h in previous.items():

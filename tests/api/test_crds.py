@@ -129,6 +129,11 @@ CASES = [  # (kind, spec patch that is valid, spec patch that breaks exactly one
     ),
     ("InferenceService", {"model": {"path": "/m"}}, {"model": {"path": "/m", "trainingRun": "tiny"}}),
     (
+        "InferenceService",
+        {"model": {"path": "/m"}, "feedback": {"enabled": True}},
+        {"model": {"path": "/m"}, "feedback": {"enabled": True}, "replicas": 2},
+    ),
+    (
         "TrainingRun",
         {"pod": {"env": [{"name": "NCCL_DEBUG", "value": "INFO"}]}},
         {"pod": {"env": [{"name": "MASTER_ADDR", "value": "elsewhere"}]}},

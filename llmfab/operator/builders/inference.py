@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any
 
-from llmfab.api.inference_service import InferenceService
+from llmfab.api.inference_service import FeedbackSpec, InferenceService
 from llmfab.operator.builders.common import (
     SPEC_HASH_ANNOTATION,
     Manifest,
@@ -28,6 +28,7 @@ from llmfab.operator.settings import OperatorSettings
 
 COMPONENT = "serve"
 PORT_NAME = "http"
+FEEDBACK_PORT_NAME = "feedback"
 # vLLM loads and (on CPU) warms up the model before /health answers: minutes on a big model.
 STARTUP_SECONDS = 1200
 
@@ -41,6 +42,16 @@ def service_url(res: InferenceService) -> str:
     return f"http://{service_name(res)}.{res.metadata.namespace}.svc:{res.spec.server.port}/v1"
 
 
+def _feedback(res: InferenceService) -> list[FeedbackSpec]:
+    """The human-feedback app's spec when enabled (it runs in the server container), else nothing."""
+    return [res.spec.feedback] if res.spec.feedback.enabled else []
+
+
+def feedback_url(res: InferenceService) -> str:
+    """The human-feedback app inside the cluster (``spec.feedback``)."""
+    return f"http://{service_name(res)}.{res.metadata.namespace}.svc:{res.spec.feedback.port}/"
+
+
 def _probe(path: str, port: int, period: int, failures: int) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "failureThreshold": failures,
             "timeoutSeconds": 5}
@@ -50,7 +61,8 @@ def build_deployment(res: InferenceService, settings: OperatorSettings, use_serv
     port = res.spec.server.port
     gpus = gpus_per_pod(res, res.spec.server.tensor_parallel_size)
     probes = {
-        "ports": [{"name": PORT_NAME, "containerPort": port, "protocol": "TCP"}],
+        "ports": [{"name": PORT_NAME, "containerPort": port, "protocol": "TCP"}]
+        + [{"name": FEEDBACK_PORT_NAME, "containerPort": f.port, "protocol": "TCP"} for f in _feedback(res)],
         "startupProbe": _probe("/health", port, 10, STARTUP_SECONDS // 10),
         "readinessProbe": _probe("/health", port, 5, 3),
         "livenessProbe": _probe("/health", port, 15, 4),
@@ -88,7 +100,9 @@ def build_service(res: InferenceService) -> Manifest:
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(res, COMPONENT),
-            "ports": [{"name": PORT_NAME, "port": port, "targetPort": PORT_NAME, "protocol": "TCP"}],
+            "ports": [{"name": PORT_NAME, "port": port, "targetPort": PORT_NAME, "protocol": "TCP"}]
+            + [{"name": FEEDBACK_PORT_NAME, "port": f.port, "targetPort": FEEDBACK_PORT_NAME, "protocol": "TCP"}
+               for f in _feedback(res)],
         },
     }
 

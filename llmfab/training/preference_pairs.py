@@ -1,0 +1,174 @@
+"""Preference pairs for a RewardModel: read from JSONL, checked, split, tokenized, batched.
+
+A pair is ``{prompt, chosen, rejected}`` (field names from ``spec.preferences``). The text a reward
+model scores is the prompt and the response in the dialogue format of the exported chat template
+(``training/export.py``): ``"User: {prompt}\\nAssistant: {response}"``, so the RL run scores its
+samples in the same format. A sequence longer than the context keeps its end (the scored token is
+the last one), i.e. the prompt is cut from the left.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmfab.api.reward_model import Preferences
+from llmfab.errors import DependencyNotReady, WorkloadError
+
+FIELDS = (("prompt", "promptField"), ("chosen", "chosenField"), ("rejected", "rejectedField"))
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    prompt: str
+    chosen: str
+    rejected: str
+    where: str  # "file:line", for messages
+
+
+def dialogue_text(prompt: str, response: str) -> str:
+    """What the reward model reads: the chat template's user and assistant turns."""
+    return f"User: {prompt}\nAssistant: {response}"
+
+
+def preference_files(pattern: str, resolved: Path) -> list[Path]:
+    """The JSONL files ``spec.preferences.path`` names (a file or a glob), sorted."""
+    files = sorted(Path(p) for p in glob.glob(str(resolved)) if Path(p).is_file())
+    if not files:
+        raise WorkloadError(
+            f"spec.preferences.path: {pattern!r} ({resolved}) matches no file; give a JSONL file or glob "
+            "of {prompt, chosen, rejected} pairs (relative paths are resolved against the spec's directory)"
+        )
+    return files
+
+
+def read_pairs(files: list[Path], prefs: Preferences) -> list[PreferencePair]:
+    """Every pair in ``files``; any bad line is an error naming the file, the line and the field."""
+    names = {"prompt": prefs.prompt_field, "chosen": prefs.chosen_field, "rejected": prefs.rejected_field}
+    pairs: list[PreferencePair] = []
+    for file in files:
+        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{file}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise WorkloadError(f"spec.preferences.path: {where} is not a JSON object ({e}); fix the line") from e
+            if not isinstance(row, dict):
+                raise WorkloadError(f"spec.preferences.path: {where} is not a JSON object; fix the line")
+            pairs.append(_pair(row, where, names))
+    if len(pairs) < prefs.min_pairs:
+        raise WorkloadError(
+            f"spec.preferences.minPairs: found {len(pairs)} pairs in {', '.join(map(str, files))}, fewer than "
+            f"minPairs {prefs.min_pairs}; add pairs or lower spec.preferences.minPairs"
+        )
+    return pairs
+
+
+def _pair(row: dict[str, Any], where: str, names: dict[str, str]) -> PreferencePair:
+    values: dict[str, str] = {}
+    for role, spec_field in FIELDS:
+        field = names[role]
+        if field not in row:
+            raise WorkloadError(
+                f"spec.preferences.{spec_field}: {where} has no field {field!r} (fields: {sorted(row)}); "
+                f"add it to the file or set spec.preferences.{spec_field} to the field that holds the {role} text"
+            )
+        value = row[field]
+        if not isinstance(value, str) or not value.strip():
+            raise WorkloadError(
+                f"spec.preferences.{spec_field}: {where} field {field!r} is {'empty' if value in ('', None) else repr(value)}; "
+                f"every pair needs a non-empty {role} string: fix or drop the line"
+            )
+        values[role] = value
+    if values["chosen"].strip() == values["rejected"].strip():
+        raise WorkloadError(
+            f"spec.preferences.path: {where} has identical {names['chosen']!r} and {names['rejected']!r} "
+            "texts, which carry no preference; fix or drop the line"
+        )
+    return PreferencePair(values["prompt"], values["chosen"], values["rejected"], where)
+
+
+def feedback_pairs(store_path: Path, service: str, prefs: Preferences) -> list[PreferencePair]:
+    """The A/B votes of an InferenceService's feedback app (ties skipped, an edit is the chosen
+    text). Too few votes yet is a dependency that is not ready: the RewardModel waits for them."""
+    from llmfab.serving.feedback_store import FeedbackStore, preference_pairs
+
+    pairs: list[PreferencePair] = []
+    if store_path.is_file():
+        store = FeedbackStore(store_path)
+        try:
+            for i, row in enumerate(preference_pairs(store), start=1):
+                if row["chosen"].strip() and row["chosen"].strip() != row["rejected"].strip():
+                    pairs.append(PreferencePair(row["prompt"], row["chosen"], row["rejected"], f"{store_path} vote {i}"))
+        finally:
+            store.close()
+    if len(pairs) < prefs.min_pairs:
+        raise DependencyNotReady(
+            f"spec.preferences.inferenceService: InferenceService/{service} has {len(pairs)} usable preference "
+            f"votes in {store_path}, fewer than minPairs {prefs.min_pairs}; collect more on its feedback page "
+            "(spec.feedback.enabled) or lower spec.preferences.minPairs"
+        )
+    return pairs
+
+
+def split_pairs(pairs: list[PreferencePair], val_fraction: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """(train, held-out) after a seeded shuffle; at least one pair is held out when valFraction > 0."""
+    order = list(pairs)
+    random.Random(seed).shuffle(order)
+    held = 0 if val_fraction == 0 else max(1, round(len(order) * val_fraction))
+    if held >= len(order):
+        raise WorkloadError(
+            f"spec.preferences.valFraction: {val_fraction} holds out {held} of {len(order)} pairs and leaves none "
+            "to train on; lower valFraction or add pairs"
+        )
+    return order[held:], order[:held]
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    chosen: list[int]
+    rejected: list[int]
+    truncated: bool
+
+
+def encode_pairs(pairs: list[PreferencePair], tokenizer: Any, context: int) -> list[EncodedPair]:
+    """Token ids of each pair's two dialogues, cut to the last ``context`` tokens."""
+    out = []
+    for p in pairs:
+        chosen = tokenizer(dialogue_text(p.prompt, p.chosen))["input_ids"]
+        rejected = tokenizer(dialogue_text(p.prompt, p.rejected))["input_ids"]
+        out.append(EncodedPair(chosen[-context:], rejected[-context:], max(len(chosen), len(rejected)) > context))
+    return out
+
+
+def pad_batch(pairs: list[EncodedPair], pad_id: int) -> torch.Tensor:
+    """[2B, T]: the chosen sequences then the rejected ones, right-padded with ``pad_id``."""
+    rows = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    width = max(len(r) for r in rows)
+    batch = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        batch[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return batch
+
+
+def batch_indices(step: int, pairs_per_step: int, count: int, seed: int) -> list[int]:
+    """The train pairs of optimizer step ``step``: consecutive slices of one seeded permutation per
+    epoch, so the order depends only on (seed, step) and a resumed run sees the same batches."""
+    indices: list[int] = []
+    position = step * pairs_per_step
+    while len(indices) < pairs_per_step:
+        epoch, offset = divmod(position, count)
+        order = list(range(count))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        take = min(pairs_per_step - len(indices), count - offset)
+        indices.extend(order[offset : offset + take])
+        position += take
+    return indices
