@@ -243,11 +243,25 @@ class InitFrom(Spec):
 
 
 class SftSpec(Spec):
-    """Supervised fine-tuning on prompt/response pairs."""
+    """Supervised fine-tuning on instruction examples: JSONL rows of prompt/response, or chat ``messages``.
 
+    Each example is rendered with the base model's chat template and trained one per row (no
+    packing); with objective sft the model's shape comes from ``initFrom`` and ``spec.dataset`` is
+    not read (the instructions are the data).
+    """
+
+    path: str = Field(description="JSONL file or glob of examples; relative to the spec's directory.")
     prompt_field: str = Field(default="prompt", description="JSONL field with the prompt.")
     response_field: str = Field(default="response", description="JSONL field with the answer.")
+    messages_field: str = Field(
+        default="messages",
+        description="JSONL field with a chat: a list of {role, content} (system/user/assistant); "
+        "a row with it is trained on every assistant turn instead of prompt/response.",
+    )
     loss_on_prompt: bool = Field(default=False, description="Also train on prompt tokens.")
+    val_fraction: float = Field(
+        default=0.1, gt=0, lt=1, description="Share of the examples held out for the validation loss."
+    )
 
 
 class RlSpec(Spec):
@@ -272,13 +286,18 @@ class DistillSpec(Spec):
 
 
 class PruningSpec(Spec):
-    """Magnitude pruning of linear weights after training."""
+    """Magnitude pruning of the blocks' weights after training, before the export."""
 
     enabled: bool = Field(default=False, description="Prune after training.")
     method: Literal["magnitude"] = Field(default="magnitude", description="How weights are chosen.")
-    sparsity: float = Field(description="Share of weights set to zero.", default=0.5, gt=0, lt=1)
-    structure: Literal["unstructured", "2:4"] = Field(
-        default="unstructured", description="unstructured or 2:4 semi-structured."
+    sparsity: float = Field(
+        description="Share of weights set to zero (mlp: share of MLP intermediate channels removed).",
+        default=0.5, gt=0, lt=1,
+    )
+    structure: Literal["unstructured", "2:4", "mlp"] = Field(
+        default="unstructured",
+        description="unstructured, 2:4 semi-structured (zeros, same shapes), or mlp: whole MLP channels "
+        "removed, exported as a smaller LlamaForCausalLM (intermediate_size reduced).",
     )
 
 
@@ -287,6 +306,8 @@ def _objective_blocks(s: Any) -> str | None:
         return "spec.rl: objective rl needs spec.rl.rewardModel"
     if s.objective == "distill" and s.distill is None:
         return "spec.distill: objective distill needs spec.distill.teacher"
+    if s.objective == "sft" and s.sft is None:
+        return "spec.sft: objective sft needs spec.sft.path (the JSONL instruction examples)"
     if s.objective in ("sft", "rl") and s.init_from is None:
         return f"spec.initFrom: objective {s.objective} starts from a trained model; set initFrom.trainingRun"
     return None
@@ -302,8 +323,9 @@ class TrainingRunSpec(Spec):
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule(
             cel="(self.objective != 'rl' || has(self.rl)) && (self.objective != 'distill' || has(self.distill))"
+            " && (self.objective != 'sft' || has(self.sft))"
             " && (!(self.objective in ['sft', 'rl']) || has(self.initFrom))",
-            message="rl needs spec.rl, distill needs spec.distill, sft and rl need spec.initFrom",
+            message="rl needs spec.rl, distill needs spec.distill, sft needs spec.sft, sft and rl need spec.initFrom",
             check=_objective_blocks,
         ),
         CelRule(
@@ -353,6 +375,33 @@ class TrainingRunSpec(Spec):
     deletion_policy: DeletionPolicy = Field(default="Retain", description=DELETION_POLICY_DESCRIPTION)
 
 
+class DistillResults(Spec):
+    """Objective distill: the student against its teacher, on the student's validation batches."""
+
+    distill_loss: float | None = Field(default=None, description="Last step's T²·KL(teacher ‖ student) per token.")
+    teacher_val_loss: float | None = None
+    student_val_loss: float | None = None
+    teacher_val_perplexity: float | None = None
+    student_val_perplexity: float | None = None
+    teacher_parameters: int | None = None
+    student_parameters: int | None = None
+    parameter_ratio: float | None = Field(default=None, description="Student parameters / teacher parameters.")
+
+
+class PruningResults(Spec):
+    """spec.pruning: the exported model against the trained one, on the same validation batches."""
+
+    structure: str | None = None
+    intermediate_size: int | None = Field(default=None, description="MLP intermediate size of the export.")
+    val_loss_before: float | None = None
+    val_loss_after: float | None = None
+    val_perplexity_before: float | None = None
+    val_perplexity_after: float | None = None
+    parameters_before: int | None = None
+    parameters_after: int | None = None
+    sparsity: float | None = Field(default=None, description="Share of zeros among the blocks' weights.")
+
+
 class TrainingRunStatus(StatusBase):
     step: int | None = None
     total_steps: int | None = None
@@ -366,6 +415,8 @@ class TrainingRunStatus(StatusBase):
     last_checkpoint: str | None = None
     model_path: str | None = Field(default=None, description="Hugging Face export, relative to the root.")
     eval: EvalResults | None = None
+    distill: DistillResults | None = None
+    pruning: PruningResults | None = None
 
 
 class TrainingRun(Resource):

@@ -46,6 +46,9 @@ def export_checkpoint(
     run: TrainingRun, root: Path, step: int | None = None, out_dir: Path | None = None
 ) -> Path:
     """Export checkpoint ``step`` (default: the latest) of ``run`` to ``out_dir`` (default: model/)."""
+    if run.spec.objective == "sft":  # its shape and tokenizer are the base model's, not spec.model's and the Dataset's
+        raise ExportError(f"TrainingRun/{run.name}: objective sft exports only at the end of training (model/); "
+                          "exporting its checkpoints is not implemented yet")
     run_dir = artifact_dir(run.ARTIFACT_DIR, run.name, root)
     checkpoints = complete_checkpoints(run_dir / "checkpoints")
     if not checkpoints:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -50,6 +50,9 @@ from llmfab.training.metrics import MetricsSink, flops_per_token, peak_flops
 from llmfab.training.model import ModelArgs, Transformer
 from llmfab.training.optim import build_optimizer, lr_multiplier
 from llmfab.training.token_data import WindowSampler, validation_batches
+
+if TYPE_CHECKING:
+    from llmfab.training.sft_workload import InstructionSource
 
 
 class NonFiniteLoss(RuntimeError):
@@ -132,6 +135,20 @@ def _over_ranks(value: int, env: D.DistEnv, op: Any) -> int:
     return int(t.item())
 
 
+def inputs_and_targets(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of a batch: token windows ``[B, T + 1]``, or SFT's ``[B, 2, T + 1]`` of ids and
+    labels (-100 where no loss is taken; ``sft_data.py``)."""
+    if batch.dim() == 3:
+        return batch[:, 0, :-1], batch[:, 1, 1:]
+    return batch[:, :-1], batch[:, 1:]
+
+
+def _windows(data: DatasetInfo | None) -> DatasetInfo:
+    if data is None:
+        raise ValueError("train: pass the Dataset (data) or an SFT source")
+    return data
+
+
 @torch.no_grad()
 def evaluate(module: LanguageModelLoss, batches: list[torch.Tensor], spec: TrainingRunSpec,
              env: D.DistEnv) -> float:
@@ -140,7 +157,7 @@ def evaluate(module: LanguageModelLoss, batches: list[torch.Tensor], spec: Train
     for batch in batches:
         batch = batch.to(env.device, non_blocking=True)
         with D.autocast(spec, env):
-            total += float(module(batch[:, :-1], batch[:, 1:]))
+            total += float(module(*inputs_and_targets(batch)))
     module.train()
     return D.all_reduce_mean(total / len(batches), env)
 
@@ -184,13 +201,17 @@ def model_args_from_spec(spec: ModelSpec, vocab_size: int) -> ModelArgs:
     )
 
 
-def build(spec: TrainingRunSpec, vocab_size: int, env: D.DistEnv) -> Parts:
+def build(spec: TrainingRunSpec, vocab_size: int, env: D.DistEnv, teacher: Transformer | None = None) -> Parts:
     torch.manual_seed(spec.seed)  # identical initial weights on every rank
     args = model_args_from_spec(spec.model, vocab_size)
     model = Transformer(args).to(env.device)
     parameters = sum(p.numel() for p in model.parameters())
     fingerprint = parameter_fingerprint(model, spec.optimizer.type, architecture_of(args))
     module = LanguageModelLoss(model, spec.label_smoothing, spec.loss_chunk_tokens)
+    if teacher is not None:  # objective distill (training/distill.py)
+        from llmfab.training.distill import DistillationLoss
+
+        module = DistillationLoss(model, teacher, spec)
     D.parallelize(model, spec, env, root=module)
     optimizer = build_optimizer(module, spec.optimizer, seed=spec.seed)
     return Parts(args, model, module, optimizer, parameters, fingerprint)
@@ -204,7 +225,7 @@ def train_step(parts: Parts, batch: torch.Tensor, plan: StepBatch, spec: Trainin
     for i, (chunk, weight) in enumerate(zip(torch.split(batch, list(plan.sizes)), plan.weights(), strict=True)):
         D.set_gradient_sync(module, i == plan.accumulation - 1, spec, env)
         with D.autocast(spec, env):
-            micro_loss = module(chunk[:, :-1], chunk[:, 1:])
+            micro_loss = module(*inputs_and_targets(chunk))
         (micro_loss * weight).backward()
         step_loss += micro_loss.detach() * weight
     D.average_gradients(module, spec, env)
@@ -234,14 +255,20 @@ class Throughput:
                 "eta_seconds": (self.schedule.tokens_until(self.steps) - done) / rate}
 
 
-def train(spec: TrainingRunSpec, run_dir: Path, data: DatasetInfo, reporter: StatusReporter,
-          env: D.DistEnv, run_name: str) -> TrainResult:
+def train(spec: TrainingRunSpec, run_dir: Path, data: DatasetInfo | None, reporter: StatusReporter,
+          env: D.DistEnv, run_name: str, source: InstructionSource | None = None) -> TrainResult:
+    """``source``: objective sft's examples and initial weights (``sft_workload.py``) instead of ``data``."""
     T = spec.model.context_length
-    parts = build(spec, data.vocab_size, env)
+    from llmfab.training import distill  # imports this module (DistillationLoss extends LanguageModelLoss)
+
+    teacher = distill.load_teacher(spec, run_dir, env) if spec.objective == "distill" else None
+    parts = build(spec, source.vocab_size if source else _windows(data).vocab_size, env, teacher)
+    if source is not None:
+        source.load_initial_weights(parts.module)
     module, optimizer = parts.module, parts.optimizer
     schedule = BatchSchedule(spec.batch, T, env.world_size)
     steps = total_steps(spec, schedule)
-    sampler = WindowSampler(data.split("train"), T, spec.seed)
+    sampler = source.sampler if source else WindowSampler(_windows(data).split("train"), T, spec.seed)
     checkpoints = CheckpointManager(run_dir / "checkpoints", spec.checkpoint, env, parts.fingerprint)
     step, last_checkpoint = 0, None
     if (latest := checkpoints.latest()) is not None:
@@ -259,7 +286,9 @@ def train(spec: TrainingRunSpec, run_dir: Path, data: DatasetInfo, reporter: Sta
     if cap is not None:
         reporter.event("MicroBatchCapped", f"micro-batch {micro}: an earlier out-of-memory capped it at {cap} "
                        f"(delete {run_dir / CAP_FILE} to probe again)")
-    val_batches = validation_batches(data.split("val"), T, micro, spec.eval_batches, env.rank, env.world_size)
+    val_batches = (source.val_batches(micro, env.rank, env.world_size) if source else
+                   validation_batches(_windows(data).split("val"), T, micro, spec.eval_batches, env.rank, env.world_size))
+    distill.report_start(module, val_batches, spec, env, reporter, parts.parameters)
     mfu = mfu_function(parts, T, env)
     sink = MetricsSink(run_dir, spec.monitoring, run_name, env.is_main, spec.model_dump(mode="json", by_alias=True))
     reporter.progress(totalSteps=steps, parameters=parts.parameters, step=step)
@@ -322,6 +351,7 @@ def train(spec: TrainingRunSpec, run_dir: Path, data: DatasetInfo, reporter: Sta
             meter.add(plan.global_sequences * T)
 
             values: dict[str, Any] = {"loss": loss, "lr": lr, "grad_norm": grad_norm}
+            values.update(distill.step_metrics(module, env))
             if spec.eval_every_steps and (step % spec.eval_every_steps == 0 or step == steps):
                 val_loss = values["val_loss"] = evaluate(module, val_batches, spec, env)
             if checkpoints.due(step) or step == steps:
@@ -340,9 +370,10 @@ def train(spec: TrainingRunSpec, run_dir: Path, data: DatasetInfo, reporter: Sta
         if val_loss is None:
             val_loss = evaluate(module, val_batches, spec, env)
         test_loss = None
-        if "test" in data.manifest.get("splits", {}):
+        if data is not None and "test" in data.manifest.get("splits", {}):
             test = validation_batches(data.split("test"), T, micro, spec.eval_batches, env.rank, env.world_size)
             test_loss = evaluate(module, test, spec, env)
+        distill.report_final(module, val_loss, reporter, parts.parameters)
         weights = full_state_dict(module)
     finally:
         sigterm.close()

@@ -53,8 +53,17 @@ def run(ctx: WorkloadContext) -> None:
     assert isinstance(resource, TrainingRun)
     spec = resource.spec
     refuse_unsupported(spec)
+    if spec.objective == "sft":  # instruction examples instead of the Dataset (training/sft_workload.py)
+        from llmfab.training.sft_workload import run as run_sft
+
+        run_sft(ctx, spec)
+        return
     dataset_dir = ctx.dependency("Dataset", spec.dataset.name)
     data = check_dataset(dataset_dir, spec)
+    if spec.objective == "distill" and spec.distill is not None:
+        from llmfab.training.distill import check_teacher
+
+        check_teacher(ctx.dependency("TrainingRun", spec.distill.teacher), spec, data.vocab_size)
     world = spec.parallelism.nodes * spec.parallelism.processes_per_node
     if world > 1 and "LOCAL_RANK" not in os.environ:
         launch_torchrun(ctx, spec)
@@ -64,14 +73,19 @@ def run(ctx: WorkloadContext) -> None:
 
 def refuse_unsupported(spec: TrainingRunSpec) -> None:
     """Fields that validate but that this trainer cannot honour yet are refused, never ignored."""
-    if spec.objective != "pretrain":
+    if spec.objective not in ("pretrain", "distill", "sft"):
         raise StageNotSupported(
-            f"spec.objective: {spec.objective!r} is not implemented by this trainer yet; use pretrain"
+            f"spec.objective: {spec.objective!r} is not implemented by this trainer yet; use pretrain, distill or sft"
         )
-    if spec.pruning.enabled:
+    if spec.init_from is not None and spec.objective in ("pretrain", "distill"):
         raise StageNotSupported(
-            "spec.pruning.enabled: pruning is not implemented by this trainer yet; "
-            "remove spec.pruning or set enabled: false"
+            f"spec.initFrom: starting objective {spec.objective} from another model's weights is not "
+            "implemented yet; remove spec.initFrom (objective sft uses it)"
+        )
+    if spec.pruning.enabled and spec.objective == "sft":
+        raise StageNotSupported(
+            "spec.pruning.enabled: pruning is not implemented for objective sft yet; "
+            "prune the base TrainingRun instead, or set enabled: false"
         )
 
 
@@ -193,8 +207,9 @@ def _wait_forwarding_signals(proc: subprocess.Popen[bytes]) -> int:
         raise
 
 
-def train_here(ctx: WorkloadContext, spec: TrainingRunSpec, data: Any, dataset_dir: Path) -> None:
-    """This process's part of the run (every torchrun rank runs it)."""
+def train_here(ctx: WorkloadContext, spec: TrainingRunSpec, data: Any, dataset_dir: Path | None,
+               source: Any = None) -> None:
+    """This process's part of the run (every torchrun rank runs it); ``source``: objective sft's examples."""
     from llmfab.data.shards import DataFormatError
     from llmfab.training import distributed as D
     from llmfab.training.batching import BatchConfigError, OutOfMemoryAtSmallestBatch, OutOfMemoryBackoff
@@ -208,11 +223,13 @@ def train_here(ctx: WorkloadContext, spec: TrainingRunSpec, data: Any, dataset_d
             with contextlib.suppress(FileNotFoundError):
                 (ctx.out_dir / MANIFEST).unlink()  # stale: the spec changed or --force; not complete now
         try:
-            result = train(spec, ctx.out_dir, data, ctx.reporter, env, ctx.resource.name)
+            result = train(spec, ctx.out_dir, data, ctx.reporter, env, ctx.resource.name, source)
         except (BatchConfigError, CheckpointIOError, DataFormatError, IncompatibleCheckpoint, NonFiniteLoss,
                 OutOfMemoryAtSmallestBatch, OutOfMemoryBackoff) as e:
             raise WorkloadError(str(e)) from e
-        if env.is_main:
+        if env.is_main and source is not None:
+            source.publish(ctx, spec, result)
+        elif env.is_main and dataset_dir is not None:
             publish(ctx, spec, result, dataset_dir)
         failed = False
     finally:
@@ -224,7 +241,14 @@ def publish(ctx: WorkloadContext, spec: TrainingRunSpec, result: Any, dataset_di
     from llmfab.training.export import export_hf
 
     model_dir = ctx.out_dir / "model"
-    export_hf(result.state_dict, result.args, dataset_dir / "tokenizer", model_dir,
+    state, args = result.state_dict, result.args
+    if spec.pruning.enabled:  # the export is the pruned model (training/post_training_pruning.py)
+        from llmfab.data.shards import DatasetInfo
+        from llmfab.training.post_training_pruning import prune_trained
+
+        state, args, pruned = prune_trained(state, args, spec, DatasetInfo.load(dataset_dir))
+        ctx.reporter.progress(pruning=pruned)
+    export_hf(state, args, dataset_dir / "tokenizer", model_dir,
               dtype="bfloat16" if spec.precision == "bf16" else "float32")
     perplexity = {
         "valPerplexity": math.exp(result.val_loss) if result.val_loss is not None else None,

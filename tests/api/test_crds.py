@@ -121,7 +121,10 @@ CASES = [  # (kind, spec patch that is valid, spec patch that breaks exactly one
         {"model": {"layers": 2, "sharing": {"groups": 3}}},
     ),
     ("TrainingRun", {"objective": "distill", "distill": {"teacher": "t"}}, {"objective": "distill"}),
-    ("TrainingRun", {"objective": "sft", "initFrom": {"trainingRun": "t"}}, {"objective": "sft"}),
+    ("TrainingRun", {"objective": "sft", "initFrom": {"trainingRun": "t"}, "sft": {"path": "s.jsonl"}},
+     {"objective": "sft", "sft": {"path": "s.jsonl"}}),
+    ("TrainingRun", {"objective": "sft", "initFrom": {"trainingRun": "t"}, "sft": {"path": "s.jsonl"}},
+     {"objective": "sft", "initFrom": {"trainingRun": "t"}}),
     (
         "RewardModel",
         {"preferences": {"inferenceService": "chat"}},

@@ -96,8 +96,10 @@ def spec_dir(kind: str) -> str:
 
 @pytest.mark.parametrize(
     ("extra", "field"),
-    [({"pruning": {"enabled": True}}, "spec.pruning.enabled"),
-     ({"objective": "sft", "initFrom": {"trainingRun": "base"}}, "spec.objective")],
+    [({"pruning": {"enabled": True}, "objective": "sft", "initFrom": {"trainingRun": "base"},
+      "sft": {"path": "examples.jsonl"}}, "spec.pruning.enabled"),
+     ({"objective": "rl", "initFrom": {"trainingRun": "base"}, "rl": {"rewardModel": "rm"}}, "spec.objective"),
+     ({"initFrom": {"trainingRun": "base"}}, "spec.initFrom")],
 )
 def test_a_training_field_that_would_do_nothing_is_refused(extra: dict, field: str, tmp_path: Path) -> None:
     spec_file = tmp_path / "spec.yaml"
