@@ -275,6 +275,13 @@ class RlSpec(Spec):
     max_new_tokens: int = Field(description="Length of each completion.", default=64, ge=1)
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature.")
     kl_coef: float = Field(default=0.05, ge=0, description="KL penalty towards the initial policy.")
+    prompts: str | None = Field(
+        default=None, description="JSONL file or glob of prompts (one per row); relative to the spec's directory."
+    )
+    prompt_field: str = Field(default="prompt", description="JSONL field with the prompt.")
+    prompts_per_step: int = Field(default=8, ge=1, description="Prompts per optimizer step (k samples each).")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling: smallest token set of this mass.")
+    clip_range: float = Field(default=0.2, gt=0, lt=1, description="GRPO/PPO ratio clipping ε: [1-ε, 1+ε].")
 
 
 class DistillSpec(Spec):
@@ -417,6 +424,9 @@ class TrainingRunStatus(StatusBase):
     eval: EvalResults | None = None
     distill: DistillResults | None = None
     pruning: PruningResults | None = None
+    mean_reward: float | None = Field(default=None, description="Objective rl: mean reward-model score of the last step's samples.")
+    kl: float | None = Field(default=None, description="Objective rl: last step's KL(policy ‖ reference) per token (k3), nats.")
+    response_length: float | None = Field(default=None, description="Objective rl: last step's mean sampled response length, tokens.")
 
 
 class TrainingRun(Resource):

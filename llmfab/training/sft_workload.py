@@ -67,7 +67,7 @@ def base_model_dir(ctx: WorkloadContext, spec: TrainingRunSpec) -> tuple[Path, s
     raise WorkloadError("spec.initFrom: objective sft needs initFrom.trainingRun or initFrom.path (an HF model directory)")
 
 
-def shape_of(args: Any, user: ModelSpec) -> ModelSpec:
+def shape_of(args: Any, user: ModelSpec, objective: str = "SFT") -> ModelSpec:
     """The base model's shape as ``spec.model``; a field the spec sets to another value is an error.
 
     A field at its API default counts as not set: a spec rendered for torchrun or a pod (``render_spec``)
@@ -80,8 +80,8 @@ def shape_of(args: Any, user: ModelSpec) -> ModelSpec:
         mine, theirs = getattr(user, name), getattr(derived, name)
         if mine != theirs and mine != ModelSpec.model_fields[name].get_default(call_default_factory=True):
             alias = ModelSpec.model_fields[name].alias or name
-            raise WorkloadError(f"spec.model.{alias}: {mine!r} differs from the base model's {theirs!r}; SFT keeps "
-                                f"the base's shape: remove spec.model.{alias}")
+            raise WorkloadError(f"spec.model.{alias}: {mine!r} differs from the base model's {theirs!r}; {objective} "
+                                f"keeps the base's shape: remove spec.model.{alias}")
     return derived
 
 

@@ -58,6 +58,11 @@ def run(ctx: WorkloadContext) -> None:
 
         run_sft(ctx, spec)
         return
+    if spec.objective == "rl":  # rollouts scored by a RewardModel, GRPO (training/rl_workload.py)
+        from llmfab.training.rl_workload import run as run_rl
+
+        run_rl(ctx, spec)
+        return
     dataset_dir = ctx.dependency("Dataset", spec.dataset.name)
     data = check_dataset(dataset_dir, spec)
     if spec.objective == "distill" and spec.distill is not None:
@@ -73,20 +78,24 @@ def run(ctx: WorkloadContext) -> None:
 
 def refuse_unsupported(spec: TrainingRunSpec) -> None:
     """Fields that validate but that this trainer cannot honour yet are refused, never ignored."""
-    if spec.objective not in ("pretrain", "distill", "sft"):
+    if spec.objective not in ("pretrain", "distill", "sft", "rl"):
         raise StageNotSupported(
-            f"spec.objective: {spec.objective!r} is not implemented by this trainer yet; use pretrain, distill or sft"
+            f"spec.objective: {spec.objective!r} is not implemented by this trainer yet; use pretrain, distill, sft or rl"
         )
     if spec.init_from is not None and spec.objective in ("pretrain", "distill"):
         raise StageNotSupported(
             f"spec.initFrom: starting objective {spec.objective} from another model's weights is not "
-            "implemented yet; remove spec.initFrom (objective sft uses it)"
+            "implemented yet; remove spec.initFrom (objectives sft and rl use it)"
         )
-    if spec.pruning.enabled and spec.objective == "sft":
+    if spec.pruning.enabled and spec.objective in ("sft", "rl"):
         raise StageNotSupported(
-            "spec.pruning.enabled: pruning is not implemented for objective sft yet; "
+            f"spec.pruning.enabled: pruning is not implemented for objective {spec.objective} yet; "
             "prune the base TrainingRun instead, or set enabled: false"
         )
+    if spec.objective == "rl":
+        from llmfab.training.rl_workload import refuse_unsupported as refuse_rl
+
+        refuse_rl(spec)
 
 
 def check_dataset(dataset_dir: Path, spec: TrainingRunSpec) -> Any:

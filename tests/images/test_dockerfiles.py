@@ -97,7 +97,8 @@ NOT_RUN = {"serving": {"kubernetes"}}  # serving pods report no status: LLMFAB_S
 
 def third_party_imports(entries: list[str]) -> set[str]:
     """Top-level modules outside llmfab and the standard library that the entries import, following
-    llmfab's own imports (at module level and inside functions) from file to file."""
+    llmfab's own imports (at module level and inside functions) from file to file; imports under
+    ``if TYPE_CHECKING:`` never run and are left out."""
     seen: set[str] = set()
     todo, found = list(entries), set()
     while todo:
@@ -107,7 +108,13 @@ def third_party_imports(entries: list[str]) -> set[str]:
         if name in seen or not file.exists():
             continue
         seen.add(name)
-        for node in ast.walk(ast.parse(file.read_text())):
+        tree = ast.parse(file.read_text())
+        type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                     and ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+                     for stmt in block.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in type_only:
+                continue
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

@@ -98,7 +98,8 @@ def spec_dir(kind: str) -> str:
     ("extra", "field"),
     [({"pruning": {"enabled": True}, "objective": "sft", "initFrom": {"trainingRun": "base"},
       "sft": {"path": "examples.jsonl"}}, "spec.pruning.enabled"),
-     ({"objective": "rl", "initFrom": {"trainingRun": "base"}, "rl": {"rewardModel": "rm"}}, "spec.objective"),
+     ({"objective": "distill", "initFrom": {"trainingRun": "base"}, "distill": {"teacher": "base"}},
+      "spec.initFrom"),
      ({"initFrom": {"trainingRun": "base"}}, "spec.initFrom")],
 )
 def test_a_training_field_that_would_do_nothing_is_refused(extra: dict, field: str, tmp_path: Path) -> None:

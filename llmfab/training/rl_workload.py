@@ -1,0 +1,366 @@
+"""``objective: rl``: GRPO against a RewardModel, rollouts sampled by the trainer itself.
+
+    initFrom (a TrainingRun's model/) -> the policy, and a frozen copy of it: the reference
+    spec.rl.rewardModel (a RewardModel export with the policy's tokenizer) -> the scorer
+    spec.rl.prompts (JSONL) -> prompts, rendered with the policy's chat template
+    for each step: lr; promptsPerStep prompts; k = samplesPerPrompt completions each (temperature,
+                   top-p, seeded per step, stop at EOS or maxNewTokens); reward-model scores of
+                   "User: {prompt}\\nAssistant: {response}" (as the RewardModel was trained);
+                   advantages (r - group mean) / (group std + eps); per-token GRPO loss
+                   -min(ρ·A, clip(ρ, 1-ε, 1+ε)·A) + β·k3 KL to the reference, averaged over each
+                   response's tokens, then over responses; clip; optimizer step; log; checkpoint
+    export model/ with the base tokenizer and its chat template; manifest last
+
+One inner epoch per batch of rollouts: the log-probabilities the samples were drawn with are those of
+the weights being updated, so ρ = exp(logπ - logπ_old) is 1 with the gradient of the vanilla policy
+gradient; the clipped form is kept so that more inner epochs would be correct. KL is the k3 estimator
+of the GRPO paper, ``exp(ref - logπ) - (ref - logπ) - 1`` (non-negative, unbiased for KL(π ‖ ref)).
+No value network. The optimizer, schedule, precision, checkpoints (resume) and metrics are the
+trainer's components; the step loop is this module's (rollouts, not token windows), on one process:
+``spec.parallelism`` above one and ``spec.batch.ramp`` are refused; ``algorithm`` must be ``grpo``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmfab.api.training_run import RlSpec, TrainingRunSpec
+from llmfab.errors import StageNotSupported, WorkloadError
+from llmfab.store import MANIFEST, write_manifest
+from llmfab.workload import WorkloadContext
+
+EPS = 1e-4
+
+
+def refuse_unsupported(spec: TrainingRunSpec) -> None:
+    rl = spec.rl
+    assert rl is not None  # API rule
+    if spec.parallelism.nodes * spec.parallelism.processes_per_node > 1:
+        raise StageNotSupported("spec.parallelism: objective rl runs on one process; set nodes: 1 and "
+                                "processesPerNode: 1")
+    if spec.batch.ramp is not None:
+        raise StageNotSupported("spec.batch.ramp: batch-size warm-up is not implemented for objective rl; remove it")
+    if rl.algorithm != "grpo":
+        raise StageNotSupported(f"spec.rl.algorithm: {rl.algorithm!r} is not implemented yet; use grpo")
+    if rl.samples_per_prompt < 2:
+        raise StageNotSupported("spec.rl.samplesPerPrompt: GRPO's group-relative advantage needs at least 2 "
+                                "samples per prompt")
+
+
+def read_prompts(rl: RlSpec, resolved: Path) -> list[str]:
+    """Every prompt of the JSONL file(s) ``spec.rl.prompts`` names; a bad line names file, line and field."""
+    pattern = rl.prompts
+    files = sorted(Path(p) for p in glob.glob(str(resolved)) if Path(p).is_file())
+    if not files:
+        raise WorkloadError(f"spec.rl.prompts: {pattern!r} ({resolved}) matches no file; give a JSONL file or glob "
+                            "of {prompt} rows (relative paths are resolved against the spec's directory)")
+    prompts: list[str] = []
+    for file in files:
+        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise WorkloadError(f"spec.rl.prompts: {file}:{number} is not a JSON object ({e}); fix the line") from e
+            value = row.get(rl.prompt_field) if isinstance(row, dict) else None
+            if not isinstance(value, str) or not value.strip():
+                raise WorkloadError(f"spec.rl.promptField: {file}:{number} has no non-empty string field "
+                                    f"{rl.prompt_field!r}; fix the line or set spec.rl.promptField")
+            prompts.append(value)
+    return prompts
+
+
+@dataclass
+class Setup:
+    policy: Any  # Transformer
+    args: Any  # ModelArgs
+    tokenizer: Any
+    reward_dir: Path
+    model_dir: Path  # the base export: tokenizer and chat template for ours
+    base: dict[str, Any]
+    prompts: list[list[int]]  # rendered prompt ids
+    texts: list[str]
+    spec: TrainingRunSpec
+
+
+def prepare(ctx: WorkloadContext, spec: TrainingRunSpec) -> Setup:
+    """Every input checked before training starts; each bad one is an error naming its field."""
+    from transformers import AutoTokenizer
+
+    from llmfab.training.export import CHAT_TEMPLATE, load_hf
+    from llmfab.training.reward_head import tokenizer_sha256
+    from llmfab.training.sft_workload import base_model_dir, shape_of
+
+    rl = spec.rl
+    assert rl is not None
+    if rl.prompts is None:
+        raise WorkloadError("spec.rl.prompts: objective rl needs a JSONL file of prompts ({prompt} rows)")
+    model_dir, field, base = base_model_dir(ctx, spec)
+    try:
+        policy, args = load_hf(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError, KeyError) as e:
+        raise WorkloadError(f"{field} has no loadable model in {model_dir} ({e}); rerun it with --force") from e
+    if tokenizer.eos_token_id is None or len(tokenizer) > args.vocab_size:
+        raise WorkloadError(f"{field}: its tokenizer ({len(tokenizer)} tokens, eos {tokenizer.eos_token!r}) needs an "
+                            f"eos token and at most the model's {args.vocab_size} tokens; rerun it")
+    tokenizer.chat_template = tokenizer.chat_template or CHAT_TEMPLATE
+    reward_dir = ctx.dependency("RewardModel", rl.reward_model)
+    name = f"spec.rl.rewardModel: RewardModel/{rl.reward_model}"
+    manifest = yaml.safe_load((reward_dir / MANIFEST).read_text()) or {}
+    theirs, ours = manifest.get("tokenizerSha256"), tokenizer_sha256(model_dir)
+    if ours is None:
+        raise WorkloadError(f"{field} has no tokenizer.json in {model_dir}; objective rl compares it with the reward "
+                            "model's: export the policy with one")
+    if theirs != ours:
+        raise WorkloadError(f"{name} was trained with another tokenizer (tokenizerSha256 {str(theirs)[:12]}…, the "
+                            f"policy's {ours[:12]}…): its scores of this policy's tokens would mean nothing; train "
+                            "the RewardModel on a base with the policy's tokenizer")
+    texts = read_prompts(rl, ctx.resolve(rl.prompts))
+    prompts = []
+    for text in texts:
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                 add_generation_prompt=True)
+        ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        if len(ids) + rl.max_new_tokens > args.context_length:
+            raise WorkloadError(f"spec.rl.maxNewTokens: prompt {text[:40]!r} ({len(ids)} tokens) + {rl.max_new_tokens} "
+                                f"new tokens exceed the policy's context {args.context_length}; shorten it")
+        prompts.append(ids)
+    spec = spec.model_copy(update={"model": shape_of(args, spec.model, "objective rl")})
+    return Setup(policy, args, tokenizer, reward_dir, model_dir, base, prompts, texts, spec)
+
+
+def run(ctx: WorkloadContext, spec: TrainingRunSpec) -> None:
+    refuse_unsupported(spec)
+    setup = prepare(ctx, spec)
+    with contextlib.suppress(FileNotFoundError):
+        (ctx.out_dir / MANIFEST).unlink()  # stale: the spec changed or --force; not complete now
+    train_rl(ctx, setup)
+
+
+def sample(policy: Any, prompt: Any, k: int, rl: RlSpec, eos: int, generator: Any) -> Any:
+    """k completions of one prompt [P] -> tokens [k, maxNewTokens] (temperature, top-p; after EOS: EOS)."""
+    import torch
+
+    rows = prompt.unsqueeze(0).repeat(k, 1)
+    done = torch.zeros(k, dtype=torch.bool, device=prompt.device)
+    out = []
+    for _ in range(rl.max_new_tokens):  # no KV cache: the contexts are short
+        logits = policy.logits(rows)[:, -1].float() / rl.temperature
+        probs = torch.softmax(logits, -1)
+        if rl.top_p < 1.0:
+            sorted_p, order = probs.sort(-1, descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < rl.top_p  # the smallest prefix of mass >= top_p
+            sorted_p = sorted_p * keep
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        token = torch.where(done, torch.full_like(token, eos), token)
+        out.append(token)
+        done |= token == eos
+        rows = torch.cat([rows, token[:, None]], 1)
+        if bool(done.all()):
+            break
+    return torch.stack(out, 1)
+
+
+def response_mask(completions: Any, eos: int) -> Any:
+    """1 for each response token up to and including its first EOS."""
+    import torch
+
+    is_eos = (completions == eos).int()
+    before = torch.cumsum(is_eos, 1) - is_eos  # EOS seen strictly before this position
+    return (before == 0).float()
+
+
+def token_logprobs(model: Any, prompt_len: int, sequences: Any) -> Any:
+    """log π(token) of each response token of ``sequences`` [k, P + N] -> [k, N]."""
+    import torch
+
+    hidden = model(sequences[:, :-1])[:, prompt_len - 1:]
+    logits = model.output(hidden).float()
+    return torch.log_softmax(logits, -1).gather(-1, sequences[:, prompt_len:, None]).squeeze(-1)
+
+
+def group_advantages(rewards: Any) -> Any:
+    """[groups, k] rewards -> (r - group mean) / (group std + eps)."""
+    return (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + EPS)
+
+
+def grpo_loss(logp: Any, old_logp: Any, ref_logp: Any, advantages: Any, mask: Any, clip: float,
+              kl_coef: float) -> tuple[Any, Any]:
+    """(loss, mean KL per token): the clipped surrogate and β·k3 KL per token, each response's
+    token mean, then the mean over responses. ``advantages``: [k] per response."""
+    import torch
+
+    ratio = torch.exp(logp - old_logp)
+    a = advantages[:, None]
+    surrogate = torch.min(ratio * a, torch.clamp(ratio, 1 - clip, 1 + clip) * a)
+    diff = ref_logp - logp
+    kl = torch.exp(diff) - diff - 1
+    per_token = -surrogate + kl_coef * kl
+    lengths = mask.sum(1).clamp(min=1)
+    loss = ((per_token * mask).sum(1) / lengths).mean()
+    return loss, (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+def train_rl(ctx: WorkloadContext, setup: Setup) -> None:
+    import copy
+
+    import torch
+
+    from llmfab.training import distributed as D
+    from llmfab.training.checkpoint import (
+        CheckpointIOError,
+        CheckpointManager,
+        IncompatibleCheckpoint,
+        architecture_of,
+        parameter_fingerprint,
+    )
+    from llmfab.training.metrics import MetricsSink
+    from llmfab.training.optim import build_optimizer, lr_multiplier
+    from llmfab.training.preference_pairs import dialogue_text
+    from llmfab.training.reward_head import load_reward_model
+
+    spec, rl = setup.spec, setup.spec.rl
+    assert rl is not None
+    env = D.init_distributed(spec)
+    device = env.device
+    torch.manual_seed(spec.seed)
+    policy = setup.policy.to(device).train()
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    try:
+        scorer = load_reward_model(setup.reward_dir / "model").to(device).eval().requires_grad_(False)
+    except (OSError, ValueError, KeyError) as e:
+        raise WorkloadError(f"spec.rl.rewardModel: RewardModel/{rl.reward_model} has no loadable model ({e}); "
+                            "rerun it with --force") from e
+    if scorer.model.args.context_length < setup.args.context_length:
+        raise WorkloadError(f"spec.rl.rewardModel: RewardModel/{rl.reward_model} reads {scorer.model.args.context_length}"
+                            f" tokens, fewer than the policy's context {setup.args.context_length}")
+    tok, eos = setup.tokenizer, int(setup.tokenizer.eos_token_id)
+    reward_pad = scorer.pad_id
+    optimizer = build_optimizer(policy, spec.optimizer, seed=spec.seed)
+    fingerprint = parameter_fingerprint(policy, spec.optimizer.type, architecture_of(setup.args))
+    checkpoints = CheckpointManager(ctx.out_dir / "checkpoints", spec.checkpoint, env, fingerprint)
+    step, values = 0, {}
+    try:
+        if (latest := checkpoints.latest()) is not None:
+            state = checkpoints.load(latest, policy, optimizer)
+            step, values = int(state["step"]), dict(state.get("values", {}))
+            ctx.reporter.event("Resumed", f"resumed from {latest.name} (step {step})")
+    except (CheckpointIOError, IncompatibleCheckpoint) as e:
+        raise WorkloadError(str(e)) from e
+    steps = spec.max_steps or 1
+    if spec.max_tokens is not None:
+        steps = min(steps, max(1, spec.max_tokens // (rl.prompts_per_step * rl.samples_per_prompt * rl.max_new_tokens)))
+    sink = MetricsSink(ctx.out_dir, spec.monitoring, ctx.resource.name, True, spec.model_dump(mode="json", by_alias=True))
+    parameters = sum(p.numel() for p in policy.parameters())
+    ctx.reporter.progress(step=step, totalSteps=steps, parameters=parameters)
+    tokens = 0
+
+    def rewards_of(prompt: str, completions: Any, mask: Any) -> Any:
+        texts = [tok.decode([int(t) for t, m in zip(row, keep, strict=True) if m and t != eos], skip_special_tokens=True)
+                 for row, keep in zip(completions.tolist(), mask.tolist(), strict=True)]
+        rows = [tok(dialogue_text(prompt, text.strip()), add_special_tokens=False)["input_ids"][-scorer.model.args.context_length:]
+                for text in texts]
+        width = max(map(len, rows))
+        batch = torch.tensor([r + [reward_pad] * (width - len(r)) for r in rows], device=device)
+        with torch.no_grad(), D.autocast(spec, env):
+            return scorer(batch).float()
+
+    try:
+        while step < steps:
+            lr = spec.optimizer.lr * lr_multiplier(step, steps, spec.optimizer)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            generator = torch.Generator(device=device).manual_seed(spec.seed * 1_000_003 + step)
+            order = torch.randperm(len(setup.prompts), generator=generator).tolist()
+            chosen = [order[i % len(order)] for i in range(rl.prompts_per_step)]
+            groups = []
+            policy.eval()
+            with torch.no_grad():
+                for index in chosen:
+                    prompt = torch.tensor(setup.prompts[index], device=device)
+                    with D.autocast(spec, env):
+                        completions = sample(policy, prompt, rl.samples_per_prompt, rl, eos, generator)
+                    mask = response_mask(completions, eos)
+                    sequences = torch.cat([prompt.unsqueeze(0).repeat(completions.shape[0], 1), completions], 1)
+                    with D.autocast(spec, env):
+                        old = token_logprobs(policy, len(prompt), sequences)
+                        ref = token_logprobs(reference, len(prompt), sequences)
+                    groups.append((len(prompt), sequences, mask, old, ref,
+                                   rewards_of(setup.texts[index], completions, mask)))
+            policy.train()
+            rewards = torch.stack([g[5] for g in groups])  # [prompts, k]
+            advantages = group_advantages(rewards)
+            step_loss, step_kl = 0.0, 0.0
+            for (prompt_len, sequences, mask, old, ref, _), adv in zip(groups, advantages, strict=True):
+                with D.autocast(spec, env):
+                    logp = token_logprobs(policy, prompt_len, sequences)
+                loss, kl = grpo_loss(logp, old, ref, adv, mask, rl.clip_range, rl.kl_coef)
+                (loss / len(groups)).backward()
+                step_loss += float(loss.detach()) / len(groups)
+                step_kl += float(kl.detach()) / len(groups)
+            norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), spec.optimizer.grad_clip or math.inf))
+            if not (math.isfinite(step_loss) and math.isfinite(norm)):
+                raise WorkloadError(
+                    f"step {step + 1}: loss {step_loss}, gradient norm {norm}; training stopped before the update. "
+                    "Lower spec.optimizer.lr, raise spec.rl.klCoef or set spec.optimizer.gradClip"
+                )
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            lengths = torch.cat([g[2].sum(1) for g in groups])
+            tokens += int(lengths.sum())
+            values = {"loss": step_loss, "lr": lr, "grad_norm": norm, "mean_reward": float(rewards.mean()),
+                      "reward_std": float(rewards.std()), "kl": step_kl, "response_length": float(lengths.mean())}
+            if checkpoints.due(step) or step == steps:
+                try:
+                    checkpoints.save(step, policy, optimizer, {"values": values})
+                except CheckpointIOError as e:
+                    raise WorkloadError(str(e)) from e
+            if step % spec.monitoring.log_every_steps == 0 or step == steps:
+                sink.log(step, values)
+                sink.print_progress(step, steps, values)
+            # Every step: the per-step numbers are what an RL run is watched by.
+            ctx.reporter.progress(step=step, totalSteps=steps, loss=step_loss, meanReward=values["mean_reward"],
+                                  kl=step_kl, responseLength=values["response_length"], parameters=parameters)
+        checkpoints.wait()
+    finally:
+        sink.close()
+    publish(ctx, setup, policy, step, tokens, parameters, values)
+
+
+def publish(ctx: WorkloadContext, setup: Setup, policy: Any, steps: int, tokens: int, parameters: int,
+            values: dict[str, Any]) -> None:
+    """Export ``model/`` with the base tokenizer and chat template, report the final numbers, then the manifest."""
+    import tempfile
+
+    from llmfab.training.export import export_hf
+    from llmfab.training.reward_head import copy_tokenizer_files
+
+    spec, rl = setup.spec, setup.spec.rl
+    assert rl is not None
+    model_dir = ctx.out_dir / "model"
+    state = {k: v.detach().float().cpu() for k, v in policy.state_dict().items()}
+    with tempfile.TemporaryDirectory(dir=ctx.out_dir, prefix=".tokenizer-") as tokenizer_dir:
+        copy_tokenizer_files(setup.model_dir, Path(tokenizer_dir))
+        export_hf(state, setup.args, Path(tokenizer_dir), model_dir,
+                  dtype="bfloat16" if spec.precision == "bf16" else "float32")
+    model_path = str(model_dir.relative_to(ctx.root)) if model_dir.is_relative_to(ctx.root) else str(model_dir)
+    ctx.reporter.progress(modelPath=model_path, step=steps)
+    write_manifest(ctx.out_dir, {
+        "kind": "TrainingRun", "name": ctx.resource.name, "objective": "rl", "algorithm": rl.algorithm,
+        "steps": steps, "tokens": tokens, "parameters": parameters, "loss": values.get("loss"),
+        "meanReward": values.get("mean_reward"), "kl": values.get("kl"),
+        "responseLength": values.get("response_length"), "prompts": len(setup.prompts), "model": "model",
+        "base": setup.base, "rewardModel": rl.reward_model,
+    }, ctx.spec_hash)
