@@ -9,8 +9,6 @@ the last one), i.e. the prompt is cut from the left.
 
 from __future__ import annotations
 
-import glob
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 
 from llmfab.api.reward_model import Preferences
 from llmfab.errors import DependencyNotReady, WorkloadError
+from llmfab.training.jsonl_rows import matching_files, read_rows
 
 FIELDS = (("prompt", "promptField"), ("chosen", "chosenField"), ("rejected", "rejectedField"))
 
@@ -39,31 +38,13 @@ def dialogue_text(prompt: str, response: str) -> str:
 
 def preference_files(pattern: str, resolved: Path) -> list[Path]:
     """The JSONL files ``spec.preferences.path`` names (a file or a glob), sorted."""
-    files = sorted(Path(p) for p in glob.glob(str(resolved)) if Path(p).is_file())
-    if not files:
-        raise WorkloadError(
-            f"spec.preferences.path: {pattern!r} ({resolved}) matches no file; give a JSONL file or glob "
-            "of {prompt, chosen, rejected} pairs (relative paths are resolved against the spec's directory)"
-        )
-    return files
+    return matching_files("spec.preferences.path", pattern, resolved, "{prompt, chosen, rejected} pairs")
 
 
 def read_pairs(files: list[Path], prefs: Preferences) -> list[PreferencePair]:
     """Every pair in ``files``; any bad line is an error naming the file, the line and the field."""
     names = {"prompt": prefs.prompt_field, "chosen": prefs.chosen_field, "rejected": prefs.rejected_field}
-    pairs: list[PreferencePair] = []
-    for file in files:
-        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{file}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise WorkloadError(f"spec.preferences.path: {where} is not a JSON object ({e}); fix the line") from e
-            if not isinstance(row, dict):
-                raise WorkloadError(f"spec.preferences.path: {where} is not a JSON object; fix the line")
-            pairs.append(_pair(row, where, names))
+    pairs = [_pair(row, where, names) for where, row in read_rows("spec.preferences.path", files)]
     if len(pairs) < prefs.min_pairs:
         raise WorkloadError(
             f"spec.preferences.minPairs: found {len(pairs)} pairs in {', '.join(map(str, files))}, fewer than "

@@ -23,8 +23,6 @@ trainer's components; the step loop is this module's (rollouts, not token window
 from __future__ import annotations
 
 import contextlib
-import glob
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ import yaml
 from llmfab.api.training_run import RlSpec, TrainingRunSpec
 from llmfab.errors import StageNotSupported, WorkloadError
 from llmfab.store import MANIFEST, write_manifest
+from llmfab.training.jsonl_rows import matching_files, read_rows
 from llmfab.workload import WorkloadContext
 
 EPS = 1e-4
@@ -57,25 +56,15 @@ def refuse_unsupported(spec: TrainingRunSpec) -> None:
 
 def read_prompts(rl: RlSpec, resolved: Path) -> list[str]:
     """Every prompt of the JSONL file(s) ``spec.rl.prompts`` names; a bad line names file, line and field."""
-    pattern = rl.prompts
-    files = sorted(Path(p) for p in glob.glob(str(resolved)) if Path(p).is_file())
-    if not files:
-        raise WorkloadError(f"spec.rl.prompts: {pattern!r} ({resolved}) matches no file; give a JSONL file or glob "
-                            "of {prompt} rows (relative paths are resolved against the spec's directory)")
+    assert rl.prompts is not None
+    files = matching_files("spec.rl.prompts", rl.prompts, resolved, "{prompt} rows")
     prompts: list[str] = []
-    for file in files:
-        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise WorkloadError(f"spec.rl.prompts: {file}:{number} is not a JSON object ({e}); fix the line") from e
-            value = row.get(rl.prompt_field) if isinstance(row, dict) else None
-            if not isinstance(value, str) or not value.strip():
-                raise WorkloadError(f"spec.rl.promptField: {file}:{number} has no non-empty string field "
-                                    f"{rl.prompt_field!r}; fix the line or set spec.rl.promptField")
-            prompts.append(value)
+    for where, row in read_rows("spec.rl.prompts", files):
+        value = row.get(rl.prompt_field)
+        if not isinstance(value, str) or not value.strip():
+            raise WorkloadError(f"spec.rl.promptField: {where} has no non-empty string field "
+                                f"{rl.prompt_field!r}; fix the line or set spec.rl.promptField")
+        prompts.append(value)
     return prompts
 
 

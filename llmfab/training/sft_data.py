@@ -17,8 +17,6 @@ A batch is ``[B, 2, contextLength + 1]``: row 0 the token ids, row 1 the labels 
 
 from __future__ import annotations
 
-import glob
-import json
 import random
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,6 +28,7 @@ import torch
 
 from llmfab.api.training_run import SftSpec
 from llmfab.errors import WorkloadError
+from llmfab.training.jsonl_rows import matching_files, read_rows
 
 IGNORE = -100
 ROLES = ("system", "user", "assistant")
@@ -43,30 +42,12 @@ class Example:
 
 
 def instruction_files(pattern: str, resolved: Path) -> list[Path]:
-    files = sorted(Path(p) for p in glob.glob(str(resolved)) if Path(p).is_file())
-    if not files:
-        raise WorkloadError(
-            f"spec.sft.path: {pattern!r} ({resolved}) matches no file; give a JSONL file or glob of "
-            "{prompt, response} or {messages} rows (relative paths are resolved against the spec's directory)"
-        )
-    return files
+    return matching_files("spec.sft.path", pattern, resolved, "{prompt, response} or {messages} rows")
 
 
 def read_chats(files: list[Path], sft: SftSpec) -> list[tuple[str, list[dict[str, str]]]]:
     """(``file:line``, chat) for every row; a bad row is an error naming the line and the spec field."""
-    chats = []
-    for file in files:
-        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{file}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise WorkloadError(f"spec.sft.path: {where} is not a JSON object ({e}); fix the line") from e
-            if not isinstance(row, dict):
-                raise WorkloadError(f"spec.sft.path: {where} is not a JSON object; fix the line")
-            chats.append((where, _chat(row, where, sft)))
+    chats = [(where, _chat(row, where, sft)) for where, row in read_rows("spec.sft.path", files)]
     if not chats:
         raise WorkloadError(f"spec.sft.path: {', '.join(map(str, files))} holds no examples; add JSONL rows")
     return chats
