@@ -83,26 +83,15 @@ class Setup:
 
 def prepare(ctx: WorkloadContext, spec: TrainingRunSpec) -> Setup:
     """Every input checked before training starts; each bad one is an error naming its field."""
-    from transformers import AutoTokenizer
 
-    from llmfab.training.export import CHAT_TEMPLATE, load_hf
     from llmfab.training.reward_head import tokenizer_sha256
-    from llmfab.training.sft_workload import base_model_dir, shape_of
+    from llmfab.training.sft_workload import load_base, shape_of
 
     rl = spec.rl
     assert rl is not None
     if rl.prompts is None:
         raise WorkloadError("spec.rl.prompts: objective rl needs a JSONL file of prompts ({prompt} rows)")
-    model_dir, field, base = base_model_dir(ctx, spec)
-    try:
-        policy, args = load_hf(model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    except (OSError, ValueError, KeyError) as e:
-        raise WorkloadError(f"{field} has no loadable model in {model_dir} ({e}); rerun it with --force") from e
-    if tokenizer.eos_token_id is None or len(tokenizer) > args.vocab_size:
-        raise WorkloadError(f"{field}: its tokenizer ({len(tokenizer)} tokens, eos {tokenizer.eos_token!r}) needs an "
-                            f"eos token and at most the model's {args.vocab_size} tokens; rerun it")
-    tokenizer.chat_template = tokenizer.chat_template or CHAT_TEMPLATE
+    model_dir, field, base, policy, args, tokenizer = load_base(ctx, spec, "RL")
     reward_dir = ctx.dependency("RewardModel", rl.reward_model)
     name = f"spec.rl.rewardModel: RewardModel/{rl.reward_model}"
     manifest = yaml.safe_load((reward_dir / MANIFEST).read_text()) or {}

@@ -67,6 +67,30 @@ def base_model_dir(ctx: WorkloadContext, spec: TrainingRunSpec) -> tuple[Path, s
     raise WorkloadError("spec.initFrom: objective sft needs initFrom.trainingRun or initFrom.path (an HF model directory)")
 
 
+def load_base(ctx: WorkloadContext, spec: TrainingRunSpec, objective: str) -> tuple[Path, str, dict[str, Any], Any, Any, Any]:
+    """(model dir, spec field naming it, base record, model, model args, tokenizer) of the model a
+    post-training objective starts from; its tokenizer gets the default chat template if it has none
+    (the export writes the same)."""
+    from transformers import AutoTokenizer
+
+    from llmfab.training.export import CHAT_TEMPLATE, load_hf
+
+    model_dir, field, base = base_model_dir(ctx, spec)
+    if not (model_dir / "tokenizer.json").is_file() and not (model_dir / "tokenizer_config.json").is_file():
+        raise WorkloadError(f"{field} has no tokenizer in {model_dir} (tokenizer.json / tokenizer_config.json); "
+                            f"{objective} tokenizes with the base model's tokenizer: export it with one")
+    try:
+        model, args = load_hf(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError, KeyError) as e:
+        raise WorkloadError(f"{field} has no loadable model in {model_dir} ({e}); rerun it with --force") from e
+    if tokenizer.eos_token is None or len(tokenizer) > args.vocab_size:
+        raise WorkloadError(f"{field}: its tokenizer ({len(tokenizer)} tokens, eos {tokenizer.eos_token!r}) needs an "
+                            f"eos token and at most the model's {args.vocab_size} tokens; rerun it")
+    tokenizer.chat_template = tokenizer.chat_template or CHAT_TEMPLATE
+    return model_dir, field, base, model, args, tokenizer
+
+
 def shape_of(args: Any, user: ModelSpec, objective: str = "SFT") -> ModelSpec:
     """The base model's shape as ``spec.model``; a field the spec sets to another value is an error.
 
@@ -87,9 +111,7 @@ def shape_of(args: Any, user: ModelSpec, objective: str = "SFT") -> ModelSpec:
 
 def prepare(ctx: WorkloadContext, spec: TrainingRunSpec) -> tuple[TrainingRunSpec, InstructionSource]:
     """The spec with the base's shape, and the batch source; every bad input is a WorkloadError."""
-    from transformers import AutoTokenizer
 
-    from llmfab.training.export import CHAT_TEMPLATE, load_hf
     from llmfab.training.sft_data import (
         ExampleSampler,
         encode,
@@ -99,19 +121,7 @@ def prepare(ctx: WorkloadContext, spec: TrainingRunSpec) -> tuple[TrainingRunSpe
         to_rows,
     )
 
-    model_dir, field, base = base_model_dir(ctx, spec)
-    if not (model_dir / "tokenizer.json").is_file() and not (model_dir / "tokenizer_config.json").is_file():
-        raise WorkloadError(f"{field} has no tokenizer in {model_dir} (tokenizer.json / tokenizer_config.json); "
-                            "SFT tokenizes with the base model's tokenizer: export it with one")
-    try:
-        model, args = load_hf(model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    except (OSError, ValueError, KeyError) as e:
-        raise WorkloadError(f"{field} has no loadable model in {model_dir} ({e}); rerun it with --force") from e
-    if tokenizer.eos_token is None or len(tokenizer) > args.vocab_size:
-        raise WorkloadError(f"{field}: its tokenizer ({len(tokenizer)} tokens, eos {tokenizer.eos_token!r}) needs an "
-                            f"eos token and at most the model's {args.vocab_size} tokens; rerun it")
-    tokenizer.chat_template = tokenizer.chat_template or CHAT_TEMPLATE  # the export writes the same default
+    model_dir, _, base, model, args, tokenizer = load_base(ctx, spec, "SFT")
     sft = spec.sft
     assert sft is not None  # API rule
     chats = read_chats(instruction_files(sft.path, ctx.resolve(sft.path)), sft)
