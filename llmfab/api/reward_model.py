@@ -71,7 +71,8 @@ class RewardModelSpec(Spec):
         description="Bradley-Terry margin: the loss is -log sigmoid(r_chosen - r_rejected - margin).",
     )
     seed: int = Field(default=0, description="Seed for init and data order.")
-    precision: Literal["bf16", "fp32"] = Field(default="bf16", description="bf16 autocast or fp32.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto", description="As TrainingRun's: auto (bf16 where measured faster), bf16 autocast, or fp32.")
     optimizer: OptimizerSpec = Field(default_factory=lambda: OptimizerSpec(lr=1e-5, warmup_steps=20))
     batch: BatchSpec = Field(default_factory=lambda: BatchSpec(global_tokens=16_384))
     parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec)

@@ -247,7 +247,7 @@ class SftSpec(Spec):
 
     Each example is rendered with the base model's chat template and trained one per row (no
     packing); with objective sft the model's shape comes from ``initFrom`` and ``spec.dataset`` is
-    not read (the instructions are the data).
+    optional: training reads the instructions only, the evaluation after it reads the Dataset.
     """
 
     path: str = Field(description="JSONL file or glob of examples; relative to the spec's directory.")
@@ -292,20 +292,109 @@ class DistillSpec(Spec):
     alpha: float = Field(default=0.5, ge=0, le=1, description="Weight of the distillation loss vs CE.")
 
 
+def _pruning_heads_need_width(p: Any) -> str | None:
+    if p.heads is not None and p.structure != "width":
+        return (f"spec.pruning.heads: {p.heads} prunes attention heads, which only structure width does "
+                f"(structure is {p.structure!r}); set structure: width or remove heads")
+    return None
+
+
+def _pruning_size_needs_structure(p: Any) -> str | None:
+    if p.structure not in ("mlp", "width") and (p.intermediate is not None or p.target_parameters is not None):
+        field = "intermediate" if p.intermediate is not None else "targetParameters"
+        return (f"spec.pruning.{field}: sizes apply to structured pruning, but structure is {p.structure!r} "
+                "(zeros in place, same shapes); set structure: mlp or width, or use sparsity")
+    return None
+
+
+def _pruning_one_size(p: Any) -> str | None:
+    if p.intermediate is not None and p.target_parameters is not None:
+        return ("spec.pruning.intermediate and spec.pruning.targetParameters: set one of them (targetParameters "
+                "chooses the intermediate size), not both")
+    return None
+
+
+def _pruning_method_fits(p: Any) -> str | None:
+    if p.method == "activation" and p.structure not in ("mlp", "width"):
+        return (f"spec.pruning.method: activation ranks whole channels and heads, but structure is {p.structure!r}; "
+                "use method: magnitude (or leave it unset) for unstructured and 2:4")
+    if p.method == "magnitude" and p.structure == "width":
+        return ("spec.pruning.method: magnitude has no criterion for attention heads (structure width); "
+                "use method: activation (or leave it unset), or structure: mlp")
+    return None
+
+
 class PruningSpec(Spec):
-    """Magnitude pruning of the blocks' weights after training, before the export."""
+    """Pruning after training, before the export.
+
+    Structured (``mlp``, ``width``): whole MLP channels (and with ``width`` whole attention heads) are
+    removed, ranked by their activations on calibration sequences of the training split
+    (Minitron), optionally followed by a short distillation from the unpruned model; the export is
+    a smaller ``LlamaForCausalLM``. ``unstructured`` / ``2:4``: the smallest weights become zeros.
+    """
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(cel="!has(self.heads) || self.structure == 'width'",
+                message="heads needs structure width", check=_pruning_heads_need_width),
+        CelRule(cel="(!has(self.intermediate) && !has(self.targetParameters)) || self.structure in ['mlp', 'width']",
+                message="intermediate and targetParameters need structure mlp or width",
+                check=_pruning_size_needs_structure),
+        CelRule(cel="!has(self.intermediate) || !has(self.targetParameters)",
+                message="set intermediate or targetParameters, not both", check=_pruning_one_size),
+        CelRule(cel="!has(self.method) || (self.method == 'activation' ? self.structure in ['mlp', 'width'] "
+                    ": self.structure != 'width')",
+                message="activation needs structure mlp or width; magnitude cannot rank heads (width)",
+                check=_pruning_method_fits),
+    )
 
     enabled: bool = Field(default=False, description="Prune after training.")
-    method: Literal["magnitude"] = Field(default="magnitude", description="How weights are chosen.")
+    method: Literal["activation", "magnitude"] | None = Field(
+        default=None,
+        description="activation: mean |activation| of MLP channels and norm of head outputs on calibration data "
+        "(Minitron); magnitude: weight norms (mlp) or |w| (unstructured, 2:4). Unset: activation for mlp and "
+        "width, magnitude for unstructured and 2:4.",
+    )
     sparsity: float = Field(
-        description="Share of weights set to zero (mlp: share of MLP intermediate channels removed).",
+        description="unstructured/2:4: share of weights set to zero; mlp/width: share of the MLP intermediate "
+        "channels removed, when neither intermediate nor targetParameters is set.",
         default=0.5, gt=0, lt=1,
     )
-    structure: Literal["unstructured", "2:4", "mlp"] = Field(
+    structure: Literal["unstructured", "2:4", "mlp", "width"] = Field(
         default="unstructured",
-        description="unstructured, 2:4 semi-structured (zeros, same shapes), or mlp: whole MLP channels "
-        "removed, exported as a smaller LlamaForCausalLM (intermediate_size reduced).",
+        description="unstructured, 2:4 semi-structured (zeros, same shapes); mlp: whole MLP channels removed; "
+        "width: MLP channels and attention heads removed (exported as a smaller LlamaForCausalLM).",
     )
+    heads: int | None = Field(
+        default=None, ge=1,
+        description="width: attention heads kept in every block; whole GQA groups go, so a multiple of "
+        "heads/kvHeads. Unset: all heads kept.",
+    )
+    intermediate: int | None = Field(
+        default=None, ge=1,
+        description="mlp/width: MLP channels kept in every block (a multiple of 64 where the model's is).",
+    )
+    target_parameters: int | None = Field(
+        default=None, ge=1,
+        description="mlp/width: parameters of the pruned model; after the heads, the largest intermediate size "
+        "(a multiple of 64 where the model's is) that fits.",
+    )
+    calibration_samples: int = Field(
+        default=128, ge=1, le=65536,
+        description="method activation: training-split sequences (contextLength tokens) importance is measured on.",
+    )
+    recovery_steps: int = Field(
+        default=0, ge=0,
+        description="Steps of distillation from the unpruned model after pruning (logit KL, T=1; batch.globalTokens "
+        "per step, one process); 0: none.",
+    )
+    recovery_lr: float | None = Field(
+        default=None, gt=0, le=1,
+        description="Peak learning rate of the recovery (warmup, cosine to optimizer.minLrRatio); default "
+        "optimizer.lr / 10.",
+    )
+
+    def chosen_method(self) -> str:
+        return self.method or ("activation" if self.structure in ("mlp", "width") else "magnitude")
 
 
 def _objective_blocks(s: Any) -> str | None:
@@ -317,6 +406,9 @@ def _objective_blocks(s: Any) -> str | None:
         return "spec.sft: objective sft needs spec.sft.path (the JSONL instruction examples)"
     if s.objective in ("sft", "rl") and s.init_from is None:
         return f"spec.initFrom: objective {s.objective} starts from a trained model; set initFrom.trainingRun"
+    if s.objective in ("pretrain", "distill") and s.dataset is None:
+        return (f"spec.dataset: objective {s.objective} trains on a Dataset's token shards; set dataset.name "
+                "(only sft and rl, which bring their own examples, may leave it out)")
     return None
 
 
@@ -331,8 +423,10 @@ class TrainingRunSpec(Spec):
         CelRule(
             cel="(self.objective != 'rl' || has(self.rl)) && (self.objective != 'distill' || has(self.distill))"
             " && (self.objective != 'sft' || has(self.sft))"
-            " && (!(self.objective in ['sft', 'rl']) || has(self.initFrom))",
-            message="rl needs spec.rl, distill needs spec.distill, sft needs spec.sft, sft and rl need spec.initFrom",
+            " && (!(self.objective in ['sft', 'rl']) || has(self.initFrom))"
+            " && (self.objective in ['sft', 'rl'] || has(self.dataset))",
+            message="rl needs spec.rl, distill needs spec.distill, sft needs spec.sft, sft and rl need "
+            "spec.initFrom, pretrain and distill need spec.dataset",
             check=_objective_blocks,
         ),
         CelRule(
@@ -345,14 +439,24 @@ class TrainingRunSpec(Spec):
     objective: Literal["pretrain", "sft", "rl", "distill"] = Field(
         default="pretrain", description="pretrain, sft (supervised fine-tuning), rl or distill."
     )
-    dataset: ResourceRef = Field(description="The Dataset whose token shards are trained on.")
+    dataset: ResourceRef | None = Field(
+        default=None,
+        description="The Dataset whose token shards are trained on (pretrain, distill: required). sft and rl "
+        "train on their own examples (spec.sft.path, spec.rl.prompts) and may leave it out; given, it is the "
+        "Dataset the evaluation after training scores the model on (perplexity, generation on its held-out "
+        "splits), which must share the base model's tokenizer.",
+    )
     init_from: InitFrom | None = Field(default=None, description="Start from a trained model.")
     model: ModelSpec = Field(default_factory=ModelSpec)
     max_steps: int | None = Field(default=1000, ge=1, description="Optimizer steps.")
     max_tokens: int | None = Field(default=None, ge=1, description="Or stop after this many tokens.")
     seed: int = Field(description="Seed for init, data order and dropout.", default=0)
-    precision: Literal["bf16", "fp32"] = Field(
-        default="bf16", description="bf16: autocast compute, fp32 master weights and gradient reduction."
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto",
+        description="auto: bf16 where it is faster here, else fp32 (on CPU a probe of the model's shapes at "
+        "start, about a second, decides; cached in the run directory; on CUDA bf16 where supported). bf16: the same, "
+        "with a warning when fp32 is chosen (LLMFAB_CPU_BF16=force insists). fp32: never bf16. bf16 is autocast "
+        "compute with fp32 master weights and gradient reduction.",
     )
     compile: bool = Field(default=False, description="torch.compile the blocks (CUDA).")
     label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
@@ -381,6 +485,13 @@ class TrainingRunSpec(Spec):
     )
     deletion_policy: DeletionPolicy = Field(default="Retain", description=DELETION_POLICY_DESCRIPTION)
 
+    @property
+    def dataset_name(self) -> str:
+        """``spec.dataset.name`` where the objective needs it (pretrain, distill); validation ensures it."""
+        if self.dataset is None:
+            raise ValueError(f"spec.dataset: objective {self.objective} needs a Dataset here; set dataset.name")
+        return self.dataset.name
+
 
 class DistillResults(Spec):
     """Objective distill: the student against its teacher, on the student's validation batches."""
@@ -399,10 +510,17 @@ class PruningResults(Spec):
     """spec.pruning: the exported model against the trained one, on the same validation batches."""
 
     structure: str | None = None
+    method: str | None = None
     intermediate_size: int | None = Field(default=None, description="MLP intermediate size of the export.")
-    val_loss_before: float | None = None
-    val_loss_after: float | None = None
+    heads: int | None = Field(default=None, description="Attention heads of the export.")
+    kv_heads: int | None = Field(default=None, description="Key/value heads of the export.")
+    head_dim: int | None = None
+    recovery_steps: int | None = None
+    val_loss_before: float | None = Field(default=None, description="The unpruned model.")
+    val_loss_pruned: float | None = Field(default=None, description="Pruned, before recovery.")
+    val_loss_after: float | None = Field(default=None, description="The export (after recovery, if any).")
     val_perplexity_before: float | None = None
+    val_perplexity_pruned: float | None = None
     val_perplexity_after: float | None = None
     parameters_before: int | None = None
     parameters_after: int | None = None
@@ -449,7 +567,7 @@ class TrainingRun(Resource):
 
     def references(self) -> list[tuple[str, str]]:
         s = self.spec
-        refs = [("Dataset", s.dataset.name)]
+        refs = [("Dataset", s.dataset.name)] if s.dataset else []
         if s.init_from and s.init_from.training_run:
             refs.append(("TrainingRun", s.init_from.training_run))
         if s.rl:

@@ -79,7 +79,8 @@ def resolve_inputs(ctx: WorkloadContext) -> tuple[dict[str, Path], Path | None, 
     """(models by label, Dataset dir or None, metrics.jsonl or None) for the resource."""
     res = ctx.resource
     if isinstance(res, TrainingRun):
-        dataset = ctx.dependency("Dataset", res.spec.dataset.name)
+        # sft and rl runs may have no Dataset (spec.dataset): then no perplexity or generation scores.
+        dataset = ctx.dependency("Dataset", res.spec.dataset.name) if res.spec.dataset else None
         return {"bf16": ctx.out_dir / "model"}, dataset, ctx.out_dir / "metrics.jsonl"
     if not isinstance(res, InferenceService):
         raise WorkloadError(f"kind: `llmfab eval run` takes TrainingRun or InferenceService, not {res.KIND}")

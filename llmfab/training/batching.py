@@ -29,6 +29,7 @@ import torch
 
 from llmfab.api.training_run import BatchSpec
 from llmfab.store import write_json_atomic
+from llmfab.training.lowmem_adam import BLOCK
 
 CAP_FILE = "micro-batch.json"
 
@@ -171,21 +172,37 @@ def fit_micro_batch(try_size: Callable[[int], None], largest: int) -> int:
             size = max(1, size // 2)
 
 
+# Bytes per parameter of optimizer state (llmfab/training/optim.py): AdamW's two fp32 moments;
+# AdamWBF16's two bf16 ones; AdamW8bit's two 8-bit ones plus two fp32 scales per BLOCK elements;
+# Adafactor's factored second moment (a row and a column vector per matrix, no first moment): ~0.
+OPTIMIZER_STATE_BYTES: dict[str, float] = {
+    "adamw": 8.0, "adamw-bf16": 4.0, "adamw-8bit": 2.0 + 2 * 4 / BLOCK, "adafactor": 0.0,
+}
+GRADIENT_BYTES = 4  # fp32 gradients, whatever the autocast precision
+
+
 def estimate_micro_batch(
     parameters: int, layers: int, hidden: int, context: int, checkpointing: bool,
-    largest: int, available_bytes: int | None = None,
+    largest: int, available_bytes: int | None = None, optimizer: str = "adamw",
 ) -> int:
-    """CPU: the largest power-of-two micro-batch whose activations fit in half the free memory.
+    """CPU: the largest power-of-two micro-batch whose activations fit in half the memory left free
+    once the gradients and the optimizer state exist.
 
+    The estimate runs after the model is built, so its fp32 weights already count against the free
+    memory; what is still to come per parameter is the gradient (4 bytes) and ``optimizer``'s state
+    (``OPTIMIZER_STATE_BYTES``: 8 for AdamW, ~2 for AdamW8bit), created at the first step.
     Activations per token per layer are ~34·hidden bytes in bf16 (Korthikanti et al., 2022) plus
     the attention scores; with checkpointing only the block inputs stay (2·hidden bytes). The loss is
     chunked, so the logits add a constant, not a per-sequence term.
     """
+    if optimizer not in OPTIMIZER_STATE_BYTES:
+        raise ValueError(f"spec.optimizer.type: unknown optimizer {optimizer!r}; "
+                         f"use one of {', '.join(OPTIMIZER_STATE_BYTES)}")
     free = available_bytes if available_bytes is not None else _available_memory()
-    fixed = parameters * 16  # fp32 weights, gradients and two Adam moments
+    fixed = int(parameters * (GRADIENT_BYTES + OPTIMIZER_STATE_BYTES[optimizer]))
     per_layer = 2 * hidden if checkpointing else 34 * hidden
     per_sequence = context * layers * per_layer + layers * 2 * context * context * 4
-    budget = free // 2 - fixed
+    budget = (free - fixed) // 2
     size = 1
     while size * 2 <= largest and (size * 2) * per_sequence <= budget:
         size *= 2

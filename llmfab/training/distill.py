@@ -51,14 +51,39 @@ def check_teacher(teacher_dir: Path, spec: TrainingRunSpec, vocab_size: int) -> 
     if config.get("vocab_size") != vocab_size:
         raise WorkloadError(
             f"spec.distill.teacher: {name} has vocabulary size {config.get('vocab_size')} but "
-            f"Dataset/{spec.dataset.name} has {vocab_size}; a teacher must be trained on the student's "
+            f"Dataset/{spec.dataset_name} has {vocab_size}; a teacher must be trained on the student's "
             "Dataset (the same tokenizer): pick such a teacher or change spec.dataset.name"
+        )
+    # Same size is not same vocabulary: a teacher of another Dataset's tokenizer of that size would
+    # put its probability for token i on another string. runs/<teacher> sits in the artifact root.
+    from llmfab.data.shards import DatasetInfo
+
+    dataset_dir = teacher_dir.parent.parent / "datasets" / spec.dataset_name
+    ours = _vocabulary(DatasetInfo.load(dataset_dir).hf_tokenizer_dir / "tokenizer.json")
+    theirs = _vocabulary(teacher_dir / "model" / "tokenizer.json")
+    if ours is not None and theirs is not None and ours != theirs:
+        i = min(i for i in set(ours) | set(theirs) if ours.get(i) != theirs.get(i))
+        raise WorkloadError(
+            f"spec.distill.teacher: {name} has vocabulary size {vocab_size} like Dataset/{spec.dataset_name}, but "
+            f"another vocabulary (token id {i} is {theirs.get(i)!r} in the teacher's tokenizer.json and "
+            f"{ours.get(i)!r} in the Dataset's); a teacher must be trained on the student's Dataset (the same "
+            "tokenizer): pick such a teacher or change spec.dataset.name"
         )
     if config.get("max_position_embeddings", 0) < spec.model.context_length:
         raise WorkloadError(
             f"spec.model.contextLength: {spec.model.context_length} is longer than the context of the teacher "
             f"{name} ({config.get('max_position_embeddings')}); set it to at most that"
         )
+
+
+def _vocabulary(tokenizer_json: Path) -> dict[int, str] | None:
+    """id -> token of a Hugging Face ``tokenizer.json`` (model vocabulary and added tokens); None without one."""
+    if not tokenizer_json.is_file():
+        return None
+    data = json.loads(tokenizer_json.read_text())
+    vocab = data.get("model", {}).get("vocab") or {}
+    pairs = enumerate(piece for piece, _ in vocab) if isinstance(vocab, list) else ((i, t) for t, i in vocab.items())
+    return {**dict(pairs), **{int(t["id"]): t["content"] for t in data.get("added_tokens", [])}}
 
 
 def load_teacher(spec: TrainingRunSpec, run_dir: Path, env: D.DistEnv) -> Transformer:

@@ -108,20 +108,13 @@ def uses_fsdp(spec: TrainingRunSpec, env: DistEnv) -> bool:
     return env.distributed and spec.parallelism.fsdp
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 / AMX). Without it (e.g. an AVX2-only
-    AMD EPYC) oneDNN emulates bf16 and a bf16 matmul is ~50× slower than fp32."""
-    if os.environ.get("LLMFAB_CPU_BF16") in ("force", "off"):
-        return os.environ["LLMFAB_CPU_BF16"] == "force"
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def uses_bf16(spec: TrainingRunSpec, env: DistEnv) -> bool:
-    """``precision: bf16`` where it is fast; fp32 compute on CPUs that would only emulate bf16."""
-    return spec.precision == "bf16" and (env.device.type != "cpu" or cpu_has_fast_bf16())
+    """Whether this run computes in bf16. ``spec.precision`` must be the concrete choice that
+    ``training.precision.resolve`` made (auto and bf16 become whichever is faster here)."""
+    if spec.precision not in ("bf16", "fp32"):
+        raise ValueError(f"spec.precision: {spec.precision!r} is not resolved yet; training.precision.resolve "
+                         "turns it into bf16 or fp32 before the model is built")
+    return spec.precision == "bf16"
 
 
 def autocast(spec: TrainingRunSpec, env: DistEnv) -> contextlib.AbstractContextManager[None]:

@@ -3,8 +3,9 @@
 The model's numerics are Llama's, so the export is a weight copy: fused q/k/v and gate/up rows are
 split into Llama's separate projections, and ALBERT-style sharing is unrolled (layer ``i`` gets a
 copy of block ``i % groups``), since the Llama format has no shared layers. The directory holds
-``config.json``, ``model.safetensors``, ``generation_config.json``, the Dataset's HF tokenizer files
-with a chat template (vLLM's ``/v1/chat/completions`` refuses a tokenizer without one), and
+``config.json``, ``model.safetensors``, ``generation_config.json``, the tokenizer files (of the Dataset,
+or of the base model for post-training) with one chat template (vLLM's ``/v1/chat/completions``
+refuses a tokenizer without one), and
 ``manifest.json``, written last inside a temporary sibling that is renamed into place.
 """
 
@@ -31,6 +32,14 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
+# What a Hugging Face tokenizer is made of (transformers' file names: fast tokenizer, its config and
+# special tokens, SentencePiece/BPE/WordPiece vocabularies, chat templates); nothing else of a
+# tokenizer or model directory is copied into an export.
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+CHAT_TEMPLATES_DIR = "additional_chat_templates"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "tokenizer.model", "spiece.model", "vocab.json", "merges.txt", "vocab.txt", CHAT_TEMPLATE_FILE,
+                   "chat_template.json")
 _WRAPPER_PREFIXES = ("_orig_mod.", "_checkpoint_wrapped_module.", "_fsdp_wrapped_module.", "module.")
 
 
@@ -93,13 +102,32 @@ def _special_ids(tokenizer_dir: Path) -> dict[str, int | None]:
             "pad_token_id": tok.pad_token_id}
 
 
-def _copy_tokenizer(tokenizer_dir: Path, out: Path) -> None:
-    for f in tokenizer_dir.iterdir():
-        if f.is_file() and f.name != "manifest.json":
-            shutil.copy2(f, out / f.name)
+def copy_tokenizer(tokenizer_dir: Path, out: Path) -> None:
+    """The tokenizer files of ``tokenizer_dir`` (a Dataset's ``tokenizer/`` or a model directory)
+    into ``out``, byte for byte, and exactly one chat template.
+
+    Only the files a Hugging Face tokenizer is made of are copied (:data:`TOKENIZER_FILES`), so a
+    model directory given as the tokenizer source does not bring its weights, config or manifest.
+    A template stored as a file (``chat_template.jinja``, what transformers 5 saves) takes priority
+    over ``tokenizer_config.json``'s ``chat_template`` when transformers loads the tokenizer; the
+    export keeps such a file and drops the config's key, and adds :data:`CHAT_TEMPLATE` to the config
+    only where the tokenizer has no template at all. Two templates would let tools that read only
+    the config render chats differently from what training and vLLM used.
+    """
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copy2(tokenizer_dir / name, out / name)
+    if (tokenizer_dir / CHAT_TEMPLATES_DIR).is_dir():
+        shutil.copytree(tokenizer_dir / CHAT_TEMPLATES_DIR, out / CHAT_TEMPLATES_DIR)
     config_path = out / "tokenizer_config.json"
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
-    config.setdefault("chat_template", CHAT_TEMPLATE)
+    if (out / CHAT_TEMPLATE_FILE).is_file():
+        if config.pop("chat_template", None) is None:
+            return  # the source's config is already as it should be: keep its bytes
+    elif config.get("chat_template"):
+        return
+    else:
+        config["chat_template"] = CHAT_TEMPLATE
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -125,7 +153,7 @@ def export_hf(model_or_state: nn.Module | dict[str, torch.Tensor], args: ModelAr
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         write_json_atomic(tmp / "config.json", hf_config(args, dtype, ids))
         write_json_atomic(tmp / "generation_config.json", {**ids, "_from_model_config": True})
-        _copy_tokenizer(tokenizer_dir, tmp)
+        copy_tokenizer(tokenizer_dir, tmp)
         body = {"kind": "HFModel", "architecture": "LlamaForCausalLM", "dtype": dtype,
                 "parameters": sum(v.numel() for v in weights.values()), **(manifest or {})}
         write_manifest(tmp, body, spec_hash)
@@ -137,7 +165,7 @@ def args_from_hf_config(config: dict[str, Any]) -> ModelArgs:
     layers = config["num_hidden_layers"]
     return ModelArgs(
         vocab_size=config["vocab_size"], layers=layers, hidden=config["hidden_size"],
-        heads=config["num_attention_heads"],
+        heads=config["num_attention_heads"], head_dim=config.get("head_dim") or 0,
         kv_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
         intermediate=config["intermediate_size"], context_length=config["max_position_embeddings"],
         rope_theta=rope.get("rope_theta", config.get("rope_theta", 10000.0)),

@@ -46,9 +46,10 @@ def export_checkpoint(
     run: TrainingRun, root: Path, step: int | None = None, out_dir: Path | None = None
 ) -> Path:
     """Export checkpoint ``step`` (default: the latest) of ``run`` to ``out_dir`` (default: model/)."""
-    if run.spec.objective == "sft":  # its shape and tokenizer are the base model's, not spec.model's and the Dataset's
-        raise ExportError(f"TrainingRun/{run.name}: objective sft exports only at the end of training (model/); "
-                          "exporting its checkpoints is not implemented yet")
+    if run.spec.objective in ("sft", "rl"):  # shape and tokenizer are the base's, not spec.model's and the Dataset's
+        raise ExportError(f"TrainingRun/{run.name}: objective {run.spec.objective} exports only at the end of "
+                          "training (model/); exporting its checkpoints is not implemented yet")
+    assert run.spec.dataset is not None  # API rule: pretrain and distill name their Dataset
     run_dir = artifact_dir(run.ARTIFACT_DIR, run.name, root)
     checkpoints = complete_checkpoints(run_dir / "checkpoints")
     if not checkpoints:
@@ -76,6 +77,6 @@ def export_checkpoint(
         args,
         dataset_dir / "tokenizer",
         out_dir or run_dir / "model",
-        dtype="bfloat16" if run.spec.precision == "bf16" else "float32",
+        dtype="float32" if run.spec.precision == "fp32" else "bfloat16",
         manifest={"checkpoint": chosen.name, "step": trainer_state.get("step")},
     )

@@ -49,27 +49,37 @@ class _LinearCrossEntropy(torch.autograd.Function):
         vocab = weight.shape[0]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        for start in range(0, hidden.shape[0], chunk_tokens):
+        grad_weight = torch.empty(weight.shape, dtype=torch.float32, device=weight.device)
+        for i, start in enumerate(range(0, hidden.shape[0], chunk_tokens)):
             h = hidden[start:start + chunk_tokens].to(dtype)
             t, valid = targets[start:start + chunk_tokens], valid_all[start:start + chunk_tokens]
-            logits = torch.mm(h, w.t()).float()  # [n, V]: the only per-chunk buffer
-            loss, lse = _chunk_losses(logits, t, valid, smoothing)
-            total += loss
+            target = t.clamp_min(0).unsqueeze(1)
+            # log-softmax is one fused row-wise kernel (max, sum of exp, subtract while the row is in
+            # cache); its exp is the softmax the gradient needs, so no second pass over [n, V].
+            log_probs = torch.log_softmax(torch.mm(h, w.t()).float(), dim=-1)  # [n, V]: the per-chunk buffer
+            # loss per row: −(1 − ε)·log p_target − ε·mean(log p)  (= the lse form of _chunk_losses)
+            per_row = log_probs.gather(1, target).squeeze(1).mul_(smoothing - 1.0)
+            if smoothing:
+                per_row.sub_(log_probs.mean(dim=-1), alpha=smoothing)
+            total += torch.where(valid, per_row, 0.0).sum()
             # d loss / d logits = (softmax − ((1 − ε)·onehot + ε / V)) / count, zero on ignored rows.
-            probs = logits.sub_(lse.unsqueeze(1)).exp_()
-            probs.scatter_add_(1, t.clamp_min(0).unsqueeze(1),
-                               torch.full((t.shape[0], 1), smoothing - 1.0, device=probs.device))
+            probs = log_probs.exp_()
+            probs.scatter_add_(1, target, torch.full((t.shape[0], 1), smoothing - 1.0, device=probs.device))
             if smoothing:
                 probs.sub_(smoothing / vocab)
             # Rows are scaled after the matmuls, on [n, H] tensors rather than the [n, V] buffer.
             row_scale = torch.where(valid, inv_count, 0.0).unsqueeze(1)  # fp32: no bias from rounding 1/count
             g = probs.to(dtype)
-            grad_hidden[start:start + chunk_tokens] = torch.mm(g, w) * row_scale
-            if dtype == torch.float32:
-                grad_weight.addmm_(g.t(), h * row_scale)
-            else:
+            if grad_hidden.dtype == dtype:
+                torch.mm(g, w, out=grad_hidden[start:start + chunk_tokens]).mul_(row_scale)
+            else:  # fp32 hidden states under bf16 autocast
+                grad_hidden[start:start + chunk_tokens] = torch.mm(g, w) * row_scale
+            if dtype == torch.float32:  # beta=0 on the first chunk: the empty buffer is never read
+                grad_weight.addmm_(g.t(), h * row_scale, beta=1 if i else 0)
+            elif i:
                 grad_weight.add_(torch.mm(g.t(), (h * row_scale).to(dtype)).float())
+            else:
+                grad_weight.copy_(torch.mm(g.t(), (h * row_scale).to(dtype)))
         ctx.grads = (grad_hidden, grad_weight.to(weight.dtype))
         return total * inv_count
 
@@ -77,7 +87,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         grad_hidden, grad_weight = ctx.grads
         del ctx.grads
-        return grad_hidden * grad_out, grad_weight * grad_out, None, None, None, None
+        return grad_hidden.mul_(grad_out), grad_weight.mul_(grad_out), None, None, None, None
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor,

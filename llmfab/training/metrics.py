@@ -19,10 +19,12 @@ from rich.console import Console
 
 from llmfab.api.training_run import MonitoringSpec
 
-# bf16 dense peak FLOP/s by device name fragment, for MFU; CPUs have no dependable number
-# (set LLMFAB_PEAK_FLOPS to report MFU anyway).
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12,
-                   "L4": 121e12, "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
+# bf16 dense (no sparsity) peak FLOP/s from the vendors' data sheets, by device name fragment, for
+# MFU; the first fragment found in the name wins, so the PCIe/NVL H100 come before the SXM one.
+# CPUs have no dependable number (set LLMFAB_PEAK_FLOPS to report MFU anyway).
+PEAK_BF16_FLOPS = {"B200": 2250e12, "H200": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12,
+                   "H800": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12,
+                   "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
 
 
 def peak_flops(device_name: str | None) -> float | None:
@@ -38,6 +40,17 @@ def peak_flops(device_name: str | None) -> float | None:
 def flops_per_token(parameters_applied: int, layers: int, hidden: int, context: int) -> float:
     """Training FLOPs per token: 6N for the matmuls plus attention scores (PaLM appendix B)."""
     return 6 * parameters_applied + 12 * layers * hidden * context
+
+
+def model_flops_utilization(tokens_per_second: float, flops_per_token_: float, peak: float | None,
+                            devices: int = 1) -> float | None:
+    """Achieved model FLOP/s over the peak of all ``devices`` (0-1); None where the peak is unknown.
+
+    Model FLOPs, not hardware FLOPs: recomputation (activation checkpointing) does not count.
+    """
+    if not peak or devices < 1:
+        return None
+    return tokens_per_second * flops_per_token_ / (peak * devices)
 
 
 # Names are fixed: the Grafana dashboards (llmfab/monitoring/dashboards.py) query them.

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmfab.training import eager_kernels
+
 
 @dataclass
 class ModelArgs:
@@ -38,13 +40,16 @@ class ModelArgs:
     dropout: float = 0.0
     init_std: float = 0.02
     sharing_groups: int = 6  # distinct blocks; == layers means no sharing
+    head_dim: int = 0  # 0: hidden // heads; explicit where heads were pruned (heads·head_dim < hidden)
 
     def __post_init__(self) -> None:
         problems = []
-        if self.hidden % self.heads:
+        if not self.head_dim and self.hidden % self.heads:
             problems.append(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
-        elif self.head_dim % 2:
-            problems.append(f"head size hidden/heads ({self.head_dim}) must be even for rotary embeddings")
+        else:
+            self.head_dim = self.head_dim or self.hidden // self.heads
+            if self.head_dim % 2:
+                problems.append(f"head size ({self.head_dim}) must be even for rotary embeddings")
         if self.heads % self.kv_heads:
             problems.append(f"heads ({self.heads}) must be divisible by kv_heads ({self.kv_heads})")
         if not 1 <= self.sharing_groups <= self.layers:
@@ -53,10 +58,6 @@ class ModelArgs:
             problems.append(f"vocab_size ({self.vocab_size}) must be positive")
         if problems:
             raise ValueError("ModelArgs: " + "; ".join(problems))
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
 
 
 class RMSNorm(nn.Module):
@@ -68,10 +69,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        return eager_kernels.rms_norm(x, self.weight, self.eps)  # one fused pass pair in eager mode
 
 
 def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,14 +100,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(
-            [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1
-        )
-        q = apply_rope(q.view(B, T, self.heads, self.head_dim), cos, sin).transpose(1, 2)  # [B, h, T, d]
-        k = apply_rope(k.view(B, T, self.kv_heads, self.head_dim), cos, sin).transpose(1, 2)
-        v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        # q and k rotated, v split off, [B, T, heads, d]; backward writes one grad for the qkv matmul.
+        q, k, v = eager_kernels.qkv_rope(self.qkv(x), cos, sin, self.heads, self.kv_heads, self.head_dim)
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0,
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.kv_heads != self.heads,
         )
         out: torch.Tensor = self.proj(y.transpose(1, 2).reshape(B, T, -1))
@@ -125,8 +119,7 @@ class MLP(nn.Module):
         self.down = nn.Linear(args.intermediate, args.hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        out: torch.Tensor = self.down(F.silu(gate) * up)
+        out: torch.Tensor = self.down(eager_kernels.swiglu(self.gate_up(x)))
         return out
 
 

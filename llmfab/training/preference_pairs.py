@@ -36,6 +36,14 @@ def dialogue_text(prompt: str, response: str) -> str:
     return f"User: {prompt}\nAssistant: {response}"
 
 
+def reward_input_ids(tokenizer: Any, prompt: str, response: str, context: int) -> tuple[list[int], bool]:
+    """(token ids the reward model scores, whether they were cut): the dialogue text encoded as in
+    training, cut to its last ``context`` tokens. The RL run encodes its samples with this too, so a
+    score means the same in RL as on the held-out pairs."""
+    ids: list[int] = tokenizer(dialogue_text(prompt, response))["input_ids"]
+    return ids[-context:], len(ids) > context
+
+
 def preference_files(pattern: str, resolved: Path) -> list[Path]:
     """The JSONL files ``spec.preferences.path`` names (a file or a glob), sorted."""
     return matching_files("spec.preferences.path", pattern, resolved, "{prompt, chosen, rejected} pairs")
@@ -121,12 +129,24 @@ class EncodedPair:
 
 
 def encode_pairs(pairs: list[PreferencePair], tokenizer: Any, context: int) -> list[EncodedPair]:
-    """Token ids of each pair's two dialogues, cut to the last ``context`` tokens."""
+    """Token ids of each pair's two dialogues, cut to the last ``context`` tokens.
+
+    Two different texts can still read the same to the reward model: the tokenizer maps both to the
+    same ids (unknown characters, normalisation), or both are longer than the context and differ only
+    in the part cut off. Such a pair has no preference the model can learn, so it is refused as
+    identical texts are."""
     out = []
     for p in pairs:
-        chosen = tokenizer(dialogue_text(p.prompt, p.chosen))["input_ids"]
-        rejected = tokenizer(dialogue_text(p.prompt, p.rejected))["input_ids"]
-        out.append(EncodedPair(chosen[-context:], rejected[-context:], max(len(chosen), len(rejected)) > context))
+        chosen, cut_chosen = reward_input_ids(tokenizer, p.prompt, p.chosen, context)
+        rejected, cut_rejected = reward_input_ids(tokenizer, p.prompt, p.rejected, context)
+        if chosen == rejected:
+            why = (f"agree in their last {context} tokens (the base's contextLength), the only ones it reads; "
+                   "shorten the responses so that they differ near their end, or use a base with a longer context"
+                   if cut_chosen or cut_rejected else
+                   "encode to the same token ids with the base's tokenizer; fix or drop the line")
+            raise WorkloadError(f"spec.preferences.path: {p.where} has chosen and rejected texts that the reward "
+                                f"model cannot tell apart: they {why}")
+        out.append(EncodedPair(chosen, rejected, cut_chosen or cut_rejected))
     return out
 
 

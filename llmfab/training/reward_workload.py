@@ -106,6 +106,7 @@ def train_reward_model(ctx: WorkloadContext, spec: RewardModelSpec, model_dir: P
     )
     from llmfab.training.metrics import MetricsSink
     from llmfab.training.optim import build_optimizer, lr_multiplier
+    from llmfab.training.precision import resolve as resolve_precision
     from llmfab.training.preference_pairs import batch_indices, encode_pairs, pad_batch
     from llmfab.training.reward_head import RewardScorer, bradley_terry_loss
 
@@ -123,9 +124,7 @@ def train_reward_model(ctx: WorkloadContext, spec: RewardModelSpec, model_dir: P
     if truncated := sum(p.truncated for p in train_set + val_set):
         ctx.reporter.event("PairsTruncated", f"{truncated} pairs are longer than contextLength "
                            f"{args.context_length}; their prompts are cut from the left", "Warning")
-    if spec.precision == "bf16" and not D.uses_bf16(shared, env):
-        ctx.reporter.event("PrecisionFallback", "spec.precision: bf16 requested, but this CPU has no native "
-                           "bf16; computing in fp32. Set precision: fp32 to silence this", "Warning")
+    shared = resolve_precision(shared, env.device, env.world_size, args, ctx.out_dir, ctx.reporter)
     optimizer = build_optimizer(scorer, spec.optimizer, seed=spec.seed)
     fingerprint = parameter_fingerprint(scorer, spec.optimizer.type, architecture_of(args))
     checkpoints = CheckpointManager(ctx.out_dir / "checkpoints", spec.checkpoint, env, fingerprint)
@@ -213,7 +212,7 @@ def publish(ctx: WorkloadContext, spec: RewardModelSpec, scorer: Any, args: Any,
     out = ctx.out_dir / "model"
     state = {k: v.detach().float().cpu() for k, v in scorer.state_dict().items()}
     export_reward_hf(state, args, scorer.pad_id, base_model_dir, out,
-                     dtype="bfloat16" if spec.precision == "bf16" else "float32", special_ids=ids)
+                     dtype="float32" if spec.precision == "fp32" else "bfloat16", special_ids=ids)
     model_path = str(out.relative_to(ctx.root)) if out.is_relative_to(ctx.root) else str(out)
     ctx.reporter.progress(step=numbers["steps"], loss=numbers["loss"], accuracy=numbers["accuracy"],
                           pairs=numbers["pairs"], modelPath=model_path)

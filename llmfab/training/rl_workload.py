@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from llmfab.training.jsonl_rows import matching_files, read_rows
 from llmfab.workload import WorkloadContext
 
 EPS = 1e-4
+SAMPLE_ROWS = 256  # completions sampled in one batch (prompts of one length share each forward)
 
 
 def refuse_unsupported(spec: TrainingRunSpec) -> None:
@@ -65,7 +67,18 @@ def read_prompts(rl: RlSpec, resolved: Path) -> list[str]:
             raise WorkloadError(f"spec.rl.promptField: {where} has no non-empty string field "
                                 f"{rl.prompt_field!r}; fix the line or set spec.rl.promptField")
         prompts.append(value)
+    if not prompts:
+        raise WorkloadError(f"spec.rl.prompts: {', '.join(map(str, files))} holds no prompts; add JSONL rows "
+                            f"with a {rl.prompt_field!r} field")
     return prompts
+
+
+def prompt_ids(tokenizer: Any, text: str) -> list[int]:
+    """The ids the policy continues: ``text`` as a user turn of the chat template, then the assistant's cue."""
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    ids: list[int] = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    return ids
 
 
 @dataclass
@@ -99,6 +112,9 @@ def prepare(ctx: WorkloadContext, spec: TrainingRunSpec) -> Setup:
     if ours is None:
         raise WorkloadError(f"{field} has no tokenizer.json in {model_dir}; objective rl compares it with the reward "
                             "model's: export the policy with one")
+    if theirs is None:
+        raise WorkloadError(f"{name}: its manifest has no tokenizerSha256, so its tokenizer cannot be compared with "
+                            "the policy's; rerun the RewardModel with --force")
     if theirs != ours:
         raise WorkloadError(f"{name} was trained with another tokenizer (tokenizerSha256 {str(theirs)[:12]}…, the "
                             f"policy's {ours[:12]}…): its scores of this policy's tokens would mean nothing; train "
@@ -106,9 +122,7 @@ def prepare(ctx: WorkloadContext, spec: TrainingRunSpec) -> Setup:
     texts = read_prompts(rl, ctx.resolve(rl.prompts))
     prompts = []
     for text in texts:
-        rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                 add_generation_prompt=True)
-        ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        ids = prompt_ids(tokenizer, text)
         if len(ids) + rl.max_new_tokens > args.context_length:
             raise WorkloadError(f"spec.rl.maxNewTokens: prompt {text[:40]!r} ({len(ids)} tokens) + {rl.max_new_tokens} "
                                 f"new tokens exceed the policy's context {args.context_length}; shorten it")
@@ -125,15 +139,26 @@ def run(ctx: WorkloadContext, spec: TrainingRunSpec) -> None:
     train_rl(ctx, setup)
 
 
-def sample(policy: Any, prompt: Any, k: int, rl: RlSpec, eos: int, generator: Any) -> Any:
-    """k completions of one prompt [P] -> tokens [k, maxNewTokens] (temperature, top-p; after EOS: EOS)."""
+def sampling_batches(lengths: list[int], size: int) -> list[list[int]]:
+    """Positions of the step's prompts, grouped by prompt length (one batch, one length: no padding,
+    so the model needs no attention mask) in batches of at most ``size`` prompts."""
+    by_length: dict[int, list[int]] = {}
+    for position, length in enumerate(lengths):
+        by_length.setdefault(length, []).append(position)
+    return [same[i : i + size] for same in by_length.values() for i in range(0, len(same), size)]
+
+
+def sample(policy: Any, prompts: Any, k: int, rl: RlSpec, eos: int, generator: Any) -> Any:
+    """k completions of each prompt of [P] or [G, P] -> tokens [G·k, <= maxNewTokens], prompt g's in rows
+    g·k to g·k + k - 1 (temperature, top-p; after EOS: EOS). One batch for all G prompts: a step's
+    rollouts cost maxNewTokens forwards per batch rather than per prompt."""
     import torch
 
-    rows = prompt.unsqueeze(0).repeat(k, 1)
-    done = torch.zeros(k, dtype=torch.bool, device=prompt.device)
+    rows = (prompts if prompts.dim() == 2 else prompts.unsqueeze(0)).repeat_interleave(k, 0)
+    done = torch.zeros(rows.shape[0], dtype=torch.bool, device=prompts.device)
     out = []
     for _ in range(rl.max_new_tokens):  # no KV cache: the contexts are short
-        logits = policy.logits(rows)[:, -1].float() / rl.temperature
+        logits = policy.output(policy(rows)[:, -1]).float() / rl.temperature  # the last position only: T x V less
         probs = torch.softmax(logits, -1)
         if rl.top_p < 1.0:
             sorted_p, order = probs.sort(-1, descending=True)
@@ -148,6 +173,27 @@ def sample(policy: Any, prompt: Any, k: int, rl: RlSpec, eos: int, generator: An
         if bool(done.all()):
             break
     return torch.stack(out, 1)
+
+
+def decode_responses(tokenizer: Any, completions: Any, mask: Any, eos: int) -> list[str]:
+    """The text of each completion [k, N]: its tokens under ``mask``, EOS and special tokens left out."""
+    return [tokenizer.decode([int(t) for t, m in zip(row, keep, strict=True) if m and t != eos], skip_special_tokens=True)
+            for row, keep in zip(completions.tolist(), mask.tolist(), strict=True)]
+
+
+def score_responses(scorer: Any, tokenizer: Any, prompt: str, responses: list[str]) -> Any:
+    """Reward-model scores [len(responses)] of each response to ``prompt``, encoded as the RewardModel
+    was trained (``preference_pairs.reward_input_ids``). The caller sets no_grad and autocast."""
+    import torch
+
+    from llmfab.training.preference_pairs import reward_input_ids
+
+    context = scorer.model.args.context_length
+    rows = [reward_input_ids(tokenizer, prompt, text.strip(), context)[0] for text in responses]
+    width = max(map(len, rows))
+    device = next(scorer.parameters()).device
+    batch = torch.tensor([r + [scorer.pad_id] * (width - len(r)) for r in rows], device=device)
+    return scorer(batch).float()
 
 
 def response_mask(completions: Any, eos: int) -> Any:
@@ -205,12 +251,13 @@ def train_rl(ctx: WorkloadContext, setup: Setup) -> None:
     )
     from llmfab.training.metrics import MetricsSink
     from llmfab.training.optim import build_optimizer, lr_multiplier
-    from llmfab.training.preference_pairs import dialogue_text
+    from llmfab.training.precision import resolve as resolve_precision
     from llmfab.training.reward_head import load_reward_model
 
     spec, rl = setup.spec, setup.spec.rl
     assert rl is not None
     env = D.init_distributed(spec)
+    spec = resolve_precision(spec, env.device, env.world_size, setup.args, ctx.out_dir, ctx.reporter)
     device = env.device
     torch.manual_seed(spec.seed)
     policy = setup.policy.to(device).train()
@@ -224,7 +271,6 @@ def train_rl(ctx: WorkloadContext, setup: Setup) -> None:
         raise WorkloadError(f"spec.rl.rewardModel: RewardModel/{rl.reward_model} reads {scorer.model.args.context_length}"
                             f" tokens, fewer than the policy's context {setup.args.context_length}")
     tok, eos = setup.tokenizer, int(setup.tokenizer.eos_token_id)
-    reward_pad = scorer.pad_id
     optimizer = build_optimizer(policy, spec.optimizer, seed=spec.seed)
     fingerprint = parameter_fingerprint(policy, spec.optimizer.type, architecture_of(setup.args))
     checkpoints = CheckpointManager(ctx.out_dir / "checkpoints", spec.checkpoint, env, fingerprint)
@@ -245,17 +291,12 @@ def train_rl(ctx: WorkloadContext, setup: Setup) -> None:
     tokens = 0
 
     def rewards_of(prompt: str, completions: Any, mask: Any) -> Any:
-        texts = [tok.decode([int(t) for t, m in zip(row, keep, strict=True) if m and t != eos], skip_special_tokens=True)
-                 for row, keep in zip(completions.tolist(), mask.tolist(), strict=True)]
-        rows = [tok(dialogue_text(prompt, text.strip()), add_special_tokens=False)["input_ids"][-scorer.model.args.context_length:]
-                for text in texts]
-        width = max(map(len, rows))
-        batch = torch.tensor([r + [reward_pad] * (width - len(r)) for r in rows], device=device)
         with torch.no_grad(), D.autocast(spec, env):
-            return scorer(batch).float()
+            return score_responses(scorer, tok, prompt, decode_responses(tok, completions, mask, eos))
 
     try:
         while step < steps:
+            started = time.perf_counter()
             lr = spec.optimizer.lr * lr_multiplier(step, steps, spec.optimizer)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -264,11 +305,18 @@ def train_rl(ctx: WorkloadContext, setup: Setup) -> None:
             chosen = [order[i % len(order)] for i in range(rl.prompts_per_step)]
             groups = []
             policy.eval()
+            k = rl.samples_per_prompt
             with torch.no_grad():
-                for index in chosen:
-                    prompt = torch.tensor(setup.prompts[index], device=device)
+                sampled: dict[int, Any] = {}  # position in chosen -> its k completions
+                for batch in sampling_batches([len(setup.prompts[i]) for i in chosen], max(1, SAMPLE_ROWS // k)):
+                    prompts = torch.tensor([setup.prompts[chosen[j]] for j in batch], device=device)
                     with D.autocast(spec, env):
-                        completions = sample(policy, prompt, rl.samples_per_prompt, rl, eos, generator)
+                        completions = sample(policy, prompts, k, rl, eos, generator)
+                    sampled.update({j: completions[n * k : (n + 1) * k] for n, j in enumerate(batch)})
+                # log-probabilities, rewards and (below) the update per prompt: k rows of logits at a time
+                for j, index in enumerate(chosen):
+                    prompt = torch.tensor(setup.prompts[index], device=device)
+                    completions = sampled[j]
                     mask = response_mask(completions, eos)
                     sequences = torch.cat([prompt.unsqueeze(0).repeat(completions.shape[0], 1), completions], 1)
                     with D.autocast(spec, env):
@@ -299,7 +347,9 @@ def train_rl(ctx: WorkloadContext, setup: Setup) -> None:
             lengths = torch.cat([g[2].sum(1) for g in groups])
             tokens += int(lengths.sum())
             values = {"loss": step_loss, "lr": lr, "grad_norm": norm, "mean_reward": float(rewards.mean()),
-                      "reward_std": float(rewards.std()), "kl": step_kl, "response_length": float(lengths.mean())}
+                      "reward_std": float(rewards.std()), "kl": step_kl, "response_length": float(lengths.mean()),
+                      # completions sampled, scored and trained on per second of this step (before its checkpoint)
+                      "samples_per_second": rewards.numel() / (time.perf_counter() - started)}
             if checkpoints.due(step) or step == steps:
                 try:
                     checkpoints.save(step, policy, optimizer, {"values": values})
@@ -332,7 +382,7 @@ def publish(ctx: WorkloadContext, setup: Setup, policy: Any, steps: int, tokens:
     with tempfile.TemporaryDirectory(dir=ctx.out_dir, prefix=".tokenizer-") as tokenizer_dir:
         copy_tokenizer_files(setup.model_dir, Path(tokenizer_dir))
         export_hf(state, setup.args, Path(tokenizer_dir), model_dir,
-                  dtype="bfloat16" if spec.precision == "bf16" else "float32")
+                  dtype="float32" if spec.precision == "fp32" else "bfloat16")
     model_path = str(model_dir.relative_to(ctx.root)) if model_dir.is_relative_to(ctx.root) else str(model_dir)
     ctx.reporter.progress(modelPath=model_path, step=steps)
     write_manifest(ctx.out_dir, {

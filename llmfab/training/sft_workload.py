@@ -7,7 +7,9 @@
 
 Everything else is the pretraining run's: torchrun/FSDP2, checkpoints and resume, status, metrics.
 The model's shape is the base model's (``spec.model`` may only repeat it, or set ``dropout``), and
-``spec.dataset`` is not read: the instructions are the data.
+training does not read ``spec.dataset`` (optional for sft and rl): the instructions are the data. A
+given Dataset is what the evaluation stage scores the tuned model on, so its tokenizer should be the
+base's (a warning event says when it is not).
 """
 
 from __future__ import annotations
@@ -88,7 +90,26 @@ def load_base(ctx: WorkloadContext, spec: TrainingRunSpec, objective: str) -> tu
         raise WorkloadError(f"{field}: its tokenizer ({len(tokenizer)} tokens, eos {tokenizer.eos_token!r}) needs an "
                             f"eos token and at most the model's {args.vocab_size} tokens; rerun it")
     tokenizer.chat_template = tokenizer.chat_template or CHAT_TEMPLATE
+    warn_if_dataset_tokenizer_differs(ctx, spec, model_dir, field)
     return model_dir, field, base, model, args, tokenizer
+
+
+def warn_if_dataset_tokenizer_differs(ctx: WorkloadContext, spec: TrainingRunSpec, model_dir: Path, field: str) -> None:
+    """``spec.dataset`` of a post-training run is what the evaluation after training scores the model
+    on; a Dataset tokenized otherwise than the base would give meaningless numbers, so say so now."""
+    from llmfab.store import artifact_dir, read_manifest
+    from llmfab.training.reward_head import tokenizer_sha256
+
+    if spec.dataset is None:
+        return
+    dataset_dir = artifact_dir("datasets", spec.dataset.name, ctx.root)
+    theirs, ours = tokenizer_sha256(dataset_dir / "tokenizer"), tokenizer_sha256(model_dir)
+    if read_manifest(dataset_dir) is not None and theirs and ours and theirs != ours:
+        ctx.reporter.event(
+            "DatasetTokenizerDiffers",
+            f"spec.dataset.name: Dataset/{spec.dataset.name} has another tokenizer than the base model ({field}); "
+            "the evaluation after training would score this model on tokens it does not read. Remove spec.dataset "
+            "or name the Dataset the base model was trained on", "Warning")
 
 
 def shape_of(args: Any, user: ModelSpec, objective: str = "SFT") -> ModelSpec:
@@ -159,17 +180,12 @@ def run(ctx: WorkloadContext, spec: TrainingRunSpec) -> None:
 
 def publish(ctx: WorkloadContext, spec: TrainingRunSpec, result: Any, source: InstructionSource) -> None:
     """Export ``model/`` with the base tokenizer and chat template, report the final numbers, then the manifest."""
-    import tempfile
-
     from llmfab.training.export import export_hf
-    from llmfab.training.reward_head import copy_tokenizer_files
 
     model_dir = ctx.out_dir / "model"
-    # export_hf copies every file of its tokenizer directory: give it the base's tokenizer files only.
-    with tempfile.TemporaryDirectory(dir=ctx.out_dir, prefix=".tokenizer-") as tokenizer_dir:
-        copy_tokenizer_files(source.model_dir, Path(tokenizer_dir))
-        export_hf(result.state_dict, result.args, Path(tokenizer_dir), model_dir,
-                  dtype="bfloat16" if spec.precision == "bf16" else "float32")
+    # export_hf takes only the tokenizer files (and one chat template) of the base's directory.
+    export_hf(result.state_dict, result.args, source.model_dir, model_dir,
+              dtype="float32" if spec.precision == "fp32" else "bfloat16")
     model_path = str(model_dir.relative_to(ctx.root)) if model_dir.is_relative_to(ctx.root) else str(model_dir)
     perplexity = {"valPerplexity": math.exp(result.val_loss)} if result.val_loss is not None else {}
     ctx.reporter.progress(modelPath=model_path, valLoss=result.val_loss, lastCheckpoint=result.last_checkpoint,

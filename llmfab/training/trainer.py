@@ -46,9 +46,10 @@ from llmfab.training.checkpoint import (
     architecture_of,
     parameter_fingerprint,
 )
-from llmfab.training.metrics import MetricsSink, flops_per_token, peak_flops
+from llmfab.training.metrics import MetricsSink, flops_per_token, model_flops_utilization, peak_flops
 from llmfab.training.model import ModelArgs, Transformer
 from llmfab.training.optim import build_optimizer, lr_multiplier
+from llmfab.training.precision import resolve as resolve_precision
 from llmfab.training.token_data import WindowSampler, validation_batches
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ def choose_micro_batch(spec: TrainingRunSpec, module: LanguageModelLoss, env: D.
     else:
         m = spec.model
         size = estimate_micro_batch(parameters, m.layers, m.hidden, m.context_length,
-                                    spec.activation_checkpointing.mode != "none", largest)
+                                    spec.activation_checkpointing.mode != "none", largest, optimizer=spec.optimizer.type)
     return _over_ranks(size, env, torch.distributed.ReduceOp.MIN)
 
 
@@ -261,8 +262,12 @@ def train(spec: TrainingRunSpec, run_dir: Path, data: DatasetInfo | None, report
     T = spec.model.context_length
     from llmfab.training import distill  # imports this module (DistillationLoss extends LanguageModelLoss)
 
+    vocab_size = source.vocab_size if source else _windows(data).vocab_size
+    # auto/bf16 -> the faster here, measured (training/precision.py); all below sees the concrete choice.
+    spec = resolve_precision(spec, env.device, env.world_size, model_args_from_spec(spec.model, vocab_size),
+                             run_dir, reporter)
     teacher = distill.load_teacher(spec, run_dir, env) if spec.objective == "distill" else None
-    parts = build(spec, source.vocab_size if source else _windows(data).vocab_size, env, teacher)
+    parts = build(spec, vocab_size, env, teacher)
     if source is not None:
         source.load_initial_weights(parts.module)
     module, optimizer = parts.module, parts.optimizer
@@ -276,10 +281,6 @@ def train(spec: TrainingRunSpec, run_dir: Path, data: DatasetInfo | None, report
         step, last_checkpoint = int(state["step"]), str(latest)
         sampler.load_state_dict(state["sampler"])
         reporter.event("Resumed", f"resumed from {latest.name} (step {step})")
-    if spec.precision == "bf16" and not D.uses_bf16(spec, env):
-        reporter.event("PrecisionFallback", "spec.precision: bf16 requested, but this CPU has no native bf16 "
-                       "(AVX-512 BF16/AMX) and would emulate it ~50x slower; computing in fp32. Set "
-                       "precision: fp32 to silence this, or LLMFAB_CPU_BF16=force to insist", "Warning")
     cap_key = micro_batch_key(spec, env)
     cap = read_cap(run_dir, cap_key) if spec.batch.micro_batch_size is None else None
     micro = choose_micro_batch(spec, module, env, parts.parameters, schedule.final // env.world_size, cap)
@@ -388,7 +389,7 @@ def mfu_function(parts: Parts, context: int, env: D.DistEnv) -> Callable[[float]
     shared_extra = sum(p.numel() for p in parts.model.blocks.parameters()) * (args.layers / len(parts.model.blocks) - 1)
     flops = flops_per_token(int(parts.parameters + shared_extra), args.layers, args.hidden, context)
     peak = peak_flops(torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else None)
-    return lambda tps: tps * flops / (peak * env.world_size) if peak else None
+    return lambda tps: model_flops_utilization(tps, flops, peak, env.world_size)
 
 
 def _clip(module: nn.Module, max_norm: float | None) -> float:

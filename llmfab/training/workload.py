@@ -9,8 +9,8 @@ command works locally and in a cluster pod:
 - ``LLMFAB_NODE_RANK``, else ``JOB_COMPLETION_INDEX`` (Indexed Job), else ``NODE_RANK``, else 0.
 
 Inside the workers torchrun sets ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``
-(``training/distributed.py``). ``LLMFAB_CPU_BF16=force|off`` overrides the detection of native bf16
-on CPUs (without it, ``precision: bf16`` computes in fp32 there, with a warning event).
+(``training/distributed.py``). ``LLMFAB_CPU_BF16=force|off`` overrides the probe that picks bf16 or
+fp32 on CPUs for ``precision: auto|bf16`` (``training/precision.py``).
 
 A worker that runs out of memory under torchrun records a halved micro-batch in the run's
 ``micro-batch.json`` and fails (``training/batching.py``); on one node this launcher then restarts
@@ -63,12 +63,16 @@ def run(ctx: WorkloadContext) -> None:
 
         run_rl(ctx, spec)
         return
-    dataset_dir = ctx.dependency("Dataset", spec.dataset.name)
+    dataset_dir = ctx.dependency("Dataset", spec.dataset_name)
     data = check_dataset(dataset_dir, spec)
     if spec.objective == "distill" and spec.distill is not None:
         from llmfab.training.distill import check_teacher
 
         check_teacher(ctx.dependency("TrainingRun", spec.distill.teacher), spec, data.vocab_size)
+    if spec.pruning.enabled:  # a pruned size that cannot be built fails now, not after training
+        from llmfab.training.post_training_pruning import check_pruning
+
+        check_pruning(spec, data.vocab_size)
     world = spec.parallelism.nodes * spec.parallelism.processes_per_node
     if world > 1 and "LOCAL_RANK" not in os.environ:
         launch_torchrun(ctx, spec)
@@ -102,7 +106,7 @@ def check_dataset(dataset_dir: Path, spec: TrainingRunSpec) -> Any:
     """The Dataset's shards are readable and its vocabulary agrees with its tokenizers."""
     from llmfab.data.shards import DataFormatError, DatasetInfo
 
-    name = f"Dataset/{spec.dataset.name}"
+    name = f"Dataset/{spec.dataset_name}"
     try:
         data = DatasetInfo.load(dataset_dir)
         for split in ("train", "val"):
@@ -251,14 +255,14 @@ def publish(ctx: WorkloadContext, spec: TrainingRunSpec, result: Any, dataset_di
 
     model_dir = ctx.out_dir / "model"
     state, args = result.state_dict, result.args
-    if spec.pruning.enabled:  # the export is the pruned model (training/post_training_pruning.py)
+    if spec.pruning.enabled:  # the export is the pruned (and recovered) model: training/post_training_pruning.py
         from llmfab.data.shards import DatasetInfo
         from llmfab.training.post_training_pruning import prune_trained
 
         state, args, pruned = prune_trained(state, args, spec, DatasetInfo.load(dataset_dir))
         ctx.reporter.progress(pruning=pruned)
     export_hf(state, args, dataset_dir / "tokenizer", model_dir,
-              dtype="bfloat16" if spec.precision == "bf16" else "float32")
+              dtype="float32" if spec.precision == "fp32" else "bfloat16")
     perplexity = {
         "valPerplexity": math.exp(result.val_loss) if result.val_loss is not None else None,
         "testPerplexity": math.exp(result.test_loss) if result.test_loss is not None else None,
@@ -272,5 +276,5 @@ def publish(ctx: WorkloadContext, spec: TrainingRunSpec, result: Any, dataset_di
         "steps": result.steps, "tokens": result.tokens, "parameters": result.parameters,
         "loss": result.loss, "valLoss": result.val_loss, "testLoss": result.test_loss, **perplexity,
         "model": "model", "lastCheckpoint": result.last_checkpoint,
-        "dataset": {"name": spec.dataset.name, "specHash": yaml.safe_load(dataset_manifest).get("specHash")},
+        "dataset": {"name": spec.dataset_name, "specHash": yaml.safe_load(dataset_manifest).get("specHash")},
     }, ctx.spec_hash)

@@ -98,3 +98,22 @@ def test_cpu_estimate_is_smaller_with_less_memory_and_larger_with_checkpointing(
     saved = estimate_micro_batch(checkpointing=True, available_bytes=2 << 30, **kwargs)
     assert 1 <= tight < roomy <= 64
     assert saved > tight
+
+
+def test_cpu_estimate_counts_the_optimizer_state_it_will_create() -> None:
+    """1.23B parameters (24×2048, ctx 1024) with 20 GiB free: fp32 AdamW's 8 bytes of state per
+    parameter leave room for one sequence, AdamW8bit's ~2 for two, and more with checkpointing."""
+    kwargs = {"parameters": 1_230_000_000, "layers": 24, "hidden": 2048, "context": 1024, "largest": 64,
+              "available_bytes": 20 << 30}
+    sizes = {opt: estimate_micro_batch(checkpointing=False, optimizer=opt, **kwargs)
+             for opt in ("adamw", "adamw-bf16", "adamw-8bit", "adafactor")}
+    assert sizes["adamw"] == 1
+    assert sizes["adamw-8bit"] == 2
+    assert sizes["adamw"] <= sizes["adamw-bf16"] <= sizes["adamw-8bit"] <= sizes["adafactor"]
+    assert estimate_micro_batch(checkpointing=True, optimizer="adamw-8bit", **kwargs) > sizes["adamw-8bit"]
+    assert estimate_micro_batch(checkpointing=False, **kwargs) == sizes["adamw"]  # adamw is the default
+
+
+def test_cpu_estimate_refuses_an_unknown_optimizer_naming_the_field() -> None:
+    with pytest.raises(ValueError, match=r"spec.optimizer.type: unknown optimizer 'sgd'.*adamw-8bit"):
+        estimate_micro_batch(1000, 2, 64, 32, False, 8, available_bytes=1 << 30, optimizer="sgd")

@@ -182,6 +182,11 @@ GOOD = {"prompt": "the quick", "chosen": "brown fox", "rejected": "dog dog"}
 @pytest.mark.parametrize(("rows", "overrides", "code", "expected"), [
     ([GOOD] * 8 + [{**GOOD, "rejected": "brown fox"}], {}, 1, "pairs.jsonl:9 has identical 'chosen' and 'rejected'"),
     ([GOOD] * 8 + [{**GOOD, "chosen": " "}], {}, 1, "spec.preferences.chosenField: "),
+    ([GOOD] * 8 + [{**GOOD, "rejected": ""}], {}, 1, "spec.preferences.rejectedField: "),
+    # Longer than the base's 64-token context and different only at the start: the model reads the same tokens.
+    ([GOOD] * 8 + [{**GOOD, "chosen": "fox " + "dog " * 80, "rejected": "cat " + "dog " * 80}], {}, 1,
+     "pairs.jsonl:9 has chosen and rejected texts that the reward model cannot tell apart: they agree in their "
+     "last 64 tokens"),
     ([{**GOOD, "prompt": ""}] * 8, {}, 1, "spec.preferences.promptField: "),
     ([GOOD] * 8, {"preferences": {"chosenField": "good"}}, 1, "spec.preferences.chosenField: "),
     ([GOOD] * 3, {}, 1, "spec.preferences.minPairs: found 3 pairs"),
@@ -190,7 +195,8 @@ GOOD = {"prompt": "the quick", "chosen": "brown fox", "rejected": "dog dog"}
      "spec.preferences.inferenceService: InferenceService/svc has 0 usable preference votes"),
     ([GOOD] * 8, {"parallelism": {"processesPerNode": 2}}, 2, "spec.parallelism: reward training runs on one process"),
     ([GOOD] * 8, {"base": {"trainingRun": "nope"}}, 3, "waiting for TrainingRun/nope"),
-], ids=["identical", "empty-chosen", "empty-prompt", "missing-field", "too-few", "no-file", "no-feedback-yet",
+], ids=["identical", "empty-chosen", "empty-rejected", "same-tokens-after-truncation", "empty-prompt",
+        "missing-field", "too-few", "no-file", "no-feedback-yet",
         "parallel", "base-not-ready"])
 def test_bad_input_is_a_clear_error_naming_the_field(base_home: Path, tmp_path: Path, rows: list[dict[str, str]],
                                                     overrides: dict[str, Any], code: int, expected: str,

@@ -1,0 +1,69 @@
+"""Speed work must not change the numbers: a fixed-seed fp32 run of the trainer's real step
+(``trainer.build`` + ``trainer.train_step`` + the optimizer step, micro-batches, chunked loss,
+clipping) gives the losses of the plain pre-change math in ``reference_step.py`` within 1e-5.
+
+Both run on the machine under test from the same initial weights, so the comparison holds on AVX2
+and AVX-512 CPUs alike (only float summation order differs, ~1e-7 here).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmfab.api.training_run import TrainingRunSpec
+from llmfab.training import trainer
+from llmfab.training.batching import BatchSchedule
+from llmfab.training.distributed import DistEnv
+from llmfab.training.optim import lr_multiplier
+from tests.training_model.reference_step import RefTransformer, ref_optimizer, ref_step
+
+ENV = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+VOCAB, CONTEXT, STEPS = 211, 32, 6
+
+CASES = {
+    "plain": {"model": {"layers": 3, "hidden": 64, "heads": 4}},
+    "gqa-shared-smoothed": {"model": {"layers": 4, "hidden": 64, "heads": 4, "kvHeads": 2,
+                                      "sharing": {"groups": 2}}, "labelSmoothing": 0.1},
+}
+
+
+def _spec(case: dict) -> TrainingRunSpec:
+    model = {**case["model"], "contextLength": CONTEXT}
+    return TrainingRunSpec.model_validate({
+        **case, "dataset": {"name": "tiny"}, "model": model, "precision": "fp32", "seed": 3,
+        "lossChunkTokens": 64,  # 4 × 32 tokens per micro-batch: two chunks
+        "batch": {"globalTokens": 8 * CONTEXT, "microBatchSize": 4},  # two micro-batches per step
+        "optimizer": {"lr": 3e-3, "warmupSteps": 2, "gradClip": 0.5},  # clipping active from step 1
+    })
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_trainer_step_losses_equal_the_pre_change_math(name: str) -> None:
+    spec = _spec(CASES[name])
+    parts = trainer.build(spec, VOCAB, ENV)
+    ref = RefTransformer(parts.args)
+    ref.load_state_dict(parts.model.state_dict())
+    o = spec.optimizer
+    ref_opt = ref_optimizer(ref, o.lr, (o.beta1, o.beta2), o.eps, o.weight_decay)
+    schedule = BatchSchedule(spec.batch, CONTEXT, 1)
+    gen = torch.Generator().manual_seed(7)
+    ours, theirs = [], []
+    for step in range(STEPS):
+        # Learnable: each token follows from the previous one; only the starts are random.
+        starts = torch.randint(0, VOCAB, (schedule.final, 1), generator=gen)
+        batch = (starts + 17 * torch.arange(CONTEXT + 1)) % VOCAB
+        lr = o.lr * lr_multiplier(step, STEPS, o)
+        for opt in (parts.optimizer, ref_opt):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        plan = schedule.step_batch(step, 4)
+        ours.append(trainer.train_step(parts, batch, plan, spec, ENV))
+        parts.optimizer.step()
+        parts.optimizer.zero_grad(set_to_none=True)
+        theirs.append(ref_step(ref, ref_opt, batch, 4, o.grad_clip, spec.label_smoothing))
+    assert all(norm > o.grad_clip for _, norm in theirs[:2]), "the case must exercise clipping"
+    assert theirs[-1][0] < theirs[0][0] - 0.05, "the case must actually train"
+    for step, ((loss, norm), (ref_loss, ref_norm)) in enumerate(zip(ours, theirs, strict=True)):
+        assert loss == pytest.approx(ref_loss, abs=1e-5), f"step {step}: loss"
+        assert norm == pytest.approx(ref_norm, rel=1e-4), f"step {step}: grad norm"
