@@ -370,19 +370,15 @@ def train_rl(ctx: WorkloadContext, setup: Setup) -> None:
 def publish(ctx: WorkloadContext, setup: Setup, policy: Any, steps: int, tokens: int, parameters: int,
             values: dict[str, Any]) -> None:
     """Export ``model/`` with the base tokenizer and chat template, report the final numbers, then the manifest."""
-    import tempfile
-
     from llmfab.training.export import export_hf
-    from llmfab.training.reward_head import copy_tokenizer_files
 
     spec, rl = setup.spec, setup.spec.rl
     assert rl is not None
     model_dir = ctx.out_dir / "model"
     state = {k: v.detach().float().cpu() for k, v in policy.state_dict().items()}
-    with tempfile.TemporaryDirectory(dir=ctx.out_dir, prefix=".tokenizer-") as tokenizer_dir:
-        copy_tokenizer_files(setup.model_dir, Path(tokenizer_dir))
-        export_hf(state, setup.args, Path(tokenizer_dir), model_dir,
-                  dtype="float32" if spec.precision == "fp32" else "bfloat16")
+    # The base model directory is the tokenizer source: export_hf copies only its tokenizer files.
+    export_hf(state, setup.args, setup.model_dir, model_dir,
+              dtype="float32" if spec.precision == "fp32" else "bfloat16")
     model_path = str(model_dir.relative_to(ctx.root)) if model_dir.is_relative_to(ctx.root) else str(model_dir)
     ctx.reporter.progress(modelPath=model_path, step=steps)
     write_manifest(ctx.out_dir, {
