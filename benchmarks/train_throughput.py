@@ -14,7 +14,8 @@ What each side runs per step (equal work):
   FSDP2 as the spec says, fused AdamW with its decay groups), ``trainer.train_step`` (forward, chunked
   loss, backward, global-norm clip at the spec default 1.0, the loss and grad norm read back as the
   training loop reads them) and ``optimizer.step()`` + ``zero_grad``, from a spec with the defaults
-  plus this shape, batch and precision (``lossChunkTokens`` default 4096).
+  plus this shape, batch and precision (``lossChunkTokens`` default 4096), and the SwiGLU width that
+  gives its MLP nanoGPT's matmul work (``--intermediate matched``: 1368 at hidden 512, not the default 1408).
 - transformers / nanoGPT: forward with their own full-logits cross-entropy, backward,
   ``clip_grad_norm_(1.0)``, fused AdamW (lr 3e-4, betas 0.9/0.95, weight decay 0.1), ``loss.item()``.
   On CUDA: bf16 autocast on one GPU; under FSDP2 (several GPUs) each decoder layer and the root are
@@ -24,13 +25,20 @@ What each side runs per step (equal work):
 The batch is one fixed random batch (data loading is not measured: the trainer's window sampler
 reads a few memory-mapped rows per step).
 
-``--profile`` runs one more step of each implementation under ``torch.profiler`` and splits its self
-time into matmuls, attention kernels and everything else (norms, RoPE, activations, loss and optimizer
+``--profile`` runs more steps of each implementation under ``torch.profiler`` (``--profile-rounds``,
+alternating; one profiled step varies by ±15% here) and splits their self time (median per kind)
+into matmuls, attention kernels and everything else (norms, RoPE, activations, loss and optimizer
 elementwise work); the printed ceiling is the best ratio against each peer that removing *all* of
 llmfab's other work could give.
 
-Rounds alternate between the implementations (the machine is shared: a neighbour's load hits all of
-them alike); each reports its median and its best step. With several GPUs and no torchrun around it,
+On CPU each implementation runs in a process of its own, as it would run as a program: its own
+allocator state (glibc maps and zeroes every buffer above its mmap threshold afresh on each step unless
+the process keeps freed memory, as llmfab's training process does: ``llmfab/training/host_memory.py``;
+the ``faults`` column shows it) and its own process set-up (llmfab's is ``init_distributed``, as in its
+workload). ``--peer-malloc keep`` gives the peers llmfab's allocator setting too; ``--in-process`` runs
+all three in this process, as the script did before. Rounds alternate between the implementations
+(the machine is shared: a neighbour's load hits all of them alike; the parent lets one process run at
+a time); each reports its median and its best step. With several GPUs and no torchrun around it,
 the script starts itself again under ``torchrun --standalone --nproc-per-node <GPUs>``; rank 0
 prints. nanoGPT's code is loaded at run time from a local mirror (``--nanogpt PATH`` to its model.py
 or the git dir of karpathy/nanoGPT); it is never committed here.
@@ -42,6 +50,7 @@ import argparse
 import contextlib
 import importlib.util
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -73,6 +82,7 @@ SHAPES = {
     "small": Shape(4, 256, 4, 256, 8000, 8),
     "gpt2-small": Shape(12, 768, 12, 1024, 50304, 16),  # GPT-2 small class, nanoGPT's padded vocabulary
     "large": Shape(12, 1024, 16, 512, 8000, 32),  # the seed's largest preset ("base"), default vocabulary
+    "tiny": Shape(2, 64, 2, 32, 512, 2),  # a smoke run of the script itself (tests)
 }
 DEFAULT_SHAPES = {"cpu": ["bench"], "cuda": ["gpt2-small", "large"]}
 
@@ -93,8 +103,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="torch.compile the blocks of every implementation; auto: on CUDA only")
     p.add_argument("--profile", action="store_true", help="split one step per implementation by kernel kind")
+    p.add_argument("--profile-rounds", type=int, default=3,
+                   help="profiled steps per implementation, alternating; the split printed is the median per kind")
     p.add_argument("--nanogpt", default=str(NANOGPT_MIRROR), help="nanoGPT model.py or git dir; '' = skip")
     p.add_argument("--no-transformers", action="store_true", help="skip the Hugging Face peer")
+    p.add_argument("--in-process", action="store_true",
+                   help="CPU: run every implementation in this process instead of one process each")
+    p.add_argument("--peer-malloc", choices=["default", "keep"], default="default",
+                   help="CPU: the peers' processes keep glibc's defaults (as their programs run) or get llmfab's "
+                   "setting (freed memory kept in the process: llmfab/training/host_memory.py)")
+    p.add_argument("--intermediate", default="matched",
+                   help="SwiGLU width of llmfab and transformers: 'matched' (default) gives their MLP the 8·hidden² "
+                   "weights of nanoGPT's GELU MLP (8/3·hidden rounded up to a multiple of 8), so every "
+                   "implementation does the same work; 'default' is llmfab's own (multiple of 64); or a number")
     a = p.parse_args(argv)
     if a.device == "auto":
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -104,7 +125,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.precision = a.precision or (["bf16"] if a.device == "cuda" else ["fp32", "bf16"])
     a.compile = a.compile == "on" or (a.compile == "auto" and a.device == "cuda")
     a.warmup = a.warmup if a.warmup is not None else (3 if a.device == "cuda" else 1)
+    if a.intermediate not in ("matched", "default") and not a.intermediate.isdigit():
+        p.error(f"--intermediate {a.intermediate!r}: give 'matched', 'default' or a positive integer")
     return a
+
+
+def intermediate_for(choice: str, hidden: int) -> int | None:
+    """The SwiGLU width the benchmark gives llmfab and transformers; None = llmfab's default.
+
+    nanoGPT's MLP is two hidden×4·hidden matrices (8·hidden² weights); SwiGLU has three hidden×I
+    matrices, so I = 8/3·hidden gives equal matmul FLOPs. llmfab's default rounds that up to a multiple
+    of 64 (1408 at hidden 512: 3% more MLP work than nanoGPT); 'matched' rounds to a multiple of 8
+    instead (1368: 0.2% more), which is the comparison at the same work that the goal asks for.
+    """
+    if choice == "default":
+        return None
+    if choice == "matched":
+        return -(-hidden // 3) * 8  # ceil(8·hidden/3 / 8) · 8
+    return int(choice)
 
 
 def torchrun_argv(argv: list[str], gpus: int) -> list[str] | None:
@@ -115,14 +153,16 @@ def torchrun_argv(argv: list[str], gpus: int) -> list[str] | None:
             str(Path(__file__).resolve()), *argv]
 
 
-def llmfab_spec(shape: Shape, precision: str, compile_: bool, world: int) -> object:
+def llmfab_spec(shape: Shape, precision: str, compile_: bool, world: int, intermediate: int | None = None) -> object:
     """The TrainingRun spec whose defaults the benchmark measures, at this shape/batch/precision."""
     from llmfab.api.training_run import TrainingRunSpec
 
+    model: dict[str, Any] = {"layers": shape.layers, "hidden": shape.hidden, "heads": shape.heads,
+                             "contextLength": shape.ctx}
+    if intermediate is not None:
+        model["intermediate"] = intermediate
     return TrainingRunSpec.model_validate({
-        "dataset": {"name": "benchmark"}, "precision": precision, "compile": compile_,
-        "model": {"layers": shape.layers, "hidden": shape.hidden, "heads": shape.heads,
-                  "contextLength": shape.ctx},
+        "dataset": {"name": "benchmark"}, "precision": precision, "compile": compile_, "model": model,
         "batch": {"globalTokens": shape.batch * shape.ctx * world, "microBatchSize": shape.batch},
         "optimizer": {"lr": 3e-4, "warmupSteps": 0, "weightDecay": 0.1},
     })
@@ -172,32 +212,40 @@ def peer_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
 
 
-def build_steps(a: argparse.Namespace, shape: Shape, precision: str, env: object) -> tuple[dict[str, Step], dict[str, Any]]:
-    """One step function per implementation, and facts to print (llmfab's FLOPs/token, MFU function)."""
+IMPLEMENTATIONS = ("llmfab", "transformers", "nanoGPT")
+
+
+def build_step(a: argparse.Namespace, shape: Shape, precision: str, env: object,
+               name: str) -> tuple[Step, dict[str, Any]] | None:
+    """One implementation's step function and facts to print (its applied parameters N; for llmfab
+    also whether it computes in bf16 and its SwiGLU width); None where that peer is skipped/absent."""
     from llmfab.training import distributed as D
     from llmfab.training import trainer
     from llmfab.training.batching import BatchSchedule
 
     world = env.world_size  # type: ignore[attr-defined]
     device = env.device  # type: ignore[attr-defined]
-    spec = llmfab_spec(shape, precision, a.compile, world)
-    parts = trainer.build(spec, shape.vocab, env)  # type: ignore[arg-type]
-    plan = BatchSchedule(spec.batch, shape.ctx, world).step_batch(0, shape.batch)  # type: ignore[attr-defined]
-    bf16_used = D.uses_bf16(spec, env)  # type: ignore[arg-type]
-
-    def llmfab_step(batch: torch.Tensor) -> float:
-        loss, _ = trainer.train_step(parts, batch, plan, spec, env)  # type: ignore[arg-type]
-        parts.optimizer.step()
-        parts.optimizer.zero_grad(set_to_none=True)
-        return loss
-
-    steps: dict[str, Step] = {"llmfab": llmfab_step}
-    info = {"mfu": trainer.mfu_function(parts, shape.ctx, env), "parameters": parts.parameters,  # type: ignore[arg-type]
-            "llmfab_bf16": bf16_used}
+    spec = llmfab_spec(shape, precision, a.compile, world, intermediate_for(a.intermediate, shape.hidden))
     bf16, fsdp = precision == "bf16", D.uses_fsdp(spec, env)  # type: ignore[arg-type]
-    inter = parts.args.intermediate
+    inter = spec.model.intermediate_size()  # type: ignore[attr-defined]
 
-    if not a.no_transformers:
+    if name == "llmfab":
+        parts = trainer.build(spec, shape.vocab, env)  # type: ignore[arg-type]
+        plan = BatchSchedule(spec.batch, shape.ctx, world).step_batch(0, shape.batch)  # type: ignore[attr-defined]
+
+        def llmfab_step(batch: torch.Tensor) -> float:
+            loss, _ = trainer.train_step(parts, batch, plan, spec, env)  # type: ignore[arg-type]
+            parts.optimizer.step()
+            parts.optimizer.zero_grad(set_to_none=True)
+            return loss
+
+        # Matmul weights applied per token (embedding tables used only as lookups excluded), for FLOPs.
+        return llmfab_step, {"applied": parts.parameters, "llmfab_bf16": D.uses_bf16(spec, env),  # type: ignore[arg-type]
+                             "intermediate": parts.args.intermediate}
+
+    if name == "transformers":
+        if a.no_transformers:
+            return None
         from transformers import LlamaConfig, LlamaForCausalLM
 
         cfg = LlamaConfig(vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=inter,
@@ -218,81 +266,238 @@ def build_steps(a: argparse.Namespace, shape: Shape, precision: str, env: object
             hf_opt.zero_grad(set_to_none=True)
             return float(loss.item())
 
-        steps["transformers"] = hf_step
+        return hf_step, {"applied": sum(p.numel() for p in hf.parameters())}
 
     nanogpt = load_nanogpt(Path(a.nanogpt)) if a.nanogpt else None
-    if nanogpt is not None:
-        gcfg = nanogpt.GPTConfig(block_size=shape.ctx, vocab_size=shape.vocab, n_layer=shape.layers,  # type: ignore[attr-defined]
-                                 n_head=shape.heads, n_embd=shape.hidden, dropout=0.0, bias=False)
-        torch.manual_seed(0)
-        with contextlib.redirect_stdout(sys.stderr):
-            gpt = nanogpt.GPT(gcfg).to(device)  # type: ignore[attr-defined]
-        gpt_autocast = peer_setup(gpt, gpt.transformer.h, bf16, a.compile, fsdp)
-        gpt_opt = peer_optimizer(gpt)
+    if nanogpt is None:
+        return None
+    gcfg = nanogpt.GPTConfig(block_size=shape.ctx, vocab_size=shape.vocab, n_layer=shape.layers,  # type: ignore[attr-defined]
+                             n_head=shape.heads, n_embd=shape.hidden, dropout=0.0, bias=False)
+    torch.manual_seed(0)
+    with contextlib.redirect_stdout(sys.stderr):
+        gpt = nanogpt.GPT(gcfg).to(device)  # type: ignore[attr-defined]
+    gpt_autocast = peer_setup(gpt, gpt.transformer.h, bf16, a.compile, fsdp)
+    gpt_opt = peer_optimizer(gpt)
 
-        def gpt_step(batch: torch.Tensor) -> float:
-            with gpt_autocast():
-                _, loss = gpt(batch[:, :-1].contiguous(), batch[:, 1:].contiguous())
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(gpt.parameters(), 1.0)
-            gpt_opt.step()
-            gpt_opt.zero_grad(set_to_none=True)
-            return float(loss.item())
+    def gpt_step(batch: torch.Tensor) -> float:
+        with gpt_autocast():
+            _, loss = gpt(batch[:, :-1].contiguous(), batch[:, 1:].contiguous())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(gpt.parameters(), 1.0)
+        gpt_opt.step()
+        gpt_opt.zero_grad(set_to_none=True)
+        return float(loss.item())
 
-        steps["nanoGPT"] = gpt_step
-    return steps, info
+    return gpt_step, {"applied": gpt.get_num_params(non_embedding=True)}  # without the position table
 
 
-def run_shape(a: argparse.Namespace, shape: Shape, env: object, main: bool) -> None:
-    from llmfab.training.metrics import flops_per_token, peak_flops
+def fixed_batch(shape: Shape, device: torch.device) -> torch.Tensor:
+    """The one random batch every implementation trains on (the same in every process)."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, shape.vocab, (shape.batch, shape.ctx + 1), generator=gen).to(device)
 
+
+def timed_steps(step: Step, batch: torch.Tensor, n: int) -> list[tuple[float, int]]:
+    """(seconds, minor page faults of this process) of each of ``n`` steps."""
+    out = []
+    for _ in range(n):
+        _sync(batch.device)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        start = time.perf_counter()
+        step(batch)
+        _sync(batch.device)
+        out.append((time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
+    return out
+
+
+class InProcess:
+    """An implementation run in this process (CUDA, and under torchrun: the ranks hold one of each)."""
+
+    def __init__(self, step: Step, info: dict[str, Any], batch: torch.Tensor) -> None:
+        self.step, self.info, self.batch = step, info, batch
+
+    def run(self, n: int) -> list[tuple[float, int]]:
+        return timed_steps(self.step, self.batch, n)
+
+    def split(self) -> dict[str, float]:
+        return split_step(self.step, self.batch)
+
+    def close(self) -> None:
+        del self.step
+
+
+class Isolated:
+    """An implementation in a process of its own (CPU): its own allocator state and process set-up,
+    as when it runs as a program. llmfab's process is set up by ``init_distributed``, as its training
+    workload's is (threads; freed memory kept in the process: ``training/host_memory.py``); a peer's
+    process is plain PyTorch unless ``--peer-malloc keep`` gives it llmfab's setting too. The parent
+    only tells the processes, one at a time, to run their steps, so rounds still alternate."""
+
+    def __init__(self, argv: list[str], shape: Shape, precision: str, name: str) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        here = str(Path(__file__).resolve().parent)
+        if here not in sys.path:  # loaded by path (tests): the child imports this module by name
+            sys.path.append(here)
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_isolated_main, args=(child, argv, shape, precision, name), daemon=True)
+        self.process.start()
+        child.close()
+        self.info: dict[str, Any] | None = self._reply()
+
+    def _reply(self) -> Any:
+        try:
+            reply = self.conn.recv()
+        except EOFError as e:
+            raise RuntimeError(f"benchmark worker exited with {self.process.exitcode}") from e
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+    def run(self, n: int) -> list[tuple[float, int]]:
+        self.conn.send(("run", n))
+        result: list[tuple[float, int]] = self._reply()
+        return result
+
+    def split(self) -> dict[str, float]:
+        self.conn.send(("split", 0))
+        result: dict[str, float] = self._reply()
+        return result
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(("stop", 0))
+        self.process.join(timeout=60)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def _isolated_main(conn: Any, argv: list[str], shape: Shape, precision: str, name: str) -> None:
+    from llmfab.training import distributed as D
+    from llmfab.training.host_memory import keep_freed_memory
+
+    try:
+        a = parse_args(argv)
+        if name == "llmfab":
+            env = D.init_distributed(llmfab_spec(shape, precision, a.compile, 1))  # type: ignore[arg-type]
+        else:
+            env = D.DistEnv(0, 0, 1, torch.device("cpu"))
+            if a.peer_malloc == "keep":
+                keep_freed_memory()
+        torch.set_num_threads(a.threads)
+        built = build_step(a, shape, precision, env, name)
+        if built is None:
+            conn.send(None)
+            return
+        step, info = built
+        batch = fixed_batch(shape, env.device)
+        conn.send(info)
+    except Exception as e:  # handed to the parent, which raises it
+        conn.send(e)
+        return
+    while True:
+        command, n = conn.recv()
+        if command == "stop":
+            return
+        try:
+            conn.send(timed_steps(step, batch, n) if command == "run" else split_step(step, batch))
+        except Exception as e:
+            conn.send(e)
+
+
+def start_runners(a: argparse.Namespace, argv: list[str], shape: Shape, precision: str,
+                  env: object) -> dict[str, InProcess | Isolated]:
+    runners: dict[str, InProcess | Isolated] = {}
+    try:
+        for name in IMPLEMENTATIONS:
+            if a.device == "cpu" and not a.in_process:
+                isolated = Isolated(argv, shape, precision, name)
+                if isolated.info is None:
+                    isolated.close()
+                else:
+                    runners[name] = isolated
+            elif (built := build_step(a, shape, precision, env, name)) is not None:
+                runners[name] = InProcess(*built, fixed_batch(shape, env.device))  # type: ignore[attr-defined]
+    except BaseException:
+        for runner in runners.values():
+            runner.close()
+        raise
+    return runners
+
+
+def run_shape(a: argparse.Namespace, argv: list[str], shape: Shape, env: object, main: bool) -> None:
     device = env.device  # type: ignore[attr-defined]
     world = env.world_size  # type: ignore[attr-defined]
-    say = print if main else (lambda *_, **__: None)
+
+    def say(*args: object) -> None:
+        if main:
+            print(*args, flush=True)
+
     say(f"\nshape: {shape.layers} layers, {shape.hidden} hidden, {shape.heads} heads, ctx {shape.ctx}, "
         f"vocab {shape.vocab}, batch {shape.batch}x{shape.ctx} per process x {world} process(es)"
         f"{', torch.compile' if a.compile else ''}{', FSDP2' if world > 1 else ''}")
+    if device.type == "cpu":
+        say("  each implementation in its own process" if not a.in_process else "  all implementations in this process",
+            f"(peers' malloc: {a.peer_malloc})" if not a.in_process else "")
     tokens_per_step = shape.batch * shape.ctx * world
     for precision in a.precision:
-        steps, info = build_steps(a, shape, precision, env)
-        if precision == "bf16" and not info["llmfab_bf16"]:
-            say("  note: llmfab computes this in fp32 (its bf16 fallback on this CPU)")
-        gen = torch.Generator().manual_seed(0)
-        batch = torch.randint(0, shape.vocab, (shape.batch, shape.ctx + 1), generator=gen).to(device)
-        times: dict[str, list[float]] = {k: [] for k in steps}
-        for step in steps.values():  # warm-up: allocator, oneDNN primitives, compile, optimizer state
-            for _ in range(a.warmup):
-                step(batch)
-        for _ in range(a.rounds):
-            for name, step in steps.items():
-                for _ in range(a.steps):
-                    _sync(device)
-                    start = time.perf_counter()
-                    step(batch)
-                    _sync(device)
-                    times[name].append(time.perf_counter() - start)
-        median = {k: tokens_per_step / statistics.median(v) for k, v in times.items()}
-        best = {k: tokens_per_step / min(v) for k, v in times.items()}
-        peak = peak_flops(torch.cuda.get_device_name(device) if device.type == "cuda" else None)
-        n = info["parameters"]
-        say(f"\n[{precision}] tokens/s over {a.rounds}x{a.steps} steps per implementation: median (best)"
-            + (", MFU of the median" if peak else ""))
-        say(f"  llmfab parameters {n / 1e6:.2f}M; model FLOPs/token {flops_per_token(n, shape.layers, shape.hidden, shape.ctx) / 1e9:.3f} G "
-            "(6N + 12·layers·hidden·ctx); the same FLOPs are used for every implementation")
-        if peak:
-            say(f"  peak: {peak / 1e12:.0f} TFLOP/s dense bf16 per device "
-                f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'LLMFAB_PEAK_FLOPS'}) x {world}")
-        for k in steps:
-            mfu = info["mfu"](median[k])
-            say(f"  {k:13s} {median[k]:9.0f} ({best[k]:.0f})" + (f"  MFU {100 * mfu:.1f}%" if mfu is not None else ""))
-        for k in steps:
-            if k != "llmfab":
-                say(f"  llmfab / {k}: {median['llmfab'] / median[k]:.2f}x median, {best['llmfab'] / best[k]:.2f}x best")
-        if a.profile:
-            print_profile(steps, batch, say)
-        del steps, info
+        runners = start_runners(a, argv, shape, precision, env)
+        try:
+            info = {k: r.info for k, r in runners.items()}
+            if precision == "bf16" and not info["llmfab"]["llmfab_bf16"]:  # type: ignore[index]
+                say("  note: llmfab computes this in fp32 (its bf16 fallback on this CPU)")
+            for runner in runners.values():  # warm-up: allocator, oneDNN primitives, compile, optimizer state
+                runner.run(a.warmup)
+            runs: dict[str, list[tuple[float, int]]] = {k: [] for k in runners}
+            for _ in range(a.rounds):
+                for name, runner in runners.items():
+                    runs[name] += runner.run(a.steps)
+            report(a, shape, precision, runs, info, world, tokens_per_step, device, say)
+            if a.profile:  # one profiled step each, alternating, a.profile_rounds times; the median per kind
+                splits: dict[str, list[dict[str, float]]] = {k: [] for k in runners}
+                for _ in range(a.profile_rounds):
+                    for name, runner in runners.items():
+                        splits[name].append(runner.split())
+                print_profile({k: {kind: statistics.median(s[kind] for s in v) for kind in v[0]}
+                               for k, v in splits.items()}, device, say)
+        finally:
+            for runner in runners.values():
+                runner.close()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def report(a: argparse.Namespace, shape: Shape, precision: str, runs: dict[str, list[tuple[float, int]]],
+           info: dict[str, Any], world: int, tokens_per_step: int, device: torch.device,
+           say: Callable[..., None]) -> None:
+    from llmfab.training.metrics import flops_per_token, peak_flops
+    from llmfab.training.metrics import model_flops_utilization as metrics_mfu
+
+    times = {k: [t for t, _ in v] for k, v in runs.items()}
+    median = {k: tokens_per_step / statistics.median(v) for k, v in times.items()}
+    best = {k: tokens_per_step / min(v) for k, v in times.items()}
+    faults = {k: statistics.median(f for _, f in v) for k, v in runs.items()}
+    peak = peak_flops(torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+    flops = {k: flops_per_token(i["applied"], shape.layers, shape.hidden, shape.ctx) for k, i in info.items()}
+    say(f"\n[{precision}] tokens/s over {a.rounds}x{a.steps} steps per implementation: median (best); "
+        "each one's applied parameters N and model FLOPs/token (6N + 12·layers·hidden·ctx); achieved "
+        "model TFLOP/s of the median" + (" and MFU" if peak else "") + "; minor page faults per step (median)")
+    say(f"  llmfab/transformers SwiGLU width {info['llmfab']['intermediate']} (--intermediate {a.intermediate})")
+    if peak:
+        say(f"  peak: {peak / 1e12:.0f} TFLOP/s dense bf16 per device "
+            f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'LLMFAB_PEAK_FLOPS'}) x {world}")
+    for k in runs:
+        achieved = median[k] * flops[k]
+        mfu = metrics_mfu(median[k], flops[k], peak, world)
+        say(f"  {k:13s} {median[k]:9.0f} ({best[k]:.0f})  N {info[k]['applied'] / 1e6:.2f}M  "
+            f"{flops[k] / 1e9:.3f} GFLOP/token  {achieved / 1e12:.3f} TFLOP/s"
+            + (f"  MFU {100 * mfu:.1f}%" if mfu is not None else "") + f"  faults {faults[k]:.0f}")
+    for k in runs:
+        if k != "llmfab":
+            say(f"  llmfab / {k}: {median['llmfab'] / median[k]:.2f}x median tokens/s, "
+                f"{best['llmfab'] / best[k]:.2f}x best; {median['llmfab'] * flops['llmfab'] / (median[k] * flops[k]):.2f}x "
+                "model FLOP/s")
 
 
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"}
@@ -324,9 +529,8 @@ def split_step(step: Step, batch: torch.Tensor) -> dict[str, float]:
     return split
 
 
-def print_profile(steps: dict[str, Step], batch: torch.Tensor, say: Callable[..., None]) -> None:
-    splits = {name: split_step(step, batch) for name, step in steps.items()}
-    say(f"\n  {'device' if batch.is_cuda else 'self'} time of one step (s): matmul + attention + other = total")
+def print_profile(splits: dict[str, dict[str, float]], device: torch.device, say: Callable[..., None]) -> None:
+    say(f"\n  {'device' if device.type == 'cuda' else 'self'} time of one step (s): matmul + attention + other = total")
     for name, s in splits.items():
         say(f"  {name:13s} {s['matmul']:6.3f} + {s['attention']:6.3f} + {s['other']:6.3f} = {sum(s.values()):6.3f}")
     floor = splits["llmfab"]["matmul"] + splits["llmfab"]["attention"]
@@ -375,7 +579,7 @@ def main(argv: list[str] | None = None) -> None:
             shape = SHAPES[shape_name]
             if a.batch:
                 shape = Shape(shape.layers, shape.hidden, shape.heads, shape.ctx, shape.vocab, a.batch)
-            run_shape(a, shape, env, env.is_main)
+            run_shape(a, argv, shape, env, env.is_main)
     finally:
         D.teardown(env)
 

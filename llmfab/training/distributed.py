@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from llmfab.api.training_run import TrainingRunSpec
+from llmfab.training.host_memory import keep_freed_memory
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class DistEnv:
 
 
 def init_distributed(spec: TrainingRunSpec) -> DistEnv:
-    """Join the torchrun job (or be a world of one); pin this process's device and threads."""
+    """Join the torchrun job (or be a world of one); pin this process's device and threads, and on CPU
+    keep freed tensor memory in the process (``host_memory``)."""
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -48,6 +50,7 @@ def init_distributed(spec: TrainingRunSpec) -> DistEnv:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+        keep_freed_memory()  # no page faults for the buffers every step frees and allocates again
         if "OMP_NUM_THREADS" not in os.environ:
             # Processes on one host share its cores; oversubscribing them is many times slower.
             local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))

@@ -125,3 +125,20 @@ def test_trainer_mfu_of_gpt2_small_on_an_h200(monkeypatch: pytest.MonkeyPatch) -
     parts = trainer.Parts(shared, small, None, None, small.num_parameters(), {})  # type: ignore[arg-type]
     expected = flops_per_token(small.num_parameters() + 2 * block, 4, 32, 16)
     assert trainer.mfu_function(parts, 16, env)(1e6) == pytest.approx(1e6 * expected / (2 * 989e12))
+
+
+def test_cpu_run_times_each_implementation_in_its_own_process(bench: object, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CPU path end to end at a tiny shape: llmfab and transformers each in a spawned process,
+    alternating rounds, the report with page faults, the profile split; both processes end."""
+    import multiprocessing
+
+    bench.main(["--device", "cpu", "--shape", "tiny", "--precision", "fp32", "--rounds", "2", "--steps", "1",  # type: ignore[attr-defined]
+                "--warmup", "1", "--nanogpt", "", "--profile"])
+    out = capsys.readouterr().out
+    assert "each implementation in its own process (peers' malloc: default)" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if "GFLOP/token" in line}
+    assert set(rows) == {"llmfab", "transformers"}
+    for row in rows.values():
+        assert float(row[1]) > 0 and row[-2] == "faults" and int(row[-1]) >= 0
+    assert "llmfab / transformers:" in out and "self time of one step (s)" in out
+    assert not multiprocessing.active_children()
