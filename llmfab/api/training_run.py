@@ -458,7 +458,9 @@ class TrainingRunSpec(Spec):
         "with a warning when fp32 is chosen (LLMFAB_CPU_BF16=force insists). fp32: never bf16. bf16 is autocast "
         "compute with fp32 master weights and gradient reduction.",
     )
-    compile: bool = Field(default=False, description="torch.compile the blocks (CUDA).")
+    compile: bool = Field(
+        default=False, description="torch.compile the blocks (inductor), on CUDA and CPU. On CPU the first step "
+        "compiles C++ kernels (~30 s at 6x512 on 2 cores); measured there 1.13x eager in bf16, 1.03x in fp32.")
     label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
     loss_chunk_tokens: int = Field(
         default=4096, ge=64, description="Tokens per chunk of the output-head + loss; never the full logits."

@@ -149,7 +149,7 @@ def parallelize(model: nn.Module, spec: TrainingRunSpec, env: DistEnv, root: nn.
     blocks: nn.ModuleList = model.blocks  # type: ignore[assignment]
     for i in checkpointed_block_indices(spec, len(blocks)):
         blocks[i] = checkpoint_wrapper(blocks[i], checkpoint_impl=CheckpointImpl.NO_REENTRANT)
-    if spec.compile and env.device.type == "cuda":
+    if spec.compile:  # CUDA, and CPU where asked (inductor's C++ kernels; RESULTS.md, issue 13)
         for block in blocks:
             block.compile()  # in place: parameter names (and checkpoints) stay those of the eager model
     if uses_fsdp(spec, env):

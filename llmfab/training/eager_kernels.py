@@ -8,7 +8,7 @@ Each :class:`torch.autograd.Function` here computes the same math in fewer passe
 gradient straight into the layout the next matmul reads (one ``[B, T, (heads + 2·kv)·d]`` buffer
 for q/k/v, one ``[B, T, 2·intermediate]`` for gate/up), saving only what backward needs.
 
-Under ``torch.compile`` (the CUDA path) the plain formulation is used instead: inductor fuses it
+Under ``torch.compile`` (``compile: true``, CUDA or CPU) the plain formulation is used instead: inductor fuses it
 into the same few kernels by itself and traces it without graph breaks. Both formulations are the
 same math; ``tests/training_model/test_eager_kernels.py`` checks values and gradients of one against the
 other, ``test_step_equivalence.py`` the whole step against the pre-change code.
