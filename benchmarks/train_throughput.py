@@ -5,6 +5,8 @@ the same shape, batch, precision, optimizer and clipping, measured in one run.
     .venv/bin/python benchmarks/train_throughput.py                 # CPU: 6×512×8, ctx 512, vocab 8000, batch 8×512
     .venv/bin/python benchmarks/train_throughput.py --shape small   # 4×256×4, ctx 256, batch 8×256
     .venv/bin/python benchmarks/train_throughput.py --precision fp32 --profile  # where the time goes
+    .venv/bin/python benchmarks/train_throughput.py --peer-malloc keep          # peers with llmfab's allocator setting
+    .venv/bin/python benchmarks/train_throughput.py --compile on                # torch.compile on CPU too (~35 s first)
     python benchmarks/train_throughput.py --device cuda             # GPU: gpt2-small and large shapes, bf16,
                                                                     # torch.compile, FSDP2 over all GPUs
 
