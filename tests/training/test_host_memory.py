@@ -1,11 +1,11 @@
 """CPU training keeps freed tensor memory in the process (``llmfab/training/host_memory.py``).
 
 Each case runs in a fresh interpreter: the setting is process-wide, and the point is what a new
-training process does from its start. Each "step" allocates and fills tensors of 48, 64, 40, 8 and 33 MiB
-(most above glibc's largest mmap threshold, 32 MiB), holds
-them together and frees them, as a training step does with its activations. After a few steps the
-heap has settled (freed blocks coalesce); the page faults of the last steps then tell whether the
-memory came back from the heap or was mapped and zeroed again."""
+training process does from its start. Each "step" allocates and fills tensors of 48, 64, 40, 8 and
+33 MiB (most above glibc's largest mmap threshold, 32 MiB), holds them together and frees them, as a
+training step does with its activations. After a few steps the heap has settled (freed blocks
+coalesce); the page faults of the last steps then tell whether the memory came back from the heap or
+was mapped and zeroed again."""
 
 from __future__ import annotations
 

@@ -38,6 +38,12 @@ def _spec(case: dict) -> TrainingRunSpec:
     })
 
 
+def _batch(schedule: BatchSchedule, gen: torch.Generator) -> torch.Tensor:
+    """Learnable: each token follows from the previous one; only the starts are random."""
+    starts = torch.randint(0, VOCAB, (schedule.final, 1), generator=gen)
+    return (starts + 17 * torch.arange(CONTEXT + 1)) % VOCAB
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_trainer_step_losses_equal_the_pre_change_math(name: str) -> None:
     spec = _spec(CASES[name])
@@ -50,9 +56,7 @@ def test_trainer_step_losses_equal_the_pre_change_math(name: str) -> None:
     gen = torch.Generator().manual_seed(7)
     ours, theirs = [], []
     for step in range(STEPS):
-        # Learnable: each token follows from the previous one; only the starts are random.
-        starts = torch.randint(0, VOCAB, (schedule.final, 1), generator=gen)
-        batch = (starts + 17 * torch.arange(CONTEXT + 1)) % VOCAB
+        batch = _batch(schedule, gen)
         lr = o.lr * lr_multiplier(step, STEPS, o)
         for opt in (parts.optimizer, ref_opt):
             for group in opt.param_groups:
@@ -81,8 +85,7 @@ def test_compiled_blocks_on_cpu_give_the_same_losses() -> None:
         gen = torch.Generator().manual_seed(7)
         losses[compiled] = []
         for step in range(3):
-            starts = torch.randint(0, VOCAB, (schedule.final, 1), generator=gen)
-            batch = (starts + 17 * torch.arange(CONTEXT + 1)) % VOCAB
+            batch = _batch(schedule, gen)
             losses[compiled].append(trainer.train_step(parts, batch, schedule.step_batch(step, 4), spec, ENV)[0])
             parts.optimizer.step()
             parts.optimizer.zero_grad(set_to_none=True)

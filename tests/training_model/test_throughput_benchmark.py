@@ -100,7 +100,8 @@ def test_mfu_is_model_flops_over_the_peak_of_all_devices() -> None:
 
 
 def test_trainer_mfu_of_gpt2_small_on_an_h200(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The trainer's own MFU (the one the benchmark prints), on the CUDA branch, for a 12×768 model."""
+    """The trainer's own MFU (the training loop's metric; the benchmark prints the same 6N + attention
+    FLOPs over the same peak for each implementation), on the CUDA branch, for a 12×768 model."""
     monkeypatch.delenv("LLMFAB_PEAK_FLOPS", raising=False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
     args = ModelArgs(vocab_size=50304, layers=12, hidden=768, heads=12, kv_heads=12, intermediate=2048,
