@@ -12,7 +12,9 @@ every step faults those pages in again and the kernel zeroes each one: 100-300 t
 (``M_MMAP_MAX`` 0; glibc still falls back to ``mmap`` where the heap cannot grow) and no trimming
 (``M_TRIM_THRESHOLD`` at its maximum), so freed blocks go back to the heap and the next step reuses
 them. The cost is that resident memory stays at the step's peak instead of falling between steps,
-which is what a training process does on a GPU anyway. This is what Intel's CPU training guides do
+which is what a training process does on a GPU anyway, and that the heap takes a few steps to settle:
+small blocks left between the large ones keep freed buffers from merging, so the heap grows until
+each buffer of the step has a hole of its own (``tests/training/test_host_memory.py``). This is what Intel's CPU training guides do
 by preloading jemalloc or tcmalloc; ``mallopt`` does it without a library to install or preload.
 
 Only glibc has ``mallopt``; elsewhere (musl, macOS) nothing changes. ``LLMFAB_CPU_MALLOC=default``
