@@ -9,7 +9,7 @@ was mapped and zeroed again.
 
 How many steps the heap takes to settle depends on what the imports before left in it: small blocks
 freed into glibc's per-thread cache stay between the large ones, so the heap grows by a 64 MiB hole a
-step until every tensor has one (seen: 1 to 6 such steps here, and now and then one more much later).
+step until every tensor has one (seen: the first 2 to 7 steps here, and now and then a smaller growth much later).
 A kept heap therefore shows as a median of no faults over the later steps, not as three clean ones."""
 
 from __future__ import annotations
