@@ -7,9 +7,9 @@ training step does with its activations. After a few steps the heap has settled 
 coalesce); the page faults of the last steps then tell whether the memory came back from the heap or
 was mapped and zeroed again.
 
-How many steps the heap takes to settle depends on what the imports before left in it: small blocks
-freed into glibc's per-thread cache stay between the large ones, so the heap grows by a 64 MiB hole a
-step until every tensor has one (seen: the first 2 to 7 steps here, and now and then a smaller growth much later).
+The heap takes a varying number of steps to settle: small blocks freed into glibc's per-thread cache
+stay between the large ones, so the heap grows by a 64 MiB hole a step until every tensor has one
+(seen: the first 2 to 7 steps here, now and then a smaller growth much later, and in CI still at step 8).
 A kept heap therefore shows as a median of no faults over the later steps, not as three clean ones."""
 
 from __future__ import annotations
