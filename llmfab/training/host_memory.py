@@ -14,8 +14,9 @@ every step faults those pages in again and the kernel zeroes each one: 100-300 t
 them. The cost is that resident memory stays at the step's peak instead of falling between steps,
 which is what a training process does on a GPU anyway, and that the heap takes a few steps to settle:
 small blocks left between the large ones keep freed buffers from merging, so the heap grows until
-each buffer of the step has a hole of its own (``tests/training/test_host_memory.py``). This is what Intel's CPU training guides do
-by preloading jemalloc or tcmalloc; ``mallopt`` does it without a library to install or preload.
+each buffer of the step has a hole of its own (``tests/training/test_host_memory.py``). This is what
+Intel's CPU training guides do by preloading jemalloc or tcmalloc; ``mallopt`` does it without a
+library to install or preload.
 
 Only glibc has ``mallopt``; elsewhere (musl, macOS) nothing changes. ``LLMFAB_CPU_MALLOC=default``
 leaves glibc's behaviour as it is.
@@ -24,7 +25,6 @@ leaves glibc's behaviour as it is.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -39,12 +39,8 @@ ENV = "LLMFAB_CPU_MALLOC"
 def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it
-    except (OSError, AttributeError):
-        return None
-    return libc
+    libc = ctypes.CDLL(None)  # the symbols already loaded into this process: its C library's among them
+    return libc if hasattr(libc, "gnu_get_libc_version") else None  # only glibc has it
 
 
 def keep_freed_memory() -> bool:
