@@ -49,6 +49,9 @@ from llmfab.training.model import Block, ModelArgs, rope_tables
 PROBE_FILE = "precision-probe.json"
 PROBE_VERSION = 1  # part of the cache key: a changed probe measures again
 OVERRIDE_ENV = "LLMFAB_CPU_BF16"  # force | off
+# Takes the place of oneDNN's answer to "is bf16 native here?" (1 or 0): the test suite runs with it
+# set both ways, so no test passes only on the CPU it was written on (issue 19).
+NATIVE_ENV = "LLMFAB_CPU_NATIVE_BF16"
 # Tokens per probe: the context, halved until one block's fp32 forward + backward is at most this
 # many FLOPs (~0.1 s on one AVX-512 core), so the probe stays about a second for 12×1024; never
 # below MIN_TOKENS, where matmuls are too small to rank the precisions as training's would.
@@ -128,7 +131,15 @@ def cpu_model() -> str:
 
 
 def native_cpu_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively here (AVX-512 BF16 / AMX); without it bf16 is emulated."""
+    """Whether oneDNN runs bf16 natively here (AVX-512 BF16 / AMX); without it bf16 is emulated.
+
+    ``LLMFAB_CPU_NATIVE_BF16=1|0`` answers instead (a test forcing either kind of CPU).
+    """
+    forced = os.environ.get(NATIVE_ENV, "")
+    if forced:
+        if forced not in ("0", "1"):
+            raise ValueError(f"{NATIVE_ENV}: {forced!r} is not an answer; use 1 (native bf16), 0 (none), or unset it")
+        return forced == "1"
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -242,12 +253,14 @@ def _probe(args: ModelArgs, timer: Callable[[], float]) -> ProbeResult:
 
 
 def decide(requested: str, device: str, *, probe: Callable[[], tuple[ProbeResult, bool]],
-           override: str | None = None, native_bf16: Callable[[], bool] = native_cpu_bf16,
+           override: str | None = None, native_bf16: Callable[[], bool] | None = None,
            cuda_bf16: Callable[[], bool] = lambda: torch.cuda.is_bf16_supported()) -> Decision:
     """``requested`` (auto, bf16, fp32) on ``device`` (cpu, cuda) as a concrete precision.
 
     ``probe`` returns (figures, whether they came from the cache); it is called only on a CPU
-    where bf16 is requested or auto, runs natively and is not overridden.
+    where bf16 is requested or auto, runs natively and is not overridden. ``native_bf16`` defaults
+    to :func:`native_cpu_bf16` looked up at call time, so a test that replaces the module's function
+    decides as on the CPU it pretends to be (a default bound at import would ask the real CPU).
     """
     if requested not in ("auto", "bf16", "fp32"):
         raise ValueError(f"spec.precision: {requested!r} is not a precision; use auto, bf16 or fp32")
@@ -261,7 +274,7 @@ def decide(requested: str, device: str, *, probe: Callable[[], tuple[ProbeResult
         return Decision("bf16", requested, "force", device=device)
     if override == "off":
         return Decision("fp32", requested, "off", device=device)
-    if not native_bf16():
+    if not (native_bf16 or native_cpu_bf16)():
         return Decision("fp32", requested, "no-native-bf16", device=device)
     result, cached = probe()
     return Decision(result.faster, requested, "probe", result, cached, device)

@@ -266,3 +266,26 @@ def test_training_with_the_default_precision_reports_its_choice_and_keys_the_cap
     concrete = chosen["message"].split()[2]
     resolved = TrainingRunSpec.model_validate({**_run().spec.model_dump(), "precision": concrete})
     assert json.loads(micro_batch_key(resolved, D.DistEnv(0, 0, 1, CPU)))["precision"] == concrete
+
+
+@pytest.mark.parametrize("native_here", [True, False])
+def test_decide_asks_the_capability_when_called_not_when_imported(monkeypatch: pytest.MonkeyPatch,
+                                                                   native_here: bool) -> None:
+    """A test (or a caller) that replaces ``native_cpu_bf16`` is obeyed on every CPU: a default bound
+    at import asked the real CPU, so tests passed only where they were written (issue 19)."""
+    monkeypatch.delenv(P.OVERRIDE_ENV, raising=False)
+    monkeypatch.setattr(P, "native_cpu_bf16", lambda: native_here)
+    probe = Probe(40.0, 20.0)
+    d = P.decide("auto", "cpu", probe=lambda: (probe(ARGS), False))
+    assert (d.why, d.precision, probe.calls) == (("probe", "bf16", 1) if native_here else ("no-native-bf16", "fp32", 0))
+
+
+def test_the_capability_answer_can_be_forced_both_ways_and_a_bad_value_is_named(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(P.NATIVE_ENV, "1")
+    assert P.native_cpu_bf16() is True
+    monkeypatch.setenv(P.NATIVE_ENV, "0")
+    assert P.native_cpu_bf16() is False
+    monkeypatch.setenv(P.NATIVE_ENV, "yes")
+    with pytest.raises(ValueError, match="LLMFAB_CPU_NATIVE_BF16: 'yes'.*use 1"):
+        P.native_cpu_bf16()
