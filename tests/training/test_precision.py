@@ -287,5 +287,5 @@ def test_the_capability_answer_can_be_forced_both_ways_and_a_bad_value_is_named(
     monkeypatch.setenv(P.NATIVE_ENV, "0")
     assert P.native_cpu_bf16() is False
     monkeypatch.setenv(P.NATIVE_ENV, "yes")
-    with pytest.raises(ValueError, match="LLMFAB_CPU_NATIVE_BF16: 'yes'.*use 1"):
+    with pytest.raises(ValueError, match=r"LLMFAB_CPU_NATIVE_BF16: 'yes'.*use 1"):
         P.native_cpu_bf16()
