@@ -35,9 +35,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kubernetes import client
+
 from llmfab.operator.kube import MERGE_PATCH, Kube
 
 NODE = "local"  # the node this kubelet is
+KUBELET_USER_AGENT = "kubelet/local"
 FIELD_ANNOTATION = re.compile(r"metadata\.annotations\['([^']+)'\]")
 
 
@@ -86,7 +89,11 @@ def resolve_env(container: dict[str, Any], pod: dict[str, Any]) -> dict[str, str
 class LocalKubelet:
     def __init__(self, kube: Kube, namespace: str, claims: dict[str, Path], workdir: Path,
                  kubeconfig: Path, extra_env: dict[str, str] | None = None) -> None:
-        self.kube, self.namespace, self.claims, self.workdir = kube, namespace, claims, workdir
+        # Its own client and User-Agent: the API server's request log tells the kubelet's calls
+        # (binding, pod status, pod deletion) from the operator's.
+        self.kube = Kube(client.ApiClient(kube.api.configuration))
+        self.kube.api.user_agent = KUBELET_USER_AGENT
+        self.namespace, self.claims, self.workdir = namespace, claims, workdir
         self.kubeconfig = kubeconfig
         workdir.mkdir(parents=True, exist_ok=True)
         self.extra_env = extra_env or {}

@@ -193,6 +193,8 @@ def test_deleting_a_training_run_with_policy_delete_leaves_no_run_directory_for_
         assert not run_dir.exists(), sorted(str(p.relative_to(claim)) for p in run_dir.rglob("*"))
         events = [e for e in kube_apiserver.items("events") if e["involvedObject"]["name"] == "tiny"]
         assert any(e["reason"] == "Preempted" for e in events), [e["reason"] for e in events]  # it got SIGTERM
+        waited = [e["message"] for e in events if e["reason"] == "Deleting"]  # what the deletion waited for
+        assert any("pod(s) to stop (tiny-train-" in m for m in waited), waited
 
         again = training(1)
         again["spec"].update(maxSteps=4, checkpoint={"everySteps": 2, "keepLast": 1})
@@ -207,3 +209,8 @@ def test_deleting_a_training_run_with_policy_delete_leaves_no_run_directory_for_
                if e["involvedObject"].get("uid") == uid and e["reason"] == "Resumed"]
     assert resumed == [], resumed
     assert s["step"] == 4, s  # a resume from the first run's checkpoint would have started past it
+    operator_calls = [r for r in kube_apiserver.request_log
+                      if r.user_agent.startswith(("kopf/", "llmfab-operator/")) and r.resource]
+    calls = {rbac_call(r) for r in operator_calls}
+    assert ("batch", "jobs", "delete") in calls and ("", "pods", "list") in calls
+    assert {c for c in calls if not rbac.allows(rbac.operator_rules(), *c)} == set()
