@@ -102,7 +102,8 @@ def decide_deletion(
         step.create_cleanup = True
         step.waiting = "waiting for the artifact clean-up job"
         return step
-    step.stuck = [p["metadata"]["name"] for p in live if _stuck(p, now)]
+    stuck = [p for p in live if _stuck(p, now)]
+    step.stuck = [p["metadata"]["name"] for p in stuck]
     parts = []
     if live:
         parts.append(f"{len(live)} pod(s) to stop ({_names(live)})")
@@ -111,7 +112,7 @@ def decide_deletion(
     step.waiting = "deleting: waiting for " + " and ".join(parts) + " before removing the artifacts"
     if step.stuck:
         step.waiting += (
-            f"; still terminating {STUCK_AFTER_SECONDS}s after their grace period: {', '.join(step.stuck)} "
+            f"; still terminating {STUCK_AFTER_SECONDS}s after their grace period: {_names(stuck)} "
             "(if their node is down, `kubectl delete pod NAME --grace-period=0 --force` once it cannot run them)"
         )
     return step
