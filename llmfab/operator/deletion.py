@@ -22,10 +22,13 @@ is stuck) is not waited for in silence, but not skipped either: a writer that ma
 exactly what the wait is for. It is reported (Warning ``PodsStuckTerminating``, naming the pods
 and the fix), and deletion continues once someone who knows the node is gone force-deletes them.
 
-What this cannot prevent: a process outside Kubernetes (``llmfab up`` on a laptop with the volume
-mounted) writing into the same directory. ``llmfab delete`` renames the directory away before
-removing it, so such a writer fails or writes into the doomed copy, and the trainer refuses to
-create its checkpoint directory anew once it has gone (training/checkpoint.py).
+What the wait cannot see: a writer that is no pod of the resource (``llmfab up`` on a machine
+that mounts the same volume, a pod someone started by hand). ``llmfab delete`` cannot see pods
+either (the clean-up pod's ServiceAccount may not read them, and should not), so it does not refuse;
+it renames the directory away before removing it, so a file such a writer holds open goes with the
+doomed copy, and the trainer's checkpoint save, the one writer that would open a path anew and bring
+``checkpoints/`` back, refuses once its directory is gone (training/checkpoint.py). A writer of
+another kind that opens a new path there after the clean-up can still recreate the directory.
 """
 
 from __future__ import annotations
