@@ -183,7 +183,7 @@ def delete(
     name: Annotated[str, typer.Argument(help="Resource name.")],
 ) -> None:
     """Remove a resource's artifacts and records from the local store (what the operator runs for
-    `deletionPolicy: Delete`)."""
+    `deletionPolicy: Delete`, once the resource's pods are gone)."""
     from llmfab.api import ValidationFailed, resource_class
     from llmfab.store import delete_artifacts
 

@@ -4,6 +4,7 @@ a timer that re-reads the children (Job/Deployment status) every ``resync_second
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 from typing import Any
@@ -14,9 +15,10 @@ from llmfab.api import KINDS, ValidationFailed, parse_resource
 from llmfab.api.common import API_GROUP, API_VERSION, Phase, Resource
 from llmfab.operator import metrics
 from llmfab.operator.builders.cleanup import build_cleanup_job, cleanup_job_name
-from llmfab.operator.builders.common import KIND_LABEL, REVISION_LABEL, STAGE_LABEL, child_name, revision
+from llmfab.operator.builders.common import REVISION_LABEL, STAGE_LABEL, child_name, revision
+from llmfab.operator.deletion import WORKLOAD_KINDS, DeletionStep, decide_deletion, is_cleanup, selector
 from llmfab.operator.kube import MERGE_PATCH, Kube, connection_info, path_for
-from llmfab.operator.reconcile import Decision, Observed, decide, job_state
+from llmfab.operator.reconcile import Decision, Observed, decide
 from llmfab.operator.settings import OperatorSettings
 from llmfab.status import conditions_for
 
@@ -37,12 +39,11 @@ def observe(res: Resource, kube: Kube, status: dict[str, Any]) -> Observed:
     """Children of the current revision (older ones are stale), the Deployment, and each
     referenced resource."""
     ns, current = res.metadata.namespace, revision(res)
-    selector = {"app.kubernetes.io/instance": res.name, KIND_LABEL: res.KIND.lower()}
     observed = Observed(status=dict(status))
     for api_version, kind in CHILD_KINDS:
-        for child in kube.list(api_version, kind, ns, selector):
+        for child in kube.list(api_version, kind, ns, selector(res.KIND, res.name)):
             labels = child["metadata"].get("labels") or {}
-            if labels.get("app.kubernetes.io/component") == "cleanup":
+            if is_cleanup(child):
                 continue
             if labels.get(REVISION_LABEL) != current:
                 observed.stale.append(child)
@@ -109,19 +110,42 @@ def _invalid(body: Any, status: dict[str, Any], error: ValidationFailed, kube: K
 
 
 def delete_artifacts(body: Any, kube: Kube, settings: OperatorSettings) -> None:
-    """``spec.deletionPolicy: Delete``: a Job (not owned by the resource, which is going) removes
-    the artifacts from the volume; the resource's finalizer stays until that Job has finished."""
+    """``spec.deletionPolicy: Delete``: stop the resource's workloads, wait until none of its pods
+    runs, then a Job (not owned by the resource, which is going) removes the artifacts from the
+    volume; the finalizer stays until that Job has succeeded. The steps and why: deletion.py."""
     if (body.get("spec") or {}).get("deletionPolicy") != "Delete":
         return
     res = parse_body(body)
-    manifest = build_cleanup_job(res, settings)
-    job = kube.get("batch/v1", "Job", res.metadata.namespace, cleanup_job_name(res)) or kube.apply(manifest)
-    state = job_state(job)
-    if state.state == "failed":
-        raise kopf.PermanentError(f"artifact clean-up job failed: {state.message}")
-    if state.state != "succeeded":
-        raise kopf.TemporaryError("waiting for the artifact clean-up job", delay=settings.resync_seconds)
-    kube.delete(job)
+    ns, labels = res.metadata.namespace, selector(res.KIND, res.name)
+    workloads = [w for api_version, kind in WORKLOAD_KINDS for w in kube.list(api_version, kind, ns, labels)
+                 if not is_cleanup(w)]
+    pods = [p for p in kube.list("v1", "Pod", ns, labels) if not is_cleanup(p)]
+    cleanup = kube.get("batch/v1", "Job", ns, cleanup_job_name(res))
+    step = decide_deletion(res.metadata.uid or "", workloads, pods, cleanup, datetime.datetime.now(datetime.UTC))
+    for workload in step.delete:
+        kube.delete(workload, propagation="Foreground")
+    for job in step.remove_cleanup:
+        kube.delete(job)
+    if step.create_cleanup:
+        kube.apply(build_cleanup_job(res, settings))
+    _report_deletion(body, res, step, kube)
+    if step.failed:
+        raise kopf.PermanentError(step.failed)
+    if step.waiting:
+        raise kopf.TemporaryError(step.waiting, delay=settings.resync_seconds)
+
+
+def _report_deletion(body: Any, res: Resource, step: DeletionStep, kube: Kube) -> None:
+    """What the deletion waits for, in ``status.message`` and, when it changes, an event."""
+    message = step.failed or step.waiting
+    if not message or (body.get("status") or {}).get("message") == message:
+        return
+    kube.patch_status(res, {"message": message})
+    if step.failed or step.stuck:
+        kopf.event(body, type="Warning", reason="CleanupFailed" if step.failed else "PodsStuckTerminating",
+                   message=message[:1024])
+    else:
+        kopf.event(body, type="Normal", reason="Deleting", message=message[:1024])
 
 
 def build_registry(settings: OperatorSettings, kube: Kube) -> kopf.OperatorRegistry:

@@ -11,6 +11,14 @@ processes loads into M (resharding), and one written with FSDP loads without it.
 On SIGTERM (a pod being deleted or preempted) the trainer stops at the next step boundary and
 :meth:`CheckpointManager.save_on_sigterm` saves that step when it fits
 :data:`SIGTERM_SAVE_BUDGET_SECONDS`.
+
+The checkpoint directory is made once, when the manager starts. A save finds it gone only when
+someone removed the run (``llmfab delete``, the clean-up of ``deletionPolicy: Delete``) under a
+trainer still running; the save then refuses rather than recreate ``checkpoints/``, from which a
+later run of the same name would resume. The operator stops a resource's pods before its clean-up
+starts (llmfab/operator/deletion.py): this is the second line, for writers it cannot see. It is a
+check before the write, not a lock: a removal during the write itself can still leave a partial
+``step-….tmp-save``, which no reader trusts.
 """
 
 from __future__ import annotations
@@ -177,6 +185,11 @@ class CheckpointManager:
     def save(self, step: int, model: nn.Module, optimizer: Any, trainer_state: dict[str, Any]) -> Path:
         """Write ``step-N`` (collective); with ``asyncSave`` the write finishes in the background."""
         self.wait()
+        if not broadcast_flag(self.directory.is_dir(), self.env):
+            raise CheckpointIOError(
+                f"{self.directory} was removed while training (the run was deleted, e.g. by `llmfab delete` or "
+                f"deletionPolicy: Delete); step {step} is not saved and the directory is not recreated"
+            )
         final = self.directory / f"step-{step:08d}"
         tmp = self.directory / f"{final.name}{TMP_MARKER}save"
         if self.env.is_main:

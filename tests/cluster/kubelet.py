@@ -8,6 +8,12 @@ it so in real pods), environment variables are resolved (``value`` and the downw
 ``fieldRef``), and the pod's phase goes back through the API: ``Running``, then ``Succeeded`` or
 ``Failed`` with the container's exit code, which the Job controller reads.
 
+Pods are bound to this node first (``pods/binding``, the scheduler's call), so the API server
+deletes them gracefully ("Termination of Pods"): a pod being deleted keeps its
+``deletionTimestamp`` while its process gets SIGTERM, then SIGKILL once the grace period has run
+out (the ``deletionTimestamp``), and only when the process has exited does the kubelet report its
+last phase and delete the pod for good (``gracePeriodSeconds: 0``, preconditioned on its uid).
+
 What it does not do: images (the command runs with this checkout's interpreter, first on
 ``PATH``), users (``securityContext`` is not applied), resources, probes, and in-cluster
 credentials (the workload reaches the API server through ``KUBECONFIG`` instead).
@@ -16,6 +22,7 @@ credentials (the workload reaches the API server through ``KUBECONFIG`` instead)
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import re
 import shlex
@@ -28,8 +35,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kubernetes import client
+
 from llmfab.operator.kube import MERGE_PATCH, Kube
 
+NODE = "local"  # the node this kubelet is
+KUBELET_USER_AGENT = "kubelet/local"
 FIELD_ANNOTATION = re.compile(r"metadata\.annotations\['([^']+)'\]")
 
 
@@ -78,13 +89,18 @@ def resolve_env(container: dict[str, Any], pod: dict[str, Any]) -> dict[str, str
 class LocalKubelet:
     def __init__(self, kube: Kube, namespace: str, claims: dict[str, Path], workdir: Path,
                  kubeconfig: Path, extra_env: dict[str, str] | None = None) -> None:
-        self.kube, self.namespace, self.claims, self.workdir = kube, namespace, claims, workdir
+        # Its own client and User-Agent: the API server's request log tells the kubelet's calls
+        # (binding, pod status, pod deletion) from the operator's.
+        self.kube = Kube(client.ApiClient(kube.api.configuration))
+        self.kube.api.user_agent = KUBELET_USER_AGENT
+        self.namespace, self.claims, self.workdir = namespace, claims, workdir
         self.kubeconfig = kubeconfig
         workdir.mkdir(parents=True, exist_ok=True)
         self.extra_env = extra_env or {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
         self.exit_codes: dict[str, int] = {}
+        self.signalled: dict[str, signal.Signals] = {}  # the last signal sent to a pod being deleted
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kubelet", daemon=True)
@@ -125,16 +141,48 @@ class LocalKubelet:
             names.add(name)
             phase = (pod.get("status") or {}).get("phase", "Pending")
             if name not in self.procs and phase == "Pending" and not pod["metadata"].get("deletionTimestamp"):
+                if pod["spec"].get("nodeName") not in (None, NODE) or not self._bind(name):
+                    continue
                 self.procs[name] = self._start(pod)
                 self._report(name, "Running", None)
         for name, proc in list(self.procs.items()):
-            if name not in names and proc.poll() is None:  # the pod was deleted: stop it as a kubelet would
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
+            if name not in names and proc.poll() is None:  # force-deleted: stop it as a kubelet would
+                self._signal(name, proc, signal.SIGTERM)
             if proc.poll() is not None and name not in self.exit_codes:
                 self.exit_codes[name] = proc.returncode
                 if name in names:
                     self._report(name, "Succeeded" if proc.returncode == 0 else "Failed", proc.returncode)
+        for pod in pods:
+            if pod["metadata"].get("deletionTimestamp") and pod["spec"].get("nodeName") == NODE:
+                self._terminate(pod)
+
+    def _bind(self, name: str) -> bool:
+        binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+                   "target": {"apiVersion": "v1", "kind": "Node", "name": NODE}}
+        status, _ = self.kube.request("POST", f"/api/v1/namespaces/{self.namespace}/pods/{name}/binding", binding)
+        return status == 201
+
+    def _terminate(self, pod: dict[str, Any]) -> None:
+        """A pod being deleted: SIGTERM, SIGKILL past its grace period, and once its process has
+        exited, the pod's removal from the API server."""
+        meta = pod["metadata"]
+        name, proc = meta["name"], self.procs.get(meta["name"])
+        if proc is not None and proc.poll() is None:
+            deadline = datetime.datetime.strptime(meta["deletionTimestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(
+                tzinfo=datetime.UTC)
+            past = datetime.datetime.now(datetime.UTC) >= deadline
+            self._signal(name, proc, signal.SIGKILL if past else signal.SIGTERM)
+            return
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+                "preconditions": {"uid": meta["uid"]}}
+        self.kube.request("DELETE", f"/api/v1/namespaces/{self.namespace}/pods/{name}", body)
+
+    def _signal(self, name: str, proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+        if self.signalled.get(name) == sig:
+            return
+        self.signalled[name] = sig
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
 
     def _report(self, name: str, phase: str, exit_code: int | None) -> None:
         state: dict[str, Any] = {"running": {}} if exit_code is None else {

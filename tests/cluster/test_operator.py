@@ -233,6 +233,45 @@ def test_delete_collects_children_and_keeps_or_removes_artifacts(
     wait_for(lambda: not kube_apiserver.items("datasets"), 20, "the Dataset gone after its clean-up")
 
 
+def test_delete_policy_waits_for_a_running_pod_across_an_operator_restart(
+    kube_apiserver: KubeAPIServer, kube: Any, kubectl: Any
+) -> None:
+    """The clean-up starts only once the resource's last pod is gone, however often the operator
+    restarts meanwhile, and exactly once (issue 19, item 7). The kubelet's part is played here."""
+    doomed = copy.deepcopy(DATASET)
+    doomed["spec"]["deletionPolicy"] = "Delete"
+    name = f"books-data-{rev(DATASET)}"
+    with run_operator(kube):
+        uid = kube_apiserver.create(doomed)["metadata"]["uid"]
+        [pod] = wait_for(lambda: kube_apiserver.items("pods", labels=f"job-name={name}"), 15, "the Dataset's pod")
+        kube_apiserver.store.bind("default", pod["metadata"]["name"], "node-1")
+        kube_apiserver.set_pod_phase(pod, "Running")
+        kubectl("delete", "dataset", "books", "--wait=false")
+        s = wait_for(lambda: (x := status(kube_apiserver, "datasets", "books")).get("message", "").startswith(
+            "deleting: waiting for 1 pod(s) to stop") and x, 15, "the operator to wait for the pod")
+        assert pod["metadata"]["name"] in s["message"]
+        job = kube_apiserver.read("jobs", name)  # deleted in the foreground: held until its pod is gone
+        assert job["metadata"]["deletionTimestamp"] and "foregroundDeletion" in job["metadata"]["finalizers"]
+        assert kube_apiserver.read("pods", pod["metadata"]["name"])["metadata"]["deletionTimestamp"]
+    with run_operator(kube):
+        seen = len(kube_apiserver.request_log)
+
+        def looked_again() -> bool:
+            return sum(1 for r in kube_apiserver.request_log[seen:] if r.resource == "pods" and r.verb == "list") >= 2
+        wait_for(looked_again, 15, "the restarted operator to look at the pods twice")
+        assert not [j for j in jobs(kube_apiserver, "books") if j["metadata"]["name"] == "books-cleanup"]
+        kube_apiserver.set_pod_phase(pod, "Failed", exit_code=143)  # SIGTERM ended it; its kubelet removes it
+        kube_apiserver.store.delete(kube_apiserver.resource_type("pods"), "default", pod["metadata"]["name"],
+                                    grace_period=0)
+        cleanup = wait_for(lambda: [j for j in jobs(kube_apiserver, "books") if j["metadata"]["name"] == "books-cleanup"],
+                           15, "the clean-up Job")[0]
+        assert cleanup["metadata"]["annotations"]["llmfab.dev/owner-uid"] == uid
+        finish_job(kube_apiserver, cleanup)
+        wait_for(lambda: not kube_apiserver.items("datasets"), 20, "the Dataset gone after its clean-up")
+    creates = [r for r in kube_apiserver.request_log if r.verb == "create" and r.resource == "jobs" and r.code == 201]
+    assert len(creates) == 2  # the data Job and one clean-up Job
+
+
 def test_every_call_the_operator_made_is_allowed_by_its_rbac_rules(
     kube_apiserver: KubeAPIServer, operator: Any
 ) -> None:

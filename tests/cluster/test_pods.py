@@ -150,3 +150,67 @@ def test_the_ray_job_entrypoint_builds_the_dataset_on_a_running_ray_cluster(tmp_
         shutil.rmtree(ray_dir, ignore_errors=True)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert (artifacts / "datasets" / "books" / "manifest.json").exists()
+
+
+def train_pods_running(kubelet: LocalKubelet) -> list[str]:
+    return [n for n, p in kubelet.procs.items() if n.startswith("tiny-train-") and p.poll() is None]
+
+
+@pytest.mark.slow
+def test_deleting_a_training_run_with_policy_delete_leaves_no_run_directory_for_a_later_run(
+    kube_apiserver: KubeAPIServer, kube: Any, kubeconfig: Path, kubectl: Any, tmp_path: Path
+) -> None:
+    """Issue 19, item 7: a trainer still running (checkpointing every few steps, and once more on
+    SIGTERM) must be stopped before the clean-up Job removes ``runs/<name>/``; otherwise it
+    recreates ``runs/<name>/checkpoints/``, and the next TrainingRun of the same name resumes."""
+    claim = tmp_path / "claim"
+    (claim / "corpus").mkdir(parents=True)
+    shutil.copy(REPO / "examples" / "data" / "austen_pride_and_prejudice.txt", claim / "corpus")
+    dataset = copy.deepcopy(DATASET)
+    dataset["spec"]["sources"][0].update(documentPer="paragraph", paragraphsPerDocument=6)
+    endless = training(1)
+    endless["spec"].update(maxSteps=100_000, deletionPolicy="Delete", checkpoint={"everySteps": 10, "keepLast": 1},
+                           evalEverySteps=None)
+    run_dir = claim / "runs" / "tiny"
+    with run_operator(kube), LocalKubelet(kube, "default", {CLAIM: claim}, tmp_path / "pods", kubeconfig) as kubelet:
+        kube_apiserver.create(dataset)
+        kube_apiserver.create(copy.deepcopy(endless))
+        try:
+            wait_for(lambda: (status(kube_apiserver, "trainingruns", "tiny").get("step") or 0) >= 12, 240,
+                     "the trainer to pass step 12", interval=1)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{pod_logs(kubelet)}") from None
+        assert list((run_dir / "checkpoints").glob("step-*")), "no checkpoint before the deletion"
+        kubectl("delete", "trainingrun", "tiny", "--wait=false")
+        try:
+            wait_for(lambda: not kube_apiserver.items("trainingruns"), 120, "the TrainingRun to be gone", interval=0.5)
+            # Nothing of it runs any more (the operator waits for this; the old code did not)...
+            wait_for(lambda: not train_pods_running(kubelet) and not kube_apiserver.items("pods", labels="app.kubernetes.io/instance=tiny"),
+                     60, "its pods to be gone", interval=0.5)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{kube_apiserver.items('pods')}\n{pod_logs(kubelet)}") from None
+        # ...so nothing recreated its directory after the clean-up removed it.
+        assert not run_dir.exists(), sorted(str(p.relative_to(claim)) for p in run_dir.rglob("*"))
+        events = [e for e in kube_apiserver.items("events") if e["involvedObject"]["name"] == "tiny"]
+        assert any(e["reason"] == "Preempted" for e in events), [e["reason"] for e in events]  # it got SIGTERM
+        waited = [e["message"] for e in events if e["reason"] == "Deleting"]  # what the deletion waited for
+        assert any("pod(s) to stop (tiny-train-" in m for m in waited), waited
+
+        again = training(1)
+        again["spec"].update(maxSteps=4, checkpoint={"everySteps": 2, "keepLast": 1})
+        uid = kube_apiserver.create(again)["metadata"]["uid"]
+        try:
+            s = wait_for(lambda: (x := status(kube_apiserver, "trainingruns", "tiny")).get("phase") == "Succeeded"
+                         and (x.get("stages") or {}).get("train") == "Succeeded" and x, 240,
+                         "the second TrainingRun to succeed", interval=1)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{pod_logs(kubelet)}") from None
+    resumed = [e["message"] for e in kube_apiserver.items("events")
+               if e["involvedObject"].get("uid") == uid and e["reason"] == "Resumed"]
+    assert resumed == [], resumed
+    assert s["step"] == 4, s  # a resume from the first run's checkpoint would have started past it
+    operator_calls = [r for r in kube_apiserver.request_log
+                      if r.user_agent.startswith(("kopf/", "llmfab-operator/")) and r.resource]
+    calls = {rbac_call(r) for r in operator_calls}
+    assert ("batch", "jobs", "delete") in calls and ("", "pods", "list") in calls
+    assert {c for c in calls if not rbac.allows(rbac.operator_rules(), *c)} == set()

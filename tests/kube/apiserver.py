@@ -289,6 +289,13 @@ class KubeAPIServer(kmock.KubernetesEmulator):
         if rt.namespaced and namespace is None:
             raise statuses.method_not_allowed(verb)
         validation = params.get("fieldValidation", "")
+        if verb == "create" and rt.key == ("", "pods") and route.subresource == "binding":
+            target = (_body(request) or {}).get("target") or {}
+            if not target.get("name"):
+                raise statuses.bad_request("a Binding needs target.name (the node)")
+            self.store.bind(namespace or "", route.name or "", target["name"])
+            return _json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                                   "code": 201}, 201)
         if verb == "create":
             obj, warnings = self.store.create(
                 rt, namespace, _body(request), dry_run=dry_run, field_validation=validation
@@ -316,10 +323,10 @@ class KubeAPIServer(kmock.KubernetesEmulator):
                 propagation=options["propagation"],
                 preconditions=options["preconditions"],
                 dry_run=dry_run or options["dry_run"],
+                grace_period=options["grace_period"],
             )
-            return _json_response(
-                obj, 202 if obj["metadata"].get("deletionTimestamp") and not dry_run else 200, warnings
-            )
+            pending = self.store.find(rt, namespace, route.name or "") is not None  # finalizers or grace
+            return _json_response(obj, 202 if pending and not dry_run and not options["dry_run"] else 200, warnings)
         items, _ = self.store.list(rt, namespace, matches)
         for obj in items:
             self.store.delete(
@@ -539,10 +546,16 @@ def _delete_options(request: kmock.Request) -> JSON:
         policy = "Orphan" if opts["orphanDependents"] else "Background"
     if policy not in (None, "Orphan", "Background", "Foreground"):
         raise statuses.bad_request(f'unsupported propagationPolicy "{policy}"')
+    grace = request.params.get("gracePeriodSeconds", opts.get("gracePeriodSeconds"))
+    try:
+        grace_period = None if grace is None else int(grace)
+    except (TypeError, ValueError):
+        raise statuses.bad_request(f'invalid gracePeriodSeconds "{grace}"') from None
     return {
         "propagation": policy,
         "preconditions": opts.get("preconditions"),
         "dry_run": "All" in (opts.get("dryRun") or []),
+        "grace_period": grace_period,
     }
 
 

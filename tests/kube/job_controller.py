@@ -30,6 +30,9 @@ What it does follows kubernetes.io/docs/concepts/workloads/controllers/job/:
   index has succeeded or failed with some failed ends ``Failed`` (reason ``FailedIndexes``). With a
   per-index limit, ``backoffLimit`` defaults to unlimited.
 
+- A pod being deleted (``deletionTimestamp``, still running) counts in ``terminating``, not
+  ``active``; a Job being deleted gets no new pods.
+
 Not emulated: ``activeDeadlineSeconds``, ``successPolicy``, ``ttlSecondsAfterFinished``, the exponential back-off delay before a
 replacement pod, and in-place container restarts under ``restartPolicy: OnFailure`` (a ``Failed``
 pod counts as a failure either way).
@@ -231,7 +234,9 @@ class JobController:
         spec = job["spec"]
         indexed = spec.get("completionMode") == "Indexed"
         pods = self._pods(job)
-        active = [p for p in pods if p["status"].get("phase") not in FINISHED]
+        running = [p for p in pods if p["status"].get("phase") not in FINISHED]
+        active = [p for p in running if not p["metadata"].get("deletionTimestamp")]
+        terminating = [p for p in running if p["metadata"].get("deletionTimestamp")]
         succeeded = [p for p in pods if p["status"].get("phase") == "Succeeded"]
         failed_pods = [p for p in pods if p["status"].get("phase") == "Failed"]
         actions = [_policy_action(spec.get("podFailurePolicy"), p) for p in failed_pods]
@@ -279,7 +284,7 @@ class JobController:
             for pod in active:
                 self.store.delete(pods_rt, pod["metadata"]["namespace"], pod["metadata"]["name"])
             active = []
-        elif not job["spec"].get("suspend"):
+        elif not job["spec"].get("suspend") and not job["metadata"].get("deletionTimestamp"):
             active += self._replace_pods(job, active, succeeded, done_indexes)
         for field, pods_in in (("active", active), ("succeeded", succeeded), ("failed", failed)):
             if pods_in:
@@ -287,6 +292,7 @@ class JobController:
             else:
                 status.pop(field, None)
         status["ready"] = sum(1 for p in active if p["status"].get("phase") == "Running")
+        status["terminating"] = len(terminating)
         if indexed:
             status["completedIndexes"] = _ranges(done_indexes)
         if complete:

@@ -16,9 +16,19 @@ Each rule follows the API concepts documented on kubernetes.io ("Kubernetes API 
   after that); the object goes when its finalizers are empty. Dependents (``ownerReferences`` naming
   the owner's uid) are garbage-collected: ``Background`` (the default; batch/v1 Jobs default to
   ``Orphan`` with the server's warning, as ``jobStrategy.DefaultGarbageCollectionPolicy`` does)
-  deletes them after the owner, ``Foreground`` before it, ``Orphan`` removes their reference. The
-  collector deletes a dependent whose every owner is gone; a namespace's deletion deletes its
-  contents;
+  deletes them after the owner, ``Orphan`` removes their reference. ``Foreground`` ("Foreground
+  cascading deletion") gives the owner the ``foregroundDeletion`` finalizer and a
+  ``deletionTimestamp``, deletes its dependents (in the foreground too, as the collector does for
+  the dependents of an owner waiting for them), and removes the owner once no dependent whose
+  reference has ``blockOwnerDeletion: true`` is left, so a Job deleted this way stays until its
+  pods are gone. The collector deletes a dependent whose every owner is gone; a namespace's
+  deletion deletes its contents;
+- a pod is deleted gracefully ("Pod Lifecycle", "Termination of Pods"): a pod bound to a node
+  (``spec.nodeName``) and not yet ``Succeeded``/``Failed`` gets ``deletionTimestamp`` = now + the
+  grace period (``gracePeriodSeconds`` of the request, else ``spec.terminationGracePeriodSeconds``,
+  else 30) and ``deletionGracePeriodSeconds``, and stays until its kubelet has stopped it and deletes
+  it with a grace period of 0; a later delete may only shorten the period. An unbound or finished
+  pod goes at once. ``pods/binding`` assigns a pending pod to a node (409 once it has one);
 - every change is one watch event, kept, so a watch from any ``resourceVersion`` replays what came
   after it; a watcher is registered under the same lock as its snapshot, so nothing is lost between.
 
@@ -55,8 +65,13 @@ JOB_DELETE_WARNING = (
 )
 
 
-def now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+FOREGROUND = "foregroundDeletion"
+DEFAULT_GRACE_SECONDS = 30  # a pod spec's terminationGracePeriodSeconds default
+
+
+def now(plus_seconds: int = 0) -> str:
+    at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=plus_seconds)
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def random_suffix(n: int = 5) -> str:
@@ -66,6 +81,16 @@ def random_suffix(n: int = 5) -> str:
 def _without_rv(obj: JSON) -> JSON:
     meta = {k: v for k, v in obj.get("metadata", {}).items() if k not in ("resourceVersion", "managedFields")}
     return {**obj, "metadata": meta}
+
+
+def _pod_grace_period(pod: JSON, requested: int | None) -> int:
+    """The seconds a pod's deletion waits for its kubelet: none for a pod no kubelet runs (unbound)
+    or one that has finished (pkg/registry/core/pod/strategy.go, ``CheckGracefulDelete``)."""
+    spec, phase = pod.get("spec") or {}, (pod.get("status") or {}).get("phase")
+    if not spec.get("nodeName") or phase in ("Succeeded", "Failed"):
+        return 0
+    grace = requested if requested is not None else spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
+    return max(0, int(grace))
 
 
 def _dependents_of(uid: str, obj: JSON) -> bool:
@@ -387,7 +412,9 @@ class ObjectStore:
         if _without_rv(obj) == _without_rv(old) or dry_run:
             return copy.deepcopy(obj), warnings
         updated = self._commit(rt, obj, old, "MODIFIED")
-        if updated["metadata"].get("deletionTimestamp") and not updated["metadata"].get("finalizers"):
+        done = updated["metadata"]
+        # ShouldDeleteDuringUpdate: the last finalizer gone, and no grace period still running.
+        if done.get("deletionTimestamp") and not done.get("finalizers") and not done.get("deletionGracePeriodSeconds"):
             self.remove(rt, updated)
         return updated, warnings
 
@@ -396,6 +423,12 @@ class ObjectStore:
         gone = self._commit(rt, copy.deepcopy(obj), obj, "DELETED")
         if policy == "Background":
             self._collect_dependents(gone)
+        for ref in gone["metadata"].get("ownerReferences") or []:
+            owner_rt = self.type_of(ref.get("apiVersion", ""), ref.get("kind", ""))
+            if owner_rt is not None and ref.get("blockOwnerDeletion"):
+                namespace = gone["metadata"].get("namespace") if owner_rt.namespaced else None
+                self._release_foreground(owner_rt, {"metadata": {"namespace": namespace, "name": ref.get("name"),
+                                                                 "uid": ref.get("uid")}})
         if rt.key == ("", "namespaces"):
             for other_rt, other in list(self.live_objects()):
                 if other_rt.namespaced and other["metadata"].get("namespace") == obj["metadata"]["name"]:
@@ -411,6 +444,7 @@ class ObjectStore:
         propagation: str | None = None,
         preconditions: JSON | None = None,
         dry_run: bool = False,
+        grace_period: int | None = None,
     ) -> tuple[JSON, list[str]]:
         with self._operation():
             obj = self.get(rt, namespace, name)
@@ -425,22 +459,96 @@ class ObjectStore:
                 propagation = "Orphan" if rt.key == ("batch", "jobs") else "Background"
                 if rt.key == ("batch", "jobs"):
                     warnings.append(JOB_DELETE_WARNING)
-            if dry_run or meta.get("deletionTimestamp"):
+            if dry_run:
+                return obj, warnings
+            if rt.key == ("", "pods"):
+                grace = _pod_grace_period(obj, grace_period)
+                if grace > 0:
+                    return self._terminate_gracefully(rt, obj, grace), warnings
+                if meta.get("deletionTimestamp") and meta.get("finalizers"):
+                    return obj, warnings
+            elif meta.get("deletionTimestamp"):
                 return obj, warnings
             if propagation == "Orphan":
                 self._orphan_dependents(meta["uid"])
-            elif propagation == "Foreground":
-                for dep_rt, dep in list(self.live_objects()):
-                    if _dependents_of(meta["uid"], dep):
-                        self.delete(dep_rt, dep["metadata"].get("namespace"), dep["metadata"]["name"])
+            elif propagation == "Foreground" and self._dependents(meta["uid"]):
+                return self._delete_in_foreground(rt, obj), warnings
             if meta.get("finalizers"):
-                old = copy.deepcopy(obj)
-                meta["deletionTimestamp"] = now()
-                meta["deletionGracePeriodSeconds"] = 0
-                if "generation" in meta:
-                    meta["generation"] += 1
-                return self._commit(rt, obj, old, "MODIFIED"), warnings
+                return self._mark_deleting(rt, obj), warnings
             return self.remove(rt, obj, propagation), warnings
+
+    def _mark_deleting(self, rt: ResourceType, obj: JSON, grace: int = 0, finalizer: str | None = None) -> JSON:
+        old = copy.deepcopy(obj)
+        meta = obj["metadata"]
+        meta["deletionTimestamp"] = now(grace)
+        meta["deletionGracePeriodSeconds"] = grace
+        if finalizer is not None and finalizer not in (meta.get("finalizers") or []):
+            meta["finalizers"] = [*(meta.get("finalizers") or []), finalizer]
+        if "generation" in meta:
+            meta["generation"] += 1
+        return self._commit(rt, obj, old, "MODIFIED")
+
+    def _terminate_gracefully(self, rt: ResourceType, pod: JSON, grace: int) -> JSON:
+        """A running pod: marked for its kubelet, which stops it and then deletes it for good."""
+        meta = pod["metadata"]
+        if meta.get("deletionTimestamp"):
+            if grace >= int(meta.get("deletionGracePeriodSeconds") or 0):
+                return pod
+            old = copy.deepcopy(pod)
+            meta["deletionTimestamp"] = now(grace)
+            meta["deletionGracePeriodSeconds"] = grace
+            return self._commit(rt, pod, old, "MODIFIED")
+        return self._mark_deleting(rt, pod, grace)
+
+    def _delete_in_foreground(self, rt: ResourceType, obj: JSON) -> JSON:
+        marked = self._mark_deleting(rt, obj, finalizer=FOREGROUND)
+        for dep_rt, dep in self._dependents(obj["metadata"]["uid"]):
+            current = self._live(dep_rt, dep["metadata"].get("namespace"), dep["metadata"]["name"])
+            if current is not None:
+                self.delete(dep_rt, dep["metadata"].get("namespace"), dep["metadata"]["name"], propagation="Foreground")
+        self._release_foreground(rt, marked)
+        return self.find(rt, obj["metadata"].get("namespace"), obj["metadata"]["name"]) or marked
+
+    def _dependents(self, uid: str, blocking: bool = False) -> list[tuple[ResourceType, JSON]]:
+        return [
+            (dep_rt, dep)
+            for dep_rt, dep in list(self.live_objects())
+            if any(
+                ref.get("uid") == uid and (ref.get("blockOwnerDeletion") or not blocking)
+                for ref in dep["metadata"].get("ownerReferences") or []
+            )
+        ]
+
+    def _release_foreground(self, rt: ResourceType, owner: JSON) -> None:
+        """The collector's last step of a foreground deletion: with no blocking dependent left, the
+        owner loses ``foregroundDeletion`` (and goes, when that was its last finalizer)."""
+        meta = owner["metadata"]
+        current = self._live(rt, meta.get("namespace"), meta["name"])
+        if current is None or current["metadata"]["uid"] != meta["uid"]:
+            return
+        if FOREGROUND not in (current["metadata"].get("finalizers") or []) or self._dependents(meta["uid"], blocking=True):
+            return
+        patched = copy.deepcopy(current)
+        patched["metadata"]["finalizers"] = [f for f in current["metadata"]["finalizers"] if f != FOREGROUND]
+        self._store_update(rt, copy.deepcopy(current), patched, dry_run=False, field_validation="Ignore")
+
+    def bind(self, namespace: str, name: str, node: str) -> JSON:
+        """``POST pods/<name>/binding``: what the scheduler does to assign a pod to a node."""
+        with self._operation():
+            rt = self.types[("", "pods")]
+            pod = self.get(rt, namespace, name)
+            if pod["metadata"].get("deletionTimestamp"):
+                why = f"pod {name} is being deleted, cannot be assigned to a host"
+                raise statuses.conflict("", "pods/binding", name, why)
+            if (pod.get("spec") or {}).get("nodeName"):
+                why = f"pod {name} is already assigned to node \"{pod['spec']['nodeName']}\""
+                raise statuses.conflict("", "pods/binding", name, why)
+            old = copy.deepcopy(pod)
+            pod.setdefault("spec", {})["nodeName"] = node
+            status = pod.setdefault("status", {})
+            status["conditions"] = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"] + [
+                {"type": "PodScheduled", "status": "True", "lastProbeTime": None, "lastTransitionTime": now()}]
+            return self._commit(rt, pod, old, "MODIFIED")
 
     # --- garbage collection (kubernetes.io/docs/concepts/architecture/garbage-collection/) --
 

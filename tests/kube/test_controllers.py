@@ -323,3 +323,77 @@ def test_backoff_limit_per_index_retries_each_index_then_fails_it(kube_apiserver
     assert status["failedIndexes"] == "1"
     assert [(c["type"], c["reason"]) for c in status["conditions"]] == [
         ("FailureTarget", "MaxFailedIndexesExceeded"), ("Failed", "MaxFailedIndexesExceeded")]
+
+
+# --- graceful pod deletion and foreground deletion ("Pod Lifecycle", "Garbage Collection") -------
+
+
+def pod(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"containers": [{"name": "main", "image": "llmfab:test"}], **spec}}
+
+
+def bind(api: KubeHTTP, name: str, node: str = "node-1") -> int:
+    binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+               "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
+    return api.post(f"{PODS}/{name}/binding", binding).status_code
+
+
+def test_binding_assigns_a_pod_to_a_node_once(api: KubeHTTP) -> None:
+    api.post(PODS, pod("p"))
+    assert bind(api, "p") == 201
+    assert api.get(f"{PODS}/p").json()["spec"]["nodeName"] == "node-1"
+    again = api.post(f"{PODS}/p/binding", {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"},
+                                           "target": {"kind": "Node", "name": "node-2"}})
+    assert again.status_code == 409 and "already assigned to node" in again.json()["message"]
+
+
+def test_a_running_pod_is_deleted_gracefully_and_goes_when_its_kubelet_deletes_it(
+    kube_apiserver: KubeAPIServer, api: KubeHTTP
+) -> None:
+    api.post(PODS, pod("p", terminationGracePeriodSeconds=45))
+    bind(api, "p")
+    kube_apiserver.set_pod_phase("p", "Running")
+    deleting = api.delete(f"{PODS}/p")
+    assert deleting.status_code == 202
+    meta = api.get(f"{PODS}/p").json()["metadata"]  # still there: its kubelet has to stop it first
+    assert meta["deletionGracePeriodSeconds"] == 45 and meta["deletionTimestamp"] > meta["creationTimestamp"]
+    api.delete(f"{PODS}/p", {"gracePeriodSeconds": 60})  # a longer period changes nothing
+    assert api.get(f"{PODS}/p").json()["metadata"]["deletionGracePeriodSeconds"] == 45
+    api.delete(f"{PODS}/p", params={"gracePeriodSeconds": "5"})  # a shorter one applies
+    assert api.get(f"{PODS}/p").json()["metadata"]["deletionGracePeriodSeconds"] == 5
+    kube_apiserver.set_pod_phase("p", "Failed", exit_code=143)
+    assert api.delete(f"{PODS}/p", {"gracePeriodSeconds": 0}).status_code == 200  # the kubelet's last word
+    assert api.get(f"{PODS}/p").status_code == 404
+
+
+def test_an_unbound_or_finished_pod_is_deleted_at_once(kube_apiserver: KubeAPIServer, api: KubeHTTP) -> None:
+    api.post(PODS, pod("unbound"))
+    assert api.delete(f"{PODS}/unbound").status_code == 200
+    assert api.get(f"{PODS}/unbound").status_code == 404
+    api.post(PODS, pod("done"))
+    bind(api, "done")
+    kube_apiserver.set_pod_phase("done", "Succeeded")
+    api.delete(f"{PODS}/done")
+    assert api.get(f"{PODS}/done").status_code == 404
+
+
+def test_foreground_deletion_of_a_job_lasts_until_its_pods_are_gone(
+    kube_apiserver: KubeAPIServer, api: KubeHTTP
+) -> None:
+    api.post(JOBS, job("a", backoffLimit=3))
+    [p] = kube_apiserver.items("pods")
+    name = p["metadata"]["name"]
+    bind(api, name)
+    kube_apiserver.set_pod_phase(name, "Running")
+    assert api.delete(f"{JOBS}/a", {"propagationPolicy": "Foreground"}).status_code == 202
+    held = api.get(f"{JOBS}/a").json()
+    assert held["metadata"]["deletionTimestamp"] and held["metadata"]["finalizers"] == ["foregroundDeletion"]
+    assert api.get(f"{PODS}/{name}").json()["metadata"]["deletionTimestamp"]
+    kube_apiserver.set_pod_phase(name, "Failed", exit_code=143)  # SIGTERM ended it
+    assert [q["metadata"]["name"] for q in kube_apiserver.items("pods")] == [name]  # no replacement
+    assert api.get(f"{JOBS}/a").status_code == 200
+    api.delete(f"{PODS}/{name}", {"gracePeriodSeconds": 0})
+    assert api.get(f"{JOBS}/a").status_code == 404
+    deleted = [(ev.key[1], ev.obj["metadata"]["name"]) for ev in kube_apiserver.store.events if ev.type == "DELETED"]
+    assert deleted == [("pods", name), ("jobs", "a")]

@@ -147,3 +147,19 @@ def test_a_failed_write_is_an_ordinary_exception_naming_the_cause(tmp_path: Path
     with pytest.raises(CheckpointIOError, match="No space left on device"):
         manager.save(1, model, opt, {})
     assert manager.complete() == []
+
+
+def test_a_save_after_the_run_was_deleted_refuses_to_recreate_its_directory(tmp_path: Path) -> None:
+    """``llmfab delete`` removed the run under a trainer still running (issue 19, item 7): its next
+    save must not bring ``checkpoints/`` back for a later run of the same name to resume from."""
+    from llmfab.store import delete_artifacts
+    from llmfab.training.checkpoint import CheckpointIOError
+
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters())
+    manager = _manager(tmp_path / "runs" / "tiny" / "checkpoints", model)
+    manager.save(1, model, opt, {})
+    assert delete_artifacts("runs", "tiny", tmp_path) == [tmp_path / "runs" / "tiny"]
+    with pytest.raises(CheckpointIOError, match=r"was removed while training.*not recreated"):
+        manager.save(2, model, opt, {})
+    assert not (tmp_path / "runs" / "tiny").exists()

@@ -1,6 +1,8 @@
 """``spec.deletionPolicy: Delete``: a Job that removes a deleted resource's artifacts from the
 shared volume (the operator itself does not mount it). It has no owner: the resource it cleans up
-after is being deleted, and would take the Job with it."""
+after is being deleted, and would take the Job with it. Its annotation names that resource's uid, so
+that a clean-up Job left by an earlier resource of the same name is never taken for this one's.
+The operator creates it only once no pod of the resource runs (llmfab/operator/deletion.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,12 @@ from llmfab.api.common import Resource
 from llmfab.operator.builders.common import Manifest, child_name, labels, pod_spec
 from llmfab.operator.settings import OperatorSettings
 
+CLEANUP_COMPONENT = "cleanup"
+OWNER_UID_ANNOTATION = "llmfab.dev/owner-uid"
+
 
 def cleanup_job_name(res: Resource) -> str:
-    return child_name(res, "cleanup")
+    return child_name(res, CLEANUP_COMPONENT)
 
 
 def build_cleanup_job(res: Resource, settings: OperatorSettings) -> Manifest:
@@ -27,7 +32,8 @@ def build_cleanup_job(res: Resource, settings: OperatorSettings) -> Manifest:
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": cleanup_job_name(res), "namespace": res.metadata.namespace,
-                     "labels": labels(res, "cleanup", with_revision=False)},
+                     "labels": labels(res, CLEANUP_COMPONENT, with_revision=False),
+                     "annotations": {OWNER_UID_ANNOTATION: res.metadata.uid or ""}},
         "spec": {"backoffLimit": 3, "ttlSecondsAfterFinished": 600,
-                 "template": {"metadata": {"labels": labels(res, "cleanup", with_revision=False)}, "spec": spec}},
+                 "template": {"metadata": {"labels": labels(res, CLEANUP_COMPONENT, with_revision=False)}, "spec": spec}},
     }
