@@ -22,6 +22,7 @@ API_VERSION = "v1alpha1"
 GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # Kubernetes quantity (e.g. 500m, 2, 4Gi, 1.5G).
 QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 
@@ -86,6 +87,8 @@ class Spec(BaseModel):
     @model_validator(mode="after")
     def _check_cel_rules(self) -> Spec:
         for rule in type(self).cel_rules:
+            if rule.cluster_only:
+                continue
             problem = rule.check(self)
             if problem:
                 raise ValueError(problem)
@@ -106,6 +109,26 @@ class CelRule:
     message: str
     check: Callable[[Any], str | None]
     field_path: str | None = None
+    # True: a rule of the cluster only (the API server's CEL, then the operator), never of
+    # `llmfab up` or the workload; e.g. an unauthenticated feedback app is refused where any pod
+    # can reach it, not on a laptop's loopback. See ``cluster_only_problems``.
+    cluster_only: bool = False
+
+
+def cluster_only_problems(model: BaseModel) -> list[str]:
+    """The messages of every cluster-only :class:`CelRule` that ``model`` (and each model inside
+    it) breaks. The CRD carries the same rules as CEL; the operator checks them again for a
+    resource stored before a CRD upgrade added them."""
+    problems: list[str] = []
+    for rule in getattr(type(model), "cel_rules", ()):
+        if rule.cluster_only and (problem := rule.check(model)):
+            problems.append(problem)
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, BaseModel):
+                problems += cluster_only_problems(item)
+    return problems
 
 
 class Phase(StrEnum):

@@ -15,6 +15,7 @@ from llmfab.api.common import API_GROUP, API_VERSION, Phase, Resource
 from llmfab.operator import metrics
 from llmfab.operator.builders.cleanup import build_cleanup_job, cleanup_job_name
 from llmfab.operator.builders.common import KIND_LABEL, REVISION_LABEL, STAGE_LABEL, child_name, revision
+from llmfab.operator.builders.refusals import pod_policy_problems
 from llmfab.operator.kube import MERGE_PATCH, Kube, connection_info, path_for
 from llmfab.operator.reconcile import Decision, Observed, decide, job_state
 from llmfab.operator.settings import OperatorSettings
@@ -114,6 +115,10 @@ def delete_artifacts(body: Any, kube: Kube, settings: OperatorSettings) -> None:
     if (body.get("spec") or {}).get("deletionPolicy") != "Delete":
         return
     res = parse_body(body)
+    outside = pod_policy_problems(res, settings)
+    if outside:  # the clean-up Job would run that image on that claim: keep the artifacts instead
+        kopf.event(body, type="Warning", reason="PodPolicy", message=("artifacts kept: " + "; ".join(outside))[:1024])
+        return
     manifest = build_cleanup_job(res, settings)
     job = kube.get("batch/v1", "Job", res.metadata.namespace, cleanup_job_name(res)) or kube.apply(manifest)
     state = job_state(job)

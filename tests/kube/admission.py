@@ -185,6 +185,9 @@ def _deployment(obj: JSON, old: JSON | None) -> list[Cause]:
         return [_required("spec.selector")]
     labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
     causes = label_causes(labels, "spec.template.metadata.labels")
+    strategy = spec["strategy"]
+    if strategy.get("type") == "Recreate" and strategy.get("rollingUpdate") is not None:
+        causes.append(_forbidden("spec.strategy.rollingUpdate", "may not be specified when strategy `type` is 'Recreate'"))
     if selector and any(labels.get(k) != v for k, v in selector.items()):
         causes.append(
             _invalid("spec.template.metadata.labels", labels, "`selector` does not match template `labels`")
