@@ -141,6 +141,15 @@ class MonitoringSpec(Spec):
     dashboards: bool = Field(default=True, description="Grafana latency dashboard ConfigMap.")
 
 
+def _two_ports(s: Any) -> str | None:
+    if s.feedback.enabled and s.feedback.port == s.server.port:
+        return (
+            f"spec.feedback.port: {s.feedback.port} is spec.server.port too; the feedback app and vLLM "
+            "each need their own port: choose another spec.feedback.port (default 8080)"
+        )
+    return None
+
+
 def _feedback_token_on_cluster(s: Any) -> str | None:
     f = s.feedback
     if f.enabled and f.token_secret is None and not f.allow_anonymous:
@@ -180,6 +189,11 @@ class InferenceServiceSpec(Spec):
             cel="!self.feedback.enabled || self.replicas <= 1",
             message="spec.feedback.enabled needs replicas <= 1 (the feedback store has one writer)",
             check=_one_feedback_writer,
+        ),
+        CelRule(
+            cel="!self.feedback.enabled || self.feedback.port != self.server.port",
+            message="spec.feedback.port must differ from spec.server.port",
+            check=_two_ports,
         ),
         CelRule(
             cel="!self.feedback.enabled || has(self.feedback.tokenSecret) || self.feedback.allowAnonymous",

@@ -155,6 +155,22 @@ CASES = [  # (kind, spec patch that is valid, spec patch that breaks exactly one
         {"pod": {"env": [{"name": "NCCL_DEBUG", "value": "INFO"}]}},
         {"pod": {"env": [{"name": "MASTER_ADDR", "value": "elsewhere"}]}},
     ),
+    # Pod settings a real API server refuses in the pod (issue 19's fuzzing): refused at apply.
+    ("TrainingRun", {"pod": {"resources": {"limits": {"nvidia.com/gpu": "2", "cpu": "4"}}}},
+     {"pod": {"resources": {"limits": {"gpu": "2"}}}}),
+    ("TrainingRun", {"pod": {"resources": {"requests": {"example.com/fpga": "1"}}}},
+     {"pod": {"resources": {"requests": {"nvidia.com/gpu": "1Gi"}}}}),
+    ("TrainingRun", {"pod": {"tolerations": [{"operator": "Exists"}]}}, {"pod": {"tolerations": [{"value": "x"}]}}),
+    ("TrainingRun", {"pod": {"tolerations": [{"key": "k", "operator": "Exists"}]}},
+     {"pod": {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}}),
+    ("TrainingRun", {"pod": {"tolerations": [{"key": "k", "effect": "NoExecute", "tolerationSeconds": 5}]}},
+     {"pod": {"tolerations": [{"key": "k", "effect": "NoSchedule", "tolerationSeconds": 5}]}}),
+    ("TrainingRun", {"pod": {"nodeSelector": {"example.com/gpu": "a100"}}}, {"pod": {"nodeSelector": {"gpu": "A 100"}}}),
+    ("TrainingRun", {"pod": {"nodeSelector": {"gpu": "a100"}}}, {"pod": {"nodeSelector": {"Bad Key": "x"}}}),
+    ("TrainingRun", {"storage": {"subPath": "team-a/x..y"}}, {"storage": {"subPath": "a/../../b"}}),
+    ("TrainingRun", {"storage": {"subPath": "a"}}, {"storage": {"subPath": "/etc"}}),
+    ("InferenceService", {"model": {"path": "/m"}, "feedback": {"enabled": True, "allowAnonymous": True, "port": 8080}},
+     {"model": {"path": "/m"}, "feedback": {"enabled": True, "allowAnonymous": True, "port": 8000}}),
 ]
 
 
