@@ -129,6 +129,29 @@ def test_inference_service_pod_settings_build_valid_manifests_or_are_refused_nam
 
 
 @given(pod=pod_settings, store=storage, nodes=st.integers(1, 3), metrics_port=ports, restricted=st.booleans())
+# What this property found in the API before issue 19's fixes; each was a 422 from the API server,
+# or (the GPU counts) a ValueError traceback out of the builders.
+@example(pod={"resources": {"limits": {"nvidia.com/gpu": "500m"}}}, store={}, nodes=1, metrics_port=9400,
+         restricted=False)
+@example(pod={"resources": {"requests": {"nvidia.com/gpu": "1Gi"}}}, store={}, nodes=1, metrics_port=9400,
+         restricted=False)
+@example(pod={"resources": {"limits": {"cpu": "1.2.3"}}}, store={}, nodes=1, metrics_port=9400, restricted=False)
+@example(pod={"resources": {"limits": {"memory": "-1"}}}, store={}, nodes=1, metrics_port=9400, restricted=False)
+@example(pod={"resources": {"limits": {"gpu": "2"}}}, store={}, nodes=1, metrics_port=9400, restricted=False)
+@example(pod={"resources": {"requests": {"memory": "1Gi"}, "limits": {"memory": "1.5"}}}, store={}, nodes=1,
+         metrics_port=9400, restricted=False)
+@example(pod={"tolerations": [{"key": "a100", "tolerationSeconds": 17}]}, store={}, nodes=1, metrics_port=9400,
+         restricted=False)
+@example(pod={"tolerations": [{}]}, store={}, nodes=1, metrics_port=9400, restricted=False)
+@example(pod={"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}, store={}, nodes=1,
+         metrics_port=9400, restricted=False)
+@example(pod={"tolerations": [{"key": "-x"}]}, store={}, nodes=1, metrics_port=9400, restricted=False)
+@example(pod={"nodeSelector": {"Bad Key": "x"}}, store={}, nodes=1, metrics_port=9400, restricted=False)
+@example(pod={"image": " reg/x:1"}, store={}, nodes=1, metrics_port=9400, restricted=False)
+@example(pod={"runtimeClassName": "Not Valid"}, store={}, nodes=1, metrics_port=9400, restricted=False)
+@example(pod={"priorityClassName": "Bad_Class"}, store={}, nodes=1, metrics_port=9400, restricted=False)
+@example(pod={}, store={"subPath": "a/../../b"}, nodes=1, metrics_port=9400, restricted=False)
+@example(pod={}, store={"subPath": "/abs"}, nodes=1, metrics_port=9400, restricted=False)
 def test_training_run_pod_settings_build_valid_manifests_or_are_refused_naming_the_field(
     pod: dict[str, Any], store: dict[str, Any], nodes: int, metrics_port: int, restricted: bool
 ) -> None:
