@@ -12,13 +12,12 @@ from llmfab.api.common import (
     DNS1123_SUBDOMAIN,
     CelRule,
     DeletionPolicy,
-    PodSettings,
     Resource,
     Spec,
     StatusBase,
-    Storage,
 )
 from llmfab.api.evaluation import EvalResults, EvalSpec
+from llmfab.api.pod import PodSettings, Storage
 
 
 def _one_model_source(m: Any) -> str | None:

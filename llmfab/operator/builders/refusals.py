@@ -25,8 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from llmfab.api.common import PodSettings, Resource, Storage, cluster_only_problems
+from llmfab.api.common import Resource, cluster_only_problems
 from llmfab.api.inference_service import InferenceService
+from llmfab.api.pod import PodSettings, Storage
 from llmfab.operator.settings import OperatorSettings
 
 
