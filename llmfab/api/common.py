@@ -22,8 +22,7 @@ API_VERSION = "v1alpha1"
 GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-# Kubernetes quantity (e.g. 500m, 2, 4Gi, 1.5G).
-QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:
@@ -86,6 +85,8 @@ class Spec(BaseModel):
     @model_validator(mode="after")
     def _check_cel_rules(self) -> Spec:
         for rule in type(self).cel_rules:
+            if rule.cluster_only:
+                continue
             problem = rule.check(self)
             if problem:
                 raise ValueError(problem)
@@ -106,6 +107,26 @@ class CelRule:
     message: str
     check: Callable[[Any], str | None]
     field_path: str | None = None
+    # True: a rule of the cluster only (the API server's CEL, then the operator), never of
+    # `llmfab up` or the workload; e.g. an unauthenticated feedback app is refused where any pod
+    # can reach it, not on a laptop's loopback. See ``cluster_only_problems``.
+    cluster_only: bool = False
+
+
+def cluster_only_problems(model: BaseModel) -> list[str]:
+    """The messages of every cluster-only :class:`CelRule` that ``model`` (and each model inside
+    it) breaks. The CRD carries the same rules as CEL; the operator checks them again for a
+    resource stored before a CRD upgrade added them."""
+    problems: list[str] = []
+    for rule in getattr(type(model), "cel_rules", ()):
+        if rule.cluster_only and (problem := rule.check(model)):
+            problems.append(problem)
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, BaseModel):
+                problems += cluster_only_problems(item)
+    return problems
 
 
 class Phase(StrEnum):
@@ -189,104 +210,6 @@ class ObjectMeta(BaseModel):
     owner_references: list[dict[str, Any]] = Field(default_factory=list)
     managed_fields: list[dict[str, Any]] = Field(default_factory=list)
     generate_name: str | None = None
-
-
-# --- Pod scheduling and resources, shared by every kind that runs a workload ---------------------
-
-Quantity = Annotated[str, Field(pattern=QUANTITY)]
-
-
-class ResourceRequirements(Spec):
-    """CPU, memory and GPU (``nvidia.com/gpu``) requests and limits of each workload pod."""
-
-    requests: dict[str, Quantity] = Field(
-        default_factory=dict, description="e.g. {cpu: '4', memory: 16Gi, nvidia.com/gpu: '1'}."
-    )
-    limits: dict[str, Quantity] = Field(default_factory=dict, description="Upper bounds, same keys.")
-
-    def gpus(self) -> int:
-        """GPUs per pod: the ``nvidia.com/gpu`` limit, else the request, else 0."""
-        value = self.limits.get("nvidia.com/gpu", self.requests.get("nvidia.com/gpu", "0"))
-        return int(float(value))
-
-
-class Toleration(Spec):
-    key: str | None = Field(default=None, description="Taint key; empty with Exists matches all.")
-    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
-    value: str | None = Field(default=None, description="Taint value for Equal.")
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
-        default=None, description="Which taint effect this tolerates; empty tolerates all."
-    )
-    toleration_seconds: int | None = Field(
-        description="With NoExecute: how long the pod stays bound after the taint appears.",
-        default=None,
-        ge=0,
-    )
-
-
-class EnvVar(Spec):
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Variable name.")
-    value: str = Field(default="", description="Value.")
-
-
-# Set by the operator in every pod to wire ranks, storage and status; a user value would break them.
-RESERVED_ENV = (
-    "LLMFAB_HOME", "LLMFAB_STATUS", "LLMFAB_RDZV_ENDPOINT", "LLMFAB_NODE_RANK", "LLMFAB_NNODES",
-    "JOB_COMPLETION_INDEX", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "RANK", "LOCAL_RANK",
-    "WORLD_SIZE", "LOCAL_WORLD_SIZE", "PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK",
-    "PET_MASTER_ADDR", "PET_MASTER_PORT",
-)  # fmt: skip
-
-
-def _no_reserved_env(p: Any) -> str | None:
-    taken = [e.name for e in p.env if e.name in RESERVED_ENV]
-    if taken:
-        return (
-            f"spec.pod.env: {', '.join(taken)} is set by the operator (rank wiring, artifact store, "
-            "status); remove it from spec.pod.env"
-        )
-    return None
-
-
-class PodSettings(Spec):
-    """Where and with what a workload's pods run. Ignored by ``llmfab up`` except ``env``."""
-
-    cel_rules: ClassVar[tuple[CelRule, ...]] = (
-        CelRule(
-            cel="self.env.all(e, !(e.name in " + str(list(RESERVED_ENV)).replace('"', "'") + "))",
-            message="spec.pod.env may not set a variable the operator sets (LLMFAB_HOME, MASTER_ADDR, RANK, ...)",
-            check=_no_reserved_env,
-        ),
-    )
-
-    image: str | None = Field(default=None, description="Override the chart's image for this stage.")
-    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels to match.")
-    tolerations: list[Toleration] = Field(default_factory=list, description="Taints to tolerate.")
-    env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables.")
-    priority_class_name: str | None = Field(default=None, description="Pod priority class.")
-    runtime_class_name: str | None = Field(
-        default=None,
-        description="Pod runtimeClassName; default: the chart's (k3s with the NVIDIA toolkit needs 'nvidia').",
-    )
-    active_deadline_seconds: int | None = Field(
-        default=None, ge=1, description="Fail the Job after this many seconds (activeDeadlineSeconds)."
-    )
-    retries: int = Field(
-        default=3, ge=0, le=100,
-        description="Pod failures retried per pod (backoffLimitPerIndex); each retry resumes from the "
-        "last checkpoint. An invalid spec (exit 2) is never retried.",
-    )
-
-
-class Storage(Spec):
-    """The artifact volume: a PersistentVolumeClaim mounted at /artifacts in every pod."""
-
-    claim_name: str | None = Field(
-        default=None,
-        description="Existing PVC holding the artifact store; default: the chart's shared claim.",
-    )
-    sub_path: str | None = Field(default=None, description="Sub-directory of the claim to mount.")
 
 
 # Spec fields that say where or whether a workload runs, never what it produces.

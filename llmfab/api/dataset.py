@@ -16,13 +16,12 @@ from llmfab.api.common import (
     DNS1123_LABEL,
     CelRule,
     DeletionPolicy,
-    PodSettings,
     Resource,
     ResourceRef,
     Spec,
     StatusBase,
-    Storage,
 )
+from llmfab.api.pod import PodSettings, Storage
 
 
 def _source_has_one_origin(s: Any) -> str | None:

@@ -9,15 +9,15 @@ from pydantic import Field
 from llmfab.api.common import (
     DELETION_POLICY_DESCRIPTION,
     DNS1123_LABEL,
+    DNS1123_SUBDOMAIN,
     CelRule,
     DeletionPolicy,
-    PodSettings,
     Resource,
     Spec,
     StatusBase,
-    Storage,
 )
 from llmfab.api.evaluation import EvalResults, EvalSpec
+from llmfab.api.pod import PodSettings, Storage
 
 
 def _one_model_source(m: Any) -> str | None:
@@ -81,15 +81,44 @@ class ServerSpec(Spec):
     extra_args: list[str] = Field(default_factory=list, description="Passed to vLLM verbatim.")
 
 
+class SecretKeySelector(Spec):
+    """One key of a Secret in the resource's namespace (a pod's ``secretKeyRef``)."""
+
+    name: str = Field(
+        max_length=253, pattern=DNS1123_SUBDOMAIN, description="metadata.name of the Secret (same namespace)."
+    )
+    key: str = Field(
+        default="token", max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="The key in its data."
+    )
+
+
 class FeedbackSpec(Spec):
-    """The human-feedback web app (pairs into SQLite)."""
+    """The human-feedback web app (pairs into SQLite).
+
+    Its token: on a cluster, ``tokenSecret`` names a Secret the kubelet puts into the server
+    container as ``$tokenEnv`` (``secretKeyRef``; the operator never reads it), so the token is
+    never written into the resource, the Deployment or the spec ConfigMap. Locally (``llmfab up``)
+    the app reads ``$tokenEnv`` from the shell and may run open: it binds ``server.host``
+    (127.0.0.1 by default), so only this machine reaches it.
+    """
 
     enabled: bool = Field(default=False, description="Serve the human-feedback app beside vLLM.")
     port: int = Field(description="HTTP port of the feedback app.", default=8080, ge=1024, le=65535)
     token_env: str = Field(
         default="LLMFAB_FEEDBACK_TOKEN",
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="Environment variable holding the access token; unset or empty: no auth (a warning).",
+        description="Environment variable holding the access token; unset or empty: no auth (a warning). "
+        "On a cluster the operator sets it from tokenSecret.",
+    )
+    token_secret: SecretKeySelector | None = Field(
+        default=None,
+        description="Cluster: the Secret key holding the access token, given to the app as $tokenEnv "
+        "(secretKeyRef). Required with enabled unless allowAnonymous. Ignored by llmfab up.",
+    )
+    allow_anonymous: bool = Field(
+        default=False,
+        description="Cluster: serve the app without a token, so any pod that reaches its Service reads "
+        "the prompts, votes and /stats and writes training text. Locally an open app on loopback needs no flag.",
     )
     prompts: str | None = Field(
         default=None,
@@ -111,6 +140,39 @@ class MonitoringSpec(Spec):
     dashboards: bool = Field(default=True, description="Grafana latency dashboard ConfigMap.")
 
 
+def _two_ports(s: Any) -> str | None:
+    if s.feedback.enabled and s.feedback.port == s.server.port:
+        return (
+            f"spec.feedback.port: {s.feedback.port} is spec.server.port too; the feedback app and vLLM "
+            "each need their own port: choose another spec.feedback.port (default 8080)"
+        )
+    return None
+
+
+def _feedback_token_on_cluster(s: Any) -> str | None:
+    f = s.feedback
+    if f.enabled and f.token_secret is None and not f.allow_anonymous:
+        return (
+            "spec.feedback.tokenSecret: a feedback app without a token serves its prompts, votes and "
+            "/stats to every pod in the cluster and takes their edits as training text; create a Secret "
+            "(kubectl create secret generic NAME --from-literal=token=...) and set "
+            "spec.feedback.tokenSecret: {name: NAME, key: token}, or set "
+            "spec.feedback.allowAnonymous: true to serve it open"
+        )
+    return None
+
+
+def _no_plain_text_token(s: Any) -> str | None:
+    f = s.feedback
+    if f.enabled and any(e.name == f.token_env for e in s.pod.env):
+        return (
+            f"spec.pod.env: {f.token_env} (spec.feedback.tokenEnv) would put the feedback token in plain "
+            "text into the resource, the Deployment and the spec ConfigMap; remove it and name a Secret "
+            "in spec.feedback.tokenSecret"
+        )
+    return None
+
+
 def _one_feedback_writer(s: Any) -> str | None:
     if s.feedback.enabled and s.replicas > 1:
         return (
@@ -126,6 +188,25 @@ class InferenceServiceSpec(Spec):
             cel="!self.feedback.enabled || self.replicas <= 1",
             message="spec.feedback.enabled needs replicas <= 1 (the feedback store has one writer)",
             check=_one_feedback_writer,
+        ),
+        CelRule(
+            cel="!self.feedback.enabled || self.feedback.port != self.server.port",
+            message="spec.feedback.port must differ from spec.server.port",
+            check=_two_ports,
+        ),
+        CelRule(
+            cel="!self.feedback.enabled || has(self.feedback.tokenSecret) || self.feedback.allowAnonymous",
+            message="spec.feedback.enabled on a cluster needs spec.feedback.tokenSecret (a Secret holding "
+            "the token) or spec.feedback.allowAnonymous: true",
+            check=_feedback_token_on_cluster,
+            cluster_only=True,
+        ),
+        CelRule(
+            cel="!self.feedback.enabled || self.pod.env.all(e, e.name != self.feedback.tokenEnv)",
+            message="spec.pod.env may not set the feedback token (spec.feedback.tokenEnv) in plain text; "
+            "use spec.feedback.tokenSecret",
+            check=_no_plain_text_token,
+            cluster_only=True,
         ),
     )
 

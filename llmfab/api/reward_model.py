@@ -11,12 +11,11 @@ from llmfab.api.common import (
     DNS1123_LABEL,
     CelRule,
     DeletionPolicy,
-    PodSettings,
     Resource,
     Spec,
     StatusBase,
-    Storage,
 )
+from llmfab.api.pod import PodSettings, Storage
 from llmfab.api.training_run import (
     BatchSpec,
     CheckpointSpec,

@@ -18,14 +18,13 @@ from llmfab.api.common import (
     NOT_OUTPUT_FIELDS,
     CelRule,
     DeletionPolicy,
-    PodSettings,
     Resource,
     ResourceRef,
     Spec,
     StatusBase,
-    Storage,
 )
 from llmfab.api.evaluation import EvalResults, EvalSpec
+from llmfab.api.pod import PodSettings, Storage
 
 PRESETS: dict[str, dict[str, int]] = {
     "small": {"layers": 6, "hidden": 512, "heads": 8},

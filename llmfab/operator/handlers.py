@@ -16,6 +16,7 @@ from llmfab.api.common import API_GROUP, API_VERSION, Phase, Resource
 from llmfab.operator import metrics
 from llmfab.operator.builders.cleanup import build_cleanup_job, cleanup_job_name
 from llmfab.operator.builders.common import REVISION_LABEL, STAGE_LABEL, child_name, revision
+from llmfab.operator.builders.refusals import pod_policy_problems
 from llmfab.operator.deletion import WORKLOAD_KINDS, DeletionStep, decide_deletion, is_cleanup, selector
 from llmfab.operator.kube import MERGE_PATCH, Kube, connection_info, path_for
 from llmfab.operator.reconcile import Decision, Observed, decide
@@ -116,6 +117,10 @@ def delete_artifacts(body: Any, kube: Kube, settings: OperatorSettings) -> None:
     if (body.get("spec") or {}).get("deletionPolicy") != "Delete":
         return
     res = parse_body(body)
+    outside = pod_policy_problems(res, settings)
+    if outside:  # the clean-up Job would run that image on that claim: keep the artifacts instead
+        kopf.event(body, type="Warning", reason="PodPolicy", message=("artifacts kept: " + "; ".join(outside))[:1024])
+        return
     ns, labels = res.metadata.namespace, selector(res.KIND, res.name)
     workloads = [w for api_version, kind in WORKLOAD_KINDS for w in kube.list(api_version, kind, ns, labels)
                  if not is_cleanup(w)]

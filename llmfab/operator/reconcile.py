@@ -6,6 +6,8 @@ events). Keeping the decision pure is what lets every rule below be tested on pl
 
 - the stages of a kind, in order, and which of them move the phase come from ``llmfab.stages``
   (the same rules ``llmfab up`` follows);
+- a spec the cluster refuses (``builders/refusals.py``: insecure, outside the chart's pod policy)
+  fails before any child is made;
 - a resource whose references are not Ready waits (``phase: Waiting``, condition ``Ready=False``,
   reason ``WaitingForDependency`` naming them) before its first child of a revision exists;
 - each stage but ``serve`` is a Job of the current output revision (a hash of the spec fields that
@@ -37,6 +39,7 @@ from llmfab.operator.builders.inference import (
     uses_service_monitor,
 )
 from llmfab.operator.builders.jobs import build_headless_service, build_stage_job, pods_and_processes
+from llmfab.operator.builders.refusals import refusals
 from llmfab.operator.settings import OperatorSettings
 from llmfab.stages import is_primary, owns_phase, stages_for
 from llmfab.status import conditions_for
@@ -134,6 +137,11 @@ def dependency_problem(key: str, obj: dict[str, Any] | None) -> str | None:
 
 def decide(res: Resource, observed: Observed, settings: OperatorSettings) -> Decision:
     d = Decision()
+    refused = refusals(res, settings)
+    if refused:
+        message = "; ".join(r.message for r in refused)
+        _set_phase(d, res, observed, Phase.FAILED, refused[0].reason, message, stage=None)
+        return d
     if not observed.jobs and observed.deployment is None:
         problems = [p for key in _refs(res) if (p := dependency_problem(key, observed.dependencies.get(key)))]
         if problems:

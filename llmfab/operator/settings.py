@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +52,27 @@ class OperatorSettings(BaseModel):
         "(k3s local-path): pods on several nodes cannot all mount it.",
     )
     run_as_user: int = 1000
+    artifacts_access_mode: Literal["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"] = Field(
+        default="ReadWriteOnce",
+        description="The chart's artifacts.accessMode: the feedback store (SQLite, WAL) is refused on "
+        "ReadWriteMany, where pods on two nodes could open it.",
+    )
+    # The chart's podPolicy: what a resource's author may choose in spec.pod / spec.storage. Each is
+    # a list of shell-style patterns (fnmatch); ["*"] (the default) restricts nothing. The chart's
+    # own images, runtime class and claim are always allowed.
+    allowed_images: list[str] = Field(default_factory=lambda: ["*"], description="spec.pod.image patterns.")
+    allowed_runtime_classes: list[str] = Field(
+        default_factory=lambda: ["*"], description="spec.pod.runtimeClassName patterns."
+    )
+    allowed_priority_classes: list[str] = Field(
+        default_factory=lambda: ["*"], description="spec.pod.priorityClassName patterns."
+    )
+    allowed_claims: list[str] = Field(default_factory=lambda: ["*"], description="spec.storage.claimName patterns.")
+    allowed_toleration_keys: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="spec.pod.tolerations[].key patterns; a toleration without a key (it tolerates every "
+        "taint) counts as the key '' and only '*' allows it. []: no tolerations.",
+    )
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> OperatorSettings:

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from llmfab.api import KINDS, ValidationFailed, load_resources, parse_resource
+from llmfab.api.common import cluster_only_problems
 from llmfab.api.crds import build_crd, crd_filename, openapi_schema, render_crd
 from llmfab.api.loading import dump_resource as _dump_with_nulls
 from tests.kube.crd_schema import apply_defaults, cel_results
@@ -133,14 +134,43 @@ CASES = [  # (kind, spec patch that is valid, spec patch that breaks exactly one
     ("InferenceService", {"model": {"path": "/m"}}, {"model": {"path": "/m", "trainingRun": "tiny"}}),
     (
         "InferenceService",
+        {"model": {"path": "/m"}, "feedback": {"enabled": True, "allowAnonymous": True}},
+        {"model": {"path": "/m"}, "feedback": {"enabled": True, "allowAnonymous": True}, "replicas": 2},
+    ),
+    # Cluster-only rules (issue 19): the CRD refuses an open feedback app and a plain-text token.
+    (
+        "InferenceService",
+        {"model": {"path": "/m"}, "feedback": {"enabled": True, "tokenSecret": {"name": "fb", "key": "token"}}},
         {"model": {"path": "/m"}, "feedback": {"enabled": True}},
-        {"model": {"path": "/m"}, "feedback": {"enabled": True}, "replicas": 2},
+    ),
+    (
+        "InferenceService",
+        {"model": {"path": "/m"}, "feedback": {"enabled": True, "tokenSecret": {"name": "fb"}},
+         "pod": {"env": [{"name": "OTHER", "value": "x"}]}},
+        {"model": {"path": "/m"}, "feedback": {"enabled": True, "tokenSecret": {"name": "fb"}},
+         "pod": {"env": [{"name": "LLMFAB_FEEDBACK_TOKEN", "value": "hunter2"}]}},
     ),
     (
         "TrainingRun",
         {"pod": {"env": [{"name": "NCCL_DEBUG", "value": "INFO"}]}},
         {"pod": {"env": [{"name": "MASTER_ADDR", "value": "elsewhere"}]}},
     ),
+    # Pod settings a real API server refuses in the pod (issue 19's fuzzing): refused at apply.
+    ("TrainingRun", {"pod": {"resources": {"limits": {"nvidia.com/gpu": "2", "cpu": "4"}}}},
+     {"pod": {"resources": {"limits": {"gpu": "2"}}}}),
+    ("TrainingRun", {"pod": {"resources": {"requests": {"example.com/fpga": "1"}}}},
+     {"pod": {"resources": {"requests": {"nvidia.com/gpu": "1Gi"}}}}),
+    ("TrainingRun", {"pod": {"tolerations": [{"operator": "Exists"}]}}, {"pod": {"tolerations": [{"value": "x"}]}}),
+    ("TrainingRun", {"pod": {"tolerations": [{"key": "k", "operator": "Exists"}]}},
+     {"pod": {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}}),
+    ("TrainingRun", {"pod": {"tolerations": [{"key": "k", "effect": "NoExecute", "tolerationSeconds": 5}]}},
+     {"pod": {"tolerations": [{"key": "k", "effect": "NoSchedule", "tolerationSeconds": 5}]}}),
+    ("TrainingRun", {"pod": {"nodeSelector": {"example.com/gpu": "a100"}}}, {"pod": {"nodeSelector": {"gpu": "A 100"}}}),
+    ("TrainingRun", {"pod": {"nodeSelector": {"gpu": "a100"}}}, {"pod": {"nodeSelector": {"Bad Key": "x"}}}),
+    ("TrainingRun", {"storage": {"subPath": "team-a/x..y"}}, {"storage": {"subPath": "a/../../b"}}),
+    ("TrainingRun", {"storage": {"subPath": "a"}}, {"storage": {"subPath": "/etc"}}),
+    ("InferenceService", {"model": {"path": "/m"}, "feedback": {"enabled": True, "allowAnonymous": True, "port": 8080}},
+     {"model": {"path": "/m"}, "feedback": {"enabled": True, "allowAnonymous": True, "port": 8000}}),
 ]
 
 
@@ -159,12 +189,24 @@ def test_cel_rule_agrees_with_pydantic(kind: str, good: dict, bad: dict) -> None
         defaulted = apply_defaults(schema, copy.deepcopy(doc))
         jsonschema.Draft4Validator(schema).validate(defaulted)  # types, enums, bounds are fine in both cases
         cel_ok = all(r.ok for r in cel_results(schema, defaulted))
-        try:
-            parse_resource(doc)
-            pydantic_ok = True
+        try:  # what llmfab accepts on a cluster: its pydantic rules and its cluster-only rules
+            pydantic_ok = not cluster_only_problems(parse_resource(doc).spec)  # type: ignore[attr-defined]
         except ValidationFailed:
             pydantic_ok = False
         assert cel_ok == pydantic_ok == valid, (patch, cel_results(schema, defaulted))
+
+
+def test_an_open_feedback_app_is_refused_on_a_cluster_but_allowed_locally() -> None:
+    """``llmfab up`` serves the app on loopback, where an open app is only this machine's; the CRD
+    (a cluster) refuses it and names the field and the fix."""
+    doc = _doc("InferenceService", {"model": {"path": "/m"}, "feedback": {"enabled": True}})
+    res = parse_resource(doc)  # the local runner and the workload accept it
+    [problem] = cluster_only_problems(res.spec)  # type: ignore[attr-defined]
+    assert problem.startswith("spec.feedback.tokenSecret: a feedback app without a token")
+    assert "allowAnonymous: true" in problem
+    schema = openapi_schema(KINDS["InferenceService"])
+    [refused] = [r for r in cel_results(schema, apply_defaults(schema, copy.deepcopy(doc))) if not r.ok]
+    assert "spec.feedback.tokenSecret" in refused.message
 
 
 def test_cel_name_rule_rejects_bad_names() -> None:

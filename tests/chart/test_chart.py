@@ -5,6 +5,7 @@ Deployment reconciles a resource under the rendered ClusterRole)."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import subprocess
@@ -181,3 +182,34 @@ def test_the_chart_version_is_llmfabs_so_empty_image_tags_name_the_built_images(
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == f"ghcr.io/llmfab/operator:{__version__}"
     assert operator_env(docs)["LLMFAB_OPERATOR_SERVING_IMAGE"] == OperatorSettings().serving_image
     assert operator_env(docs)["LLMFAB_OPERATOR_TRAINER_IMAGE"] == OperatorSettings().trainer_image
+
+
+def test_the_pod_policy_and_the_volumes_access_mode_reach_the_operator() -> None:
+    """Issue 19: podPolicy allow-lists and artifacts.accessMode become the operator's settings;
+    by default they restrict nothing."""
+    default = OperatorSettings.from_env(operator_env(render()))
+    assert default.allowed_images == default.allowed_claims == default.allowed_toleration_keys == ["*"]
+    assert default.artifacts_access_mode == "ReadWriteOnce"
+    shared = OperatorSettings.from_env(operator_env(render("-f", str(CHART / "ci" / "shared-cluster-values.yaml"))))
+    assert shared.allowed_images == ["ghcr.io/llmfab/*"] and shared.allowed_runtime_classes == ["nvidia"]
+    assert shared.allowed_priority_classes == [] and shared.allowed_claims == ["llmfab-*"]
+    assert shared.allowed_toleration_keys == ["nvidia.com/gpu"]
+    nfs = OperatorSettings.from_env(operator_env(render("-f", str(CHART / "ci" / "nfs-multinode-values.yaml"))))
+    assert nfs.artifacts_access_mode == "ReadWriteMany"
+    out = helm("template", "x", str(CHART), "--set", "podPolicy.allowedClaims=null", check=False)
+    assert out.returncode != 0 and "allowedClaims" in out.stderr  # removing a list is no "allow all"
+
+
+def test_the_chart_creates_a_feedback_token_secret_in_each_workload_namespace() -> None:
+    assert not by_kind(render(), "Secret")  # off by default
+    docs = render("--set", "feedbackToken.create=true", "--set", "workloads.namespaces={team-a,team-b}")
+    secrets = by_kind(docs, "Secret")
+    assert [(s["metadata"]["namespace"], s["metadata"]["name"]) for s in secrets] == [
+        ("team-a", "llmfab-feedback-token"), ("team-b", "llmfab-feedback-token")]
+    tokens = [base64.b64decode(s["data"]["token"]).decode() for s in secrets]
+    assert all(len(t) == 32 and t.isalnum() for t in tokens) and tokens[0] != tokens[1]
+    assert secrets[0]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    for secret in secrets:
+        kubernetes_validate.validate(copy.deepcopy(secret), K8S_VERSION, strict=True)
+    given = by_kind(render("--set", "feedbackToken.create=true", "--set", "feedbackToken.token=s3cret"), "Secret")
+    assert base64.b64decode(given[0]["data"]["token"]) == b"s3cret"

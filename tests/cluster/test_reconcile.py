@@ -178,6 +178,7 @@ def test_a_suspended_ray_dataset_holds_back_its_ray_job() -> None:
 
 def test_a_serving_service_with_feedback_reports_the_feedback_apps_url() -> None:
     svc = resource("InferenceService", {"model": {"path": "/m"}, "quantization": {"method": "none"},
-                                        "eval": {"enabled": False}, "feedback": {"enabled": True}})
+                                        "eval": {"enabled": False},
+                                        "feedback": {"enabled": True, "tokenSecret": {"name": "fb"}}})
     d = decide(svc, Observed(deployment={"status": {"readyReplicas": 1}}), SETTINGS)
     assert d.status["feedbackUrl"] == "http://demo.ml.svc:8080/" and d.status["url"] == "http://demo.ml.svc:8000/v1"

@@ -13,10 +13,12 @@ images; a Service gets a ClusterIP. Custom resources go through their CRD schema
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import itertools
 import re
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from .crd_schema import Cause
@@ -154,6 +156,93 @@ def _containers_causes(pod_spec: JSON, field: str) -> list[Cause]:
             causes.append(_required(f"{field}.containers[{i}].name"))
         if not container.get("image"):
             causes.append(_required(f"{field}.containers[{i}].image"))
+        elif container["image"] != container["image"].strip():
+            causes.append(_invalid(f"{field}.containers[{i}].image", container["image"],
+                                   "must not have leading or trailing whitespace"))
+        causes += _resources_causes(container.get("resources") or {}, f"{field}.containers[{i}].resources")
+        for j, mount in enumerate(container.get("volumeMounts") or []):
+            sub = mount.get("subPath") or ""
+            if sub.startswith("/") or ".." in sub.split("/"):
+                causes.append(_invalid(f"{field}.containers[{i}].volumeMounts[{j}].subPath", sub,
+                                       "must be a relative path without '..'"))
+    return causes + _pod_spec_causes(pod_spec, field)
+
+
+# k8s.io/apimachinery/pkg/api/resource: <signedNumber><suffix>, suffix binary SI, decimal SI or exponent.
+_QUANTITY = re.compile(r"([+-]?)([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?")
+_DECIMAL = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+_STANDARD_RESOURCES = {"cpu", "memory", "ephemeral-storage"}
+
+
+def parse_quantity(text: Any) -> Decimal | None:
+    """A resource.Quantity's value, or None where the API server answers 'quantities must match
+    the regular expression'."""
+    m = _QUANTITY.fullmatch(text) if isinstance(text, str) else None
+    if m is None:
+        return None
+    sign, number, suffix = m.group(1), m.group(2), m.group(3) or ""
+    value = Decimal(number) * (-1 if sign == "-" else 1)
+    if suffix.endswith("i"):
+        return value * 1024 ** ("KMGTPE".index(suffix[0]) + 1)
+    if suffix[:1] in ("e", "E"):
+        return value * Decimal(10) ** int(suffix[1:])
+    return value * Decimal(10) ** _DECIMAL[suffix]
+
+
+def _resources_causes(resources: JSON, field: str) -> list[Cause]:
+    """pkg/apis/core/validation ValidateResourceRequirements: names, non-negative quantities,
+    requests <= limits, extended resources (a domain-prefixed name) whole and requests == limits."""
+    causes: list[Cause] = []
+    values: dict[str, dict[str, Decimal]] = {}
+    for part in ("requests", "limits"):
+        for name, text in (resources.get(part) or {}).items():
+            where = f"{field}.{part}[{name}]"
+            if name not in _STANDARD_RESOURCES and not name.startswith("hugepages-") and "/" not in name:
+                causes.append(_invalid(where, name, "must be a standard resource type or fully qualified"))
+            elif "/" in name and label_causes({name: ""}, where):
+                causes.append(_invalid(where, name, "must be a standard resource type or fully qualified"))
+            value = parse_quantity(text)
+            if value is None:
+                causes.append(_invalid(where, text, "quantities must match the regular expression "
+                                       "'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"))
+                continue
+            if value < 0:
+                causes.append(_invalid(where, text, "must be greater than or equal to 0"))
+            if "/" in name and "kubernetes.io/" not in name and value != value.to_integral_value():
+                causes.append(_invalid(where, text, "must be an integer"))
+            values.setdefault(part, {})[name] = value
+    requests, limits = values.get("requests", {}), values.get("limits", {})
+    for name, request in requests.items():
+        if name in limits and request > limits[name]:
+            causes.append(_invalid(f"{field}.requests[{name}]", str(request), f"must be less than or equal to {name} limit"))
+        if "/" in name and "kubernetes.io/" not in name and limits.get(name) != request:
+            causes.append(_invalid(f"{field}.requests[{name}]", str(request), f"must be equal to {name} limit"))
+    return causes
+
+
+def _pod_spec_causes(spec: JSON, field: str) -> list[Cause]:
+    """The PodSpec fields a resource's author sets through llmfab: node selector (labels),
+    tolerations, priority and runtime class names (pkg/apis/core/validation ValidatePodSpec)."""
+    causes = label_causes(spec.get("nodeSelector"), f"{field}.nodeSelector")
+    for name in ("priorityClassName", "runtimeClassName"):
+        value = spec.get(name)
+        if value is not None and (len(value) > 253 or not re.fullmatch(_SUBDOMAIN, value)):
+            causes.append(_invalid(f"{field}.{name}", value, SUBDOMAIN_MESSAGE))
+    for i, t in enumerate(spec.get("tolerations") or []):
+        where = f"{field}.tolerations[{i}]"
+        key, operator, value = t.get("key") or "", t.get("operator") or "Equal", t.get("value") or ""
+        if key:
+            causes += [dataclasses.replace(c, field=f"{where}.key") for c in label_causes({key: ""}, where)]
+        elif operator != "Exists":
+            causes.append(_invalid(f"{where}.operator", operator,
+                                   "operator must be Exists when `key` is empty, which means \"match all values and all keys\""))
+        if t.get("tolerationSeconds") is not None and t.get("effect") != "NoExecute":
+            causes.append(_invalid(f"{where}.effect", t.get("effect"),
+                                   "effect must be 'NoExecute' when `tolerationSeconds` is set"))
+        if operator == "Exists" and value:
+            causes.append(_invalid(f"{where}.operator", value, "value must be empty when `operator` is 'Exists'"))
+        elif operator == "Equal" and label_causes({"k": value}, where):
+            causes.append(_invalid(f"{where}.value", value, LABEL_VALUE_MESSAGE))
     return causes
 
 
@@ -185,6 +274,9 @@ def _deployment(obj: JSON, old: JSON | None) -> list[Cause]:
         return [_required("spec.selector")]
     labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
     causes = label_causes(labels, "spec.template.metadata.labels")
+    strategy = spec["strategy"]
+    if strategy.get("type") == "Recreate" and strategy.get("rollingUpdate") is not None:
+        causes.append(_forbidden("spec.strategy.rollingUpdate", "may not be specified when strategy `type` is 'Recreate'"))
     if selector and any(labels.get(k) != v for k, v in selector.items()):
         causes.append(
             _invalid("spec.template.metadata.labels", labels, "`selector` does not match template `labels`")
@@ -208,7 +300,14 @@ def _service(obj: JSON, old: JSON | None) -> list[Cause]:
         spec["clusterIP"] = old.get("spec", {}).get("clusterIP")
     if spec["type"] != "ExternalName" and spec.get("clusterIP") != "None" and not spec.get("ports"):
         return [_required("spec.ports")]
-    return []
+    causes: list[Cause] = []
+    seen: set[tuple[Any, Any]] = set()
+    for i, port in enumerate(spec.get("ports") or []):
+        key = (port.get("port"), port.get("protocol", "TCP"))
+        if key in seen:
+            causes.append(Cause(f"spec.ports[{i}]", "FieldValueDuplicate", f"Duplicate value: {port}"))
+        seen.add(key)
+    return causes
 
 
 def _namespace(obj: JSON, old: JSON | None) -> list[Cause]:

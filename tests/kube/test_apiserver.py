@@ -143,6 +143,36 @@ def test_invalid_names_and_labels_are_422(api: KubeHTTP) -> None:
     )
 
 
+def test_pod_settings_a_real_api_server_refuses_are_422_with_the_field(api: KubeHTTP) -> None:
+    """pkg/apis/core/validation's rules for what llmfab lets a resource's author set (issue 19)."""
+    def pod(**spec: Any) -> dict[str, Any]:
+        container = {"name": "c", "image": spec.pop("image", "x"), "resources": spec.pop("resources", {})}
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [container], **spec}}
+
+    cases = [
+        (pod(resources={"limits": {"cpu": "1.2.3"}}), "spec.containers[0].resources.limits[cpu]"),
+        (pod(resources={"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}), "spec.containers[0].resources.requests[cpu]"),
+        (pod(resources={"limits": {"nvidia.com/gpu": "0.5"}}), "spec.containers[0].resources.limits[nvidia.com/gpu]"),
+        (pod(resources={"limits": {"gpu": "1"}}), "spec.containers[0].resources.limits[gpu]"),
+        (pod(tolerations=[{"operator": "Equal", "value": "x"}]), "spec.tolerations[0].operator"),
+        (pod(tolerations=[{"key": "k", "effect": "NoSchedule", "tolerationSeconds": 5}]), "spec.tolerations[0].effect"),
+        (pod(nodeSelector={"Bad Key": "x"}), "spec.nodeSelector"),
+        (pod(runtimeClassName="Not Valid"), "spec.runtimeClassName"),
+        (pod(image=" x"), "spec.containers[0].image"),
+    ]
+    for body, field in cases:
+        answer = api.post("/api/v1/namespaces/default/pods", body)
+        assert answer.status_code == 422, (body, answer.text)
+        assert field in [c["field"] for c in answer.json()["details"]["causes"]], answer.text
+    assert api.post("/api/v1/namespaces/default/pods", pod(resources={"limits": {"nvidia.com/gpu": "1"}},
+                                                           tolerations=[{"operator": "Exists"}])).status_code == 201
+    recreate = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {
+        "selector": {"matchLabels": {"a": "b"}}, "strategy": {"type": "Recreate", "rollingUpdate": {"maxSurge": 1}},
+        "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}}
+    answer = api.post("/apis/apps/v1/namespaces/default/deployments", recreate)
+    assert answer.status_code == 422 and "spec.strategy.rollingUpdate" in answer.text
+
+
 # --- updates ------------------------------------------------------------------------------------
 
 

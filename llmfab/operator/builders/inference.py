@@ -67,7 +67,11 @@ def build_deployment(res: InferenceService, settings: OperatorSettings, use_serv
         "readinessProbe": _probe("/health", port, 5, 3),
         "livenessProbe": _probe("/health", port, 15, 4),
     }
-    spec = pod_spec(res, settings, "serve", settings.serving_image, gpus, status="off", container_extra=probes)
+    spec = pod_spec(res, settings, "serve", settings.serving_image, gpus, extra_env=_token_env(res), status="off",
+                    container_extra=probes)
+    # The server reports nothing to the API server (LLMFAB_STATUS=off): a token would only be a
+    # credential for whoever gets into the pod.
+    spec["automountServiceAccountToken"] = False
     # vLLM's engine gets SIGTERM from `llmfab serve run` and needs a moment to drain requests.
     spec["terminationGracePeriodSeconds"] = 60
     # Any change of what the pods run rolls them (the server block too, which the output hash omits).
@@ -82,13 +86,33 @@ def build_deployment(res: InferenceService, settings: OperatorSettings, use_serv
         "spec": {
             "replicas": res.spec.replicas,
             "selector": {"matchLabels": selector_labels(res, COMPONENT)},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "strategy": _strategy(res),
             "template": {
                 "metadata": {"labels": labels(res, COMPONENT, with_revision=False), "annotations": annotations},
                 "spec": spec,
             },
         },
     }
+
+
+def _token_env(res: InferenceService) -> list[dict[str, Any]]:
+    """``$tokenEnv`` from the Secret ``spec.feedback.tokenSecret`` names, resolved by the kubelet:
+    the token is never in a manifest, and the operator needs no access to Secrets."""
+    secret = res.spec.feedback.token_secret
+    if not res.spec.feedback.enabled or secret is None:
+        return []
+    ref = {"name": secret.name, "key": secret.key}
+    return [{"name": res.spec.feedback.token_env, "valueFrom": {"secretKeyRef": ref}}]
+
+
+def _strategy(res: InferenceService) -> dict[str, Any]:
+    """Roll without downtime, except where the pods write the feedback store: SQLite has one
+    writer, and a surge pod would be a second one during every rollout, so the old pod goes first."""
+    if res.spec.feedback.enabled:
+        # null drops the rolling parameters of a Deployment that had them (apply is a merge patch);
+        # the API server refuses them beside Recreate.
+        return {"type": "Recreate", "rollingUpdate": None}
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
 
 
 def build_service(res: InferenceService) -> Manifest:
