@@ -75,6 +75,7 @@ SAMPLINGS: tuple[dict[str, float], dict[str, float]] = (
 )
 VOTE_SHAPE = 'want {"pair": ID, "choice": "a|b|tie", "edited": null}'
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class _NoClientFaults(logging.Filter):
@@ -87,7 +88,6 @@ class _NoClientFaults(logging.Filter):
 
 protocol_log = logging.getLogger(f"{__name__}.protocol")
 protocol_log.addFilter(_NoClientFaults())
-T = TypeVar("T")
 
 
 def load_prompts(path: Path | None) -> list[str]:
@@ -321,6 +321,8 @@ class FeedbackApp:
             )
         except web.HTTPException:
             raise
+        except ConnectionError:  # the client closed (or half-closed) before its body was in: no one to tell
+            return error(400, "the connection closed before the request was complete")
         except Exception:
             log.exception("feedback app: %s %s failed", request.method, request.path)
             return error(500, "internal error; the service log has the details")

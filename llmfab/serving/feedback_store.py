@@ -285,8 +285,25 @@ def sampling_label(sampling: dict[str, Any]) -> str:
 
 
 def preference_pairs(store: FeedbackReader) -> Iterator[dict[str, str]]:
-    """``{prompt, chosen, rejected}`` for every A/B vote; ties skipped, an edit is the chosen text."""
-    for v in store.votes():
+    """``{prompt, chosen, rejected}`` for every A/B vote; ties skipped, an edit is the chosen text.
+    A vote whose texts are not text, or whose choice is none of a, b, tie, is refused by its row id
+    (the app never writes one: the file was written by something else, or damaged)."""
+    try:
+        votes = store.votes()
+    except sqlite3.DatabaseError as e:  # a page damaged past the schema that check_store read
+        raise NotAFeedbackStore(
+            f"{store.path}: not a readable llmfab feedback store (SQLite says: {e})"
+        ) from None
+    for v in votes:
+        texts = {"prompt": v["prompt"], "completion_a": v["completion_a"], "completion_b": v["completion_b"]}
+        wrong = [k for k, t in texts.items() if not isinstance(t, str)]
+        wrong += ["edited"] if not isinstance(v["edited"], str | None) else []
+        if wrong or v["choice"] not in CHOICES:
+            what = f"{', '.join(wrong)} not text" if wrong else f"choice {v['choice']!r} not one of a, b, tie"
+            raise NotAFeedbackStore(
+                f"{store.path}: vote {v['id']} has {what}; the app writes no such vote, so the file was "
+                "written by something else or is damaged: export from the service's own store"
+            )
         if v["choice"] == "tie":
             continue
         chosen, rejected = (v["completion_a"], v["completion_b"])[:: 1 if v["choice"] == "a" else -1]
@@ -300,6 +317,17 @@ def export_preferences(db_path: Path, out: Path) -> int:
     store = FeedbackReader(db_path)
     if out.resolve() == db_path.resolve():
         raise ValueError(f"--out {out}: that is the feedback store itself; give another file")
-    pairs = [json.dumps(pair, ensure_ascii=False) + "\n" for pair in preference_pairs(store)]
+    pairs = [jsonl_line(pair) for pair in preference_pairs(store)]
     write_text_atomic(out, "".join(pairs))
     return len(pairs)
+
+
+# Line breaks to str.splitlines() (and so to readers of JSONL that split with it, as
+# ``training.jsonl_rows`` does) that json.dumps leaves raw when ensure_ascii=False.
+_RAW_LINE_BREAKS = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"})
+
+
+def jsonl_line(obj: dict[str, str]) -> str:
+    """One JSONL line, readable text, and one line to every reader: a completion or an edit holding
+    U+2028 (common in text pasted from the web) would otherwise split its line in two."""
+    return json.dumps(obj, ensure_ascii=False).translate(_RAW_LINE_BREAKS) + "\n"

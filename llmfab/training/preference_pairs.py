@@ -93,10 +93,10 @@ def feedback_pairs(store_path: Path, service: str, prefs: Preferences) -> list[P
     pairs: list[PreferencePair] = []
     if store_path.is_file():  # read-only: the service's app is the store's one writer
         try:
-            store = FeedbackReader(store_path)
+            rows = list(preference_pairs(FeedbackReader(store_path)))
         except NotAFeedbackStore as e:
             raise WorkloadError(f"spec.preferences.inferenceService: InferenceService/{service}: {e}") from None
-        for i, row in enumerate(preference_pairs(store), start=1):
+        for i, row in enumerate(rows, start=1):
             if row["chosen"].strip() and row["chosen"].strip() != row["rejected"].strip():
                 pairs.append(PreferencePair(row["prompt"], row["chosen"], row["rejected"], f"{store_path} vote {i}"))
     if len(pairs) < prefs.min_pairs:

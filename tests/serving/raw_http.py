@@ -27,8 +27,9 @@ class Hang(AssertionError):
     """No answer and no close within the bound."""
 
 
-def read_reply(sock: socket.socket, deadline: float) -> Reply:
-    """One response from ``sock``: its head, then Content-Length bytes (or up to the close)."""
+def read_reply(sock: socket.socket, deadline: float, head_only: bool = False) -> Reply:
+    """One response from ``sock``: its head, then Content-Length bytes (or up to the close); only
+    the head for an answer to HEAD (``head_only``)."""
     start, data = time.monotonic(), b""
 
     def more() -> bytes:
@@ -53,9 +54,9 @@ def read_reply(sock: socket.socket, deadline: float) -> Reply:
     head, _, body = data.partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")
     version, code, *reason = status_line.split(" ", 2)
-    assert version.startswith("HTTP/1."), status_line
+    assert version.startswith("HTTP/"), status_line  # aiohttp answers "POST /x" (no version) as HTTP/0.9
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-    length = headers.get("content-length")
+    length = "0" if head_only else headers.get("content-length")
     while length is None or len(body) < int(length):
         chunk = more()
         if not chunk:
@@ -67,7 +68,8 @@ def read_reply(sock: socket.socket, deadline: float) -> Reply:
 
 
 def exchange(port: int, data: bytes, timeout: float = 15.0, half_close: bool = False) -> Reply:
-    """Send ``data`` to 127.0.0.1:``port`` and read one answer within ``timeout`` seconds."""
+    """Send ``data`` to 127.0.0.1:``port`` and read one answer within ``timeout`` seconds (``half_close``:
+    then shut the sending side, as a client that has nothing more to send)."""
     deadline = time.monotonic() + timeout
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         try:
@@ -76,7 +78,7 @@ def exchange(port: int, data: bytes, timeout: float = 15.0, half_close: bool = F
                 sock.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the app may answer (413) and close before it has read all of a large body
-        return read_reply(sock, deadline)
+        return read_reply(sock, deadline, head_only=data.startswith(b"HEAD "))
 
 
 def wait_all_closed(socks: list[socket.socket], deadline: float) -> list[tuple[float, bytes]]:
@@ -95,8 +97,7 @@ def wait_all_closed(socks: list[socket.socket], deadline: float) -> list[tuple[f
                     f"{len(socks) - len(closed)} of {len(socks)} connections still open at the deadline"
                 )
             for key, _ in sel.select(timeout=left):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
+                sock = next(s for s in socks if s.fileno() == key.fd)
                 try:
                     chunk = sock.recv(65536)
                 except BlockingIOError:

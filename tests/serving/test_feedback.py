@@ -28,7 +28,7 @@ from llmfab.api.reward_model import Preferences
 from llmfab.cli import app as cli_app
 from llmfab.serving.feedback import DB_WORKERS, CompletionsClient, FeedbackApp
 from llmfab.serving.feedback_store import FeedbackReader, FeedbackStore, NotAFeedbackStore, export_preferences
-from llmfab.training.preference_pairs import feedback_pairs
+from llmfab.training.preference_pairs import feedback_pairs, read_pairs
 
 from .conftest import free_port, serve_command, write_service
 from .fake_openai import FakeOpenAI, fake_text
@@ -558,3 +558,20 @@ def test_export_replaces_the_output_whole(tmp_path: Path) -> None:
     itself = export_cli(tmp_path, db)
     assert itself.exit_code == 1 and "the feedback store itself" in itself.output
     assert FeedbackReader(db).votes()
+
+
+def test_export_keeps_each_pair_on_one_line_for_the_reward_models_reader(tmp_path: Path) -> None:
+    """Found by the export fuzzer: U+0085, U+2028 and U+2029 (text pasted from the web) are line
+    breaks to str.splitlines(), which the RewardModel's JSONL reader splits with; written raw they
+    cut a pair in two."""
+    db = tmp_path / "feedback.sqlite"
+    store = FeedbackStore(db)
+    store.add_prompts(["P\u2028Q"])
+    sampling = ({"temperature": 0.7, "top_p": 0.9}, {"temperature": 1.0, "top_p": 0.95})
+    store.vote(store.add_pair(1, ("good\x85", "bad\u2029"), sampling), "a", "ann")
+    store.close()
+    out = tmp_path / "prefs.jsonl"
+    assert export_preferences(db, out) == 1
+    prefs = Preferences.model_validate({"path": str(out), "minPairs": 1})
+    [pair] = read_pairs([out], prefs)
+    assert (pair.prompt, pair.chosen, pair.rejected) == ("P\u2028Q", "good\x85", "bad\u2029")
