@@ -279,7 +279,7 @@ class FeedbackApp:
 
     def token_matches(self, given: str) -> bool:
         """Constant-time; any token passes an open app (no token set), as before."""
-        # surrogatepass: aiohttp hands undecodable header bytes over as lone surrogates.
+        # surrogatepass: a header or query that is not UTF-8 reaches us as lone surrogates.
         return not self.token or hmac.compare_digest(
             given.encode(errors="surrogatepass"), self.token.encode()
         )
