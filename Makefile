@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS := data,ray,train,quantize,eval,corpus,operator,dev
+EXTRAS := data,ray,train,quantize,eval,serve,corpus,operator,dev
 SERVE_VENV := .venv-serve
 
 .PHONY: venv serve-venv tools quickstart post-training-data rlhf test lint typecheck crds dashboards images clean

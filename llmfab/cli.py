@@ -241,14 +241,15 @@ def feedback_export(
     name: Annotated[str, typer.Argument(help="InferenceService whose feedback.sqlite to read.")],
     out: Annotated[Path, typer.Option("--out", help="JSONL file of {prompt, chosen, rejected} pairs.")],
 ) -> None:
-    """Write the votes as preference pairs (a RewardModel's spec.preferences.path); ties are skipped."""
+    """Write the votes as preference pairs (a RewardModel's spec.preferences.path); ties are skipped.
+    The store is opened read-only (the running app stays its one writer) and --out is replaced whole."""
     from llmfab.api.inference_service import InferenceService
     from llmfab.serving.feedback_store import FILENAME, export_preferences
     from llmfab.store import artifact_dir
 
     try:
         count = export_preferences(artifact_dir(InferenceService.ARTIFACT_DIR, name) / FILENAME, out)
-    except FileNotFoundError as e:
+    except (OSError, ValueError) as e:  # no store, not a store (NotAFeedbackStore), --out unwritable
         err_console.print(f"error: {e}")
         raise typer.Exit(1) from None
     console.print(f"wrote {count} preference pairs to {out}")

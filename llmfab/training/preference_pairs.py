@@ -88,17 +88,17 @@ def _pair(row: dict[str, Any], where: str, names: dict[str, str]) -> PreferenceP
 def feedback_pairs(store_path: Path, service: str, prefs: Preferences) -> list[PreferencePair]:
     """The A/B votes of an InferenceService's feedback app (ties skipped, an edit is the chosen
     text). Too few votes yet is a dependency that is not ready: the RewardModel waits for them."""
-    from llmfab.serving.feedback_store import FeedbackStore, preference_pairs
+    from llmfab.serving.feedback_store import FeedbackReader, NotAFeedbackStore, preference_pairs
 
     pairs: list[PreferencePair] = []
-    if store_path.is_file():
-        store = FeedbackStore(store_path)
+    if store_path.is_file():  # read-only: the service's app is the store's one writer
         try:
-            for i, row in enumerate(preference_pairs(store), start=1):
-                if row["chosen"].strip() and row["chosen"].strip() != row["rejected"].strip():
-                    pairs.append(PreferencePair(row["prompt"], row["chosen"], row["rejected"], f"{store_path} vote {i}"))
-        finally:
-            store.close()
+            rows = list(preference_pairs(FeedbackReader(store_path)))
+        except NotAFeedbackStore as e:
+            raise WorkloadError(f"spec.preferences.inferenceService: InferenceService/{service}: {e}") from None
+        for i, row in enumerate(rows, start=1):
+            if row["chosen"].strip() and row["chosen"].strip() != row["rejected"].strip():
+                pairs.append(PreferencePair(row["prompt"], row["chosen"], row["rejected"], f"{store_path} vote {i}"))
     if len(pairs) < prefs.min_pairs:
         raise DependencyNotReady(
             f"spec.preferences.inferenceService: InferenceService/{service} has {len(pairs)} usable preference "

@@ -9,9 +9,11 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,11 +26,13 @@ from typer.testing import CliRunner
 
 from llmfab.api.reward_model import Preferences
 from llmfab.cli import app as cli_app
-from llmfab.serving.feedback import CompletionsClient, FeedbackApp
-from llmfab.serving.feedback_store import FeedbackStore, export_preferences
+from llmfab.serving.feedback import DB_WORKERS, CompletionsClient, FeedbackApp
+from llmfab.serving.feedback_store import FeedbackReader, FeedbackStore, NotAFeedbackStore, export_preferences
+from llmfab.training.preference_pairs import feedback_pairs, read_pairs
 
 from .conftest import free_port, serve_command, write_service
 from .fake_openai import FakeOpenAI, fake_text
+from .raw_http import Reply, exchange, wait_all_closed
 
 TOKEN = "s3cret-token"
 BROWSER_DIR = Path(__file__).parent / "browser"
@@ -268,3 +272,306 @@ def test_serve_run_starts_the_app_beside_the_server_and_stops_it(tmp_path: Path)
             proc.kill()
     with pytest.raises(OSError):
         request(f"{feedback_url}healthz")
+
+
+# Issue 19: the HTTP surface. Raw bytes, so that a malformed request is sent as it is.
+
+
+def raw_request(
+    app: FeedbackApp, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""
+) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{urlsplit(app.url).port}", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def port_of(app: FeedbackApp) -> int:
+    return int(urlsplit(app.url).port or 0)
+
+
+def browser_vote_headers(app: FeedbackApp, cookie: str = f"llmfab_feedback_token={TOKEN}") -> dict[str, str]:
+    """What the voting page's fetch() sends: the token cookie, JSON, the page's own Origin."""
+    origin = app.url.rstrip("/")
+    return {"Cookie": cookie, "Content-Type": "application/json", "Origin": origin}
+
+
+def a_pair(app: FeedbackApp) -> int:
+    return app.store.add_pair(
+        1, ("x", "y"), ({"temperature": 0.7, "top_p": 0.9}, {"temperature": 1.0, "top_p": 0.95})
+    )
+
+
+def test_a_negative_content_length_is_refused_and_the_body_not_stored(feedback: FeedbackApp) -> None:
+    """Content-Length: -1 once read the body until the client closed: 200 KiB (over the 64 KiB
+    limit) were read and stored."""
+    pair = a_pair(feedback)
+    body = json.dumps({"pair": pair, "choice": "a", "edited": "x" * 200_000}).encode()
+    headers = {**BEARER, "Content-Type": "application/json", "Content-Length": "-1"}
+    reply = exchange(
+        port_of(feedback), raw_request(feedback, "POST", "/vote", headers, body), half_close=True
+    )
+    assert reply.status == 400 and "Content-Length" in reply.text, (reply.status, reply.text)
+    assert vote_rows(feedback.store.path) == []
+
+
+@pytest.mark.parametrize("length", ["abc", "1e3", "0x10", "+5", " ", "5, 5", "99999999999999999999999"])
+def test_a_content_length_that_is_no_count_gets_400_with_the_reason(
+    feedback: FeedbackApp, length: str
+) -> None:
+    headers = {**BEARER, "Content-Type": "application/json", "Content-Length": length}
+    reply = exchange(port_of(feedback), raw_request(feedback, "POST", "/vote", headers, b'{"pair": 1}'))
+    assert reply.status is not None, "the connection was dropped without an answer"
+    assert 400 <= reply.status < 500 and "Content-Length" in reply.text, (reply.status, reply.text)
+
+
+def test_a_body_over_the_limit_gets_413_and_is_not_read(feedback: FeedbackApp) -> None:
+    pair = a_pair(feedback)
+    body = json.dumps({"pair": pair, "choice": "a", "edited": "x" * 70_000}).encode()
+    headers = {**BEARER, "Content-Type": "application/json", "Content-Length": str(len(body))}
+    reply = exchange(port_of(feedback), raw_request(feedback, "POST", "/vote", headers, body))
+    assert reply.status == 413 and "65536" in reply.text
+    chunked = {**BEARER, "Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (body[:40_000], body[40_000:])) + b"0\r\n\r\n"
+    reply = exchange(port_of(feedback), raw_request(feedback, "POST", "/vote", chunked, chunks))
+    assert reply.status == 413 and "65536" in reply.text
+    assert vote_rows(feedback.store.path) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"pair": 1e400, "choice": "a"}', b'{"pair": 9223372036854775808, "choice": "a"}', b'{"pair": NaN, "choice": "a"}',
+     b'{"pair": -1, "choice": "a"}', b'{"pair": 1.5, "choice": "a"}', b'{"pair": "1", "choice": "a"}',
+     b'{"pair": 1, "choice": "a", "edited": 5}', b"[" * 100_00, b'"just a string"', b"\xff\xfe"],
+)  # fmt: skip
+def test_vote_bodies_out_of_range_or_shape_get_400_naming_the_field(
+    feedback: FeedbackApp, body: bytes
+) -> None:
+    a_pair(feedback)
+    headers = {**BEARER, "Content-Type": "application/json", "Content-Length": str(len(body))}
+    reply = exchange(port_of(feedback), raw_request(feedback, "POST", "/vote", headers, body))
+    assert reply.status == 400, (reply.status, reply.text)
+    error = json.loads(reply.body)["error"]
+    assert error.startswith("body") and '"choice": "a|b|tie"' in error, error
+    assert vote_rows(feedback.store.path) == []
+
+
+def test_a_vote_from_another_page_is_refused(feedback: FeedbackApp) -> None:
+    """CSRF: the token cookie rides along with any request to the app's host, so a page elsewhere
+    (even another port of the same host, which SameSite counts as the same site) must not vote."""
+    pair = a_pair(feedback)
+    port = port_of(feedback)
+    body = json.dumps({"pair": pair, "choice": "b"}).encode()
+    own = browser_vote_headers(feedback)
+
+    def vote(headers: dict[str, str]) -> Reply:
+        return exchange(
+            port, raw_request(feedback, "POST", "/vote", {**headers, "Content-Length": str(len(body))}, body)
+        )
+
+    # fetch(url, {mode: "no-cors", method: "POST", credentials: "include", body}) sends text/plain.
+    no_cors = vote({**own, "Content-Type": "text/plain;charset=UTF-8", "Origin": "http://evil.example"})
+    assert no_cors.status in (403, 415), no_cors.text
+    no_cors_same_origin = vote({**own, "Content-Type": "text/plain;charset=UTF-8"})
+    assert no_cors_same_origin.status == 415 and "application/json" in no_cors_same_origin.text
+    other_port = vote({**own, "Origin": f"http://127.0.0.1:{port + 1}"})
+    assert other_port.status == 403 and "Origin" in other_port.text
+    for origin in (
+        "null",
+        "http://evil.example",
+        f"https://127.0.0.1:{port}",
+        f"http://127.0.0.1:{port}.evil.example",
+    ):
+        assert vote({**own, "Origin": origin}).status == 403, origin
+    no_origin = vote({k: v for k, v in own.items() if k != "Origin"})
+    assert no_origin.status == 403 and "Bearer" in no_origin.text
+    assert vote_rows(feedback.store.path) == []
+    assert vote(own).status == 200  # the voting page's own request
+    assert [r[2] for r in vote_rows(feedback.store.path)] == ["b"]
+
+
+def test_behind_a_tls_proxy_the_origin_is_https_and_the_cookie_secure(feedback: FeedbackApp) -> None:
+    port = port_of(feedback)
+    tls = {"X-Forwarded-Proto": "https"}
+    reply = exchange(port, raw_request(feedback, "GET", f"/?token={TOKEN}", tls))
+    assert reply.status == 303 and "Secure" in reply.headers["set-cookie"].split("; ")
+    assert "max-age=2592000" in reply.headers["set-cookie"].lower()  # 30 days, only over TLS
+    reply = exchange(port, raw_request(feedback, "GET", f"/?token={TOKEN}"))
+    assert reply.status == 303 and "Secure" not in reply.headers["set-cookie"].split("; ")
+
+    pair = a_pair(feedback)
+    body = json.dumps({"pair": pair, "choice": "a"}).encode()
+    headers = {
+        **browser_vote_headers(feedback),
+        "Origin": f"https://127.0.0.1:{port}",
+        "Content-Length": str(len(body)),
+    }
+    no_proxy_word = exchange(port, raw_request(feedback, "POST", "/vote", headers, body))
+    assert no_proxy_word.status == 403 and "X-Forwarded-Proto" in no_proxy_word.text
+    reply = exchange(port, raw_request(feedback, "POST", "/vote", {**headers, **tls}, body))
+    assert reply.status == 200, reply.text
+
+
+def test_the_token_redirect_stays_on_the_app(feedback: FeedbackApp) -> None:
+    port = port_of(feedback)
+    for path, location in (
+        ("//evil.example/?token=", "/evil.example/"),
+        ("/%0d%0aX-Evil:1?token=", "/%0d%0ax-evil:1"),
+    ):
+        reply = exchange(port, raw_request(feedback, "GET", path + TOKEN))
+        assert (
+            reply.status == 303
+            and reply.headers["location"].lower() == location
+            and "x-evil" not in reply.headers
+        )
+
+
+def test_slow_clients_do_not_hold_threads_and_are_closed_after_the_read_timeout(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """200 connections that send half a request line, and 20 that send their headers but not the
+    body: a normal request still answers at once, the app's threads do not grow with them, and each
+    is closed once the read timeout has passed."""
+    store = FeedbackStore(tmp_path / "feedback.sqlite")
+    store.add_prompts(["The cat"])
+    app = FeedbackApp(
+        store, CompletionsClient(fake_openai.url, "tiny"), token=TOKEN, port=0, read_timeout=2.0
+    )
+    app.start()
+    threads_before = threading.active_count()
+    slow: list[socket.socket] = []
+    opened: list[float] = []
+    try:
+        for i in range(220):
+            sock = socket.create_connection(("127.0.0.1", port_of(app)), timeout=5)
+            if i < 200:
+                sock.sendall(b"GET /pa")
+            else:
+                sock.sendall(raw_request(app, "POST", "/vote", {**BEARER, "Content-Type": "application/json",
+                                                                 "Content-Length": "100"}, b"{"))  # fmt: skip
+            slow.append(sock)
+            opened.append(time.monotonic())
+        reply = exchange(port_of(app), raw_request(app, "GET", "/stats.json", BEARER), timeout=5)
+        assert reply.status == 200 and reply.seconds < 1, reply.seconds
+        assert threading.active_count() - threads_before <= DB_WORKERS + 2  # not one per connection
+        closed = wait_all_closed(slow, deadline=time.monotonic() + app.read_timeout + 10)
+        held = [when - start for (when, _), start in zip(closed, opened, strict=True)]
+        assert app.read_timeout - 0.1 <= min(held) <= max(held) <= app.read_timeout + 5, held
+        assert {got for _, got in closed[:200]} == {b""}  # half a request line: nothing to answer
+        assert all(
+            got.startswith(b"HTTP/1.1 408") and b"not received within 2 s" in got for _, got in closed[200:]
+        )
+        assert exchange(port_of(app), raw_request(app, "GET", "/healthz")).status == 200
+    finally:
+        for sock in slow:
+            sock.close()
+        app.stop()
+
+
+def filled_store(db: Path) -> None:
+    store = FeedbackStore(db)
+    store.add_prompts(["P1"])
+    sampling = ({"temperature": 0.7, "top_p": 0.9}, {"temperature": 1.0, "top_p": 0.95})
+    store.vote(store.add_pair(1, ("good", "bad"), sampling), "a", "ann")
+    store.close()
+
+
+def export_cli(home: Path, out: Path) -> Any:
+    return CliRunner().invoke(
+        cli_app, ["feedback", "export", "svc", "--out", str(out)], env={"LLMFAB_HOME": str(home)}
+    )
+
+
+@pytest.mark.parametrize("content", ["garbage", "other-sqlite", "empty"])
+def test_export_refuses_a_file_that_is_no_feedback_store_and_changes_nothing(
+    tmp_path: Path, content: str
+) -> None:
+    db = tmp_path / "services" / "svc" / "feedback.sqlite"
+    db.parent.mkdir(parents=True)
+    if content == "garbage":
+        db.write_bytes(b"not a database\n" * 100)
+    elif content == "other-sqlite":
+        with sqlite3.connect(db) as conn:
+            conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    else:
+        db.write_bytes(b"")
+    before = db.read_bytes()
+    out = tmp_path / "prefs.jsonl"
+    out.write_text("the previous export\n")
+    result = export_cli(tmp_path, out)
+    assert result.exit_code == 1 and "not a llmfab feedback store" in result.output, result.output
+    assert str(db) in result.output.replace("\n", "")
+    assert db.read_bytes() == before and out.read_text() == "the previous export\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prefs.jsonl", "services"]
+
+
+def test_the_app_refuses_to_write_into_another_programs_database(tmp_path: Path) -> None:
+    db = tmp_path / "feedback.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    before = db.read_bytes()
+    with pytest.raises(NotAFeedbackStore, match="no prompts, pairs, votes"):
+        FeedbackStore(db)
+    assert db.read_bytes() == before
+
+
+def test_readers_open_the_store_read_only_and_read_it_mid_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Export and a RewardModel only read the store: every connection they open is ``mode=ro`` (the
+    store has exactly one writer, the app), and they read while the app is in the middle of a write."""
+    db = tmp_path / "services" / "svc" / "feedback.sqlite"
+    filled_store(db)
+    opened: list[str] = []
+    real_connect = sqlite3.connect
+
+    def recording_connect(database: Any, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+        opened.append(str(database))
+        return real_connect(database, *args, **kwargs)
+
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # the app, mid-write
+    monkeypatch.setattr(sqlite3, "connect", recording_connect)
+    try:
+        start = time.monotonic()
+        assert export_preferences(db, tmp_path / "a.jsonl") == 1
+        prefs = Preferences.model_validate({"inferenceService": "svc", "minPairs": 1})
+        assert [p.chosen for p in feedback_pairs(db, "svc", prefs)] == ["good"]
+        assert time.monotonic() - start < 5  # the store's busy timeout is 10 s
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    store_connections = [c for c in opened if c != ":memory:"]
+    assert store_connections and all(c.endswith("?mode=ro") for c in store_connections), store_connections
+
+
+def test_export_replaces_the_output_whole(tmp_path: Path) -> None:
+    db = tmp_path / "services" / "svc" / "feedback.sqlite"
+    filled_store(db)
+    out = tmp_path / "prefs.jsonl"
+    out.write_text("the previous export\n")
+    inode = out.stat().st_ino
+    result = export_cli(tmp_path, out)
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_ino != inode, "written in place: a reader could see half an export"
+    assert json.loads(out.read_text())["chosen"] == "good"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prefs.jsonl", "services"]
+    itself = export_cli(tmp_path, db)
+    assert itself.exit_code == 1 and "the feedback store itself" in itself.output
+    assert FeedbackReader(db).votes()
+
+
+def test_export_keeps_each_pair_on_one_line_for_the_reward_models_reader(tmp_path: Path) -> None:
+    """Found by the export fuzzer: U+0085, U+2028 and U+2029 (text pasted from the web) are line
+    breaks to str.splitlines(), which the RewardModel's JSONL reader splits with; written raw they
+    cut a pair in two."""
+    db = tmp_path / "feedback.sqlite"
+    store = FeedbackStore(db)
+    store.add_prompts(["P\u2028Q"])
+    sampling = ({"temperature": 0.7, "top_p": 0.9}, {"temperature": 1.0, "top_p": 0.95})
+    store.vote(store.add_pair(1, ("good\x85", "bad\u2029"), sampling), "a", "ann")
+    store.close()
+    out = tmp_path / "prefs.jsonl"
+    assert export_preferences(db, out) == 1
+    prefs = Preferences.model_validate({"path": str(out), "minPairs": 1})
+    [pair] = read_pairs([out], prefs)
+    assert (pair.prompt, pair.chosen, pair.rejected) == ("P\u2028Q", "good\x85", "bad\u2029")
