@@ -163,11 +163,13 @@ def claim_temporary(final: Path, token: str | None = None) -> Temporary:
     raise RuntimeError(f"{final.parent}: could not reserve a temporary name beside {final.name}")
 
 
-def remove_dead_temporaries(parent: Path, prefix: str = "") -> list[Path]:
+def remove_dead_temporaries(parent: Path, prefix: str = "", *, unlocked_too: bool = False) -> list[Path]:
     """Remove the temporaries under ``parent`` whose names start with ``prefix`` and whose writers
     no longer run (their lock can be taken); return what was removed.
 
-    A live writer's temporary, and anything without an llmfab lock beside it, stays.
+    A live writer's temporary stays, and so does anything without an llmfab lock beside it, unless
+    ``unlocked_too``: for a directory only llmfab writes (a run's ``checkpoints/``), where such an
+    entry is the debris of an llmfab from before these locks.
     """
     removed: list[Path] = []
     try:
@@ -175,7 +177,13 @@ def remove_dead_temporaries(parent: Path, prefix: str = "") -> list[Path]:
     except (FileNotFoundError, NotADirectoryError):
         return removed
     for name in entries:
-        if not (name.startswith(prefix) and TMP_MARKER in name and name.endswith(LOCK_SUFFIX)):
+        if not (name.startswith(prefix) and TMP_MARKER in name):
+            continue
+        if not name.endswith(LOCK_SUFFIX):
+            # Writers create X.lock before X and remove it after X: X alone is nobody's.
+            if unlocked_too and not os.path.lexists(parent / (name + LOCK_SUFFIX)):
+                remove_entry(parent / name)
+                removed.append(parent / name)
             continue
         lock = parent / name
         if _is_held(lock):
