@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -56,11 +56,11 @@ def _check_kind(value: str | None) -> str | None:
         raise typer.BadParameter("; ".join(e.errors)) from None
 
 
-def _name_argument(help_text: str) -> typer.models.ArgumentInfo:
+def _name_argument(help_text: str) -> Any:
     return typer.Argument(help=help_text, callback=_check_name, show_default=False)
 
 
-def _kind_argument(help_text: str) -> typer.models.ArgumentInfo:
+def _kind_argument(help_text: str) -> Any:
     return typer.Argument(help=help_text, callback=_check_kind, show_default=False)
 
 
