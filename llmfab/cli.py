@@ -238,13 +238,14 @@ def export(
     ] = False,
 ) -> None:
     """Write a TrainingRun's Hugging Face model/ from a checkpoint (e.g. of a run still training)."""
-    from llmfab.store import artifact_root
-    from llmfab.training.export_checkpoint import ExportError, export_named_run, replaceable_by_export
+    from llmfab.store import artifact_root, replace_refusal
 
     if out is not None and not force:
-        problem = replaceable_by_export(out)
+        problem = replace_refusal(out, "HFModel")
         if problem:
             raise typer.BadParameter(problem, param_hint="'--out'")
+    from llmfab.training.export_checkpoint import ExportError, export_named_run
+
     try:
         path = export_named_run(name, artifact_root(), step, out)
     except ExportError as e:

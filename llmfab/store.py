@@ -179,6 +179,21 @@ def staged_directory(final: Path) -> Iterator[Path]:
         temp.release()
 
 
+def replace_refusal(out: Path, kind: str) -> str | None:
+    """Why a writer must not replace ``out`` (a directory given on the command line) without
+    ``--force``, or None: only a directory that llmfab wrote as ``kind`` (its manifest says so)
+    goes without asking; anything else there (a user's directory, an empty one, a file, a link)
+    may hold what llmfab cannot put back."""
+    if not os.path.lexists(out):
+        return None
+    if not out.is_symlink() and out.is_dir():
+        manifest = read_manifest(out)
+        if manifest is not None and manifest.get("kind") == kind:
+            return None
+    return (f"{out} exists and is not a {kind} directory that llmfab wrote; it would be replaced: "
+            "choose a new directory, or pass --force to replace it")
+
+
 def delete_artifacts(kind_dir: str, name: str, root: Path | None = None) -> list[Path]:
     """Remove a resource's artifact directory and its bookkeeping files (spec, status, events,
     log); return what was removed. The directory is first renamed to a temporary sibling, so a

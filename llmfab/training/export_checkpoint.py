@@ -7,7 +7,6 @@ The checkpoint may come from any world size: DCP reshards it into one process.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
@@ -26,23 +25,6 @@ from llmfab.workload import load_spec_file
 
 class ExportError(Exception):
     """The run, its Dataset or the checkpoint cannot be found; the message says which and why."""
-
-
-def replaceable_by_export(out: Path) -> str | None:
-    """Why ``llmfab export --out OUT`` must not replace ``OUT`` without ``--force``, or None.
-
-    The export replaces its output directory whole: only a directory that an earlier export wrote
-    (its manifest says ``HFModel``) may go without asking; anything else at that path (a user's
-    directory, an empty one, a file, a link) may hold what llmfab cannot put back.
-    """
-    if not os.path.lexists(out):
-        return None
-    if not out.is_symlink() and out.is_dir():
-        manifest = read_manifest(out)
-        if manifest is not None and manifest.get("kind") == "HFModel":
-            return None
-    return (f"{out} exists and is not a model directory that llmfab exported; the export would replace "
-            "it: choose a new directory, or pass --force to replace it")
 
 
 def export_named_run(name: str, root: Path, step: int | None = None, out_dir: Path | None = None) -> Path:
