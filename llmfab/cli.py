@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -29,6 +29,39 @@ err_console = Console(stderr=True)
 FilesOption = Annotated[
     list[Path], typer.Option("-f", "--filename", help="YAML file or directory (repeatable).")
 ]
+
+
+def _check_name(value: str | None) -> str | None:
+    """Every resource name the CLI takes is checked as the API checks ``metadata.name``: the store
+    makes paths of names, and ``""``, ``..`` or ``/tmp`` would name a directory that is not the
+    resource's own (``llmfab delete dataset ""`` once removed every Dataset)."""
+    from llmfab.store import InvalidName, check_name
+
+    if value is None:
+        return None
+    try:
+        return check_name(value)
+    except InvalidName as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def _check_kind(value: str | None) -> str | None:
+    from llmfab.api import ValidationFailed, resource_class
+
+    if value is None:
+        return None
+    try:
+        return resource_class(value).KIND
+    except ValidationFailed as e:
+        raise typer.BadParameter("; ".join(e.errors)) from None
+
+
+def _name_argument(help_text: str) -> Any:
+    return typer.Argument(help=help_text, callback=_check_name, show_default=False)
+
+
+def _kind_argument(help_text: str) -> Any:
+    return typer.Argument(help=help_text, callback=_check_kind, show_default=False)
 
 
 @app.command()
@@ -139,7 +172,7 @@ def up(
 
 @app.command()
 def down(
-    name: Annotated[str | None, typer.Argument(help="InferenceService to stop; default: all.")] = None,
+    name: Annotated[str | None, _name_argument("InferenceService to stop; default: all.")] = None,
 ) -> None:
     """Stop servers that `llmfab up --detach` left running."""
     from llmfab import signals
@@ -150,10 +183,8 @@ def down(
 
 @app.command()
 def get(
-    kind: Annotated[
-        str | None, typer.Argument(help="Kind, plural or short name; default: all kinds.")
-    ] = None,
-    name: Annotated[str | None, typer.Argument(help="Resource name.")] = None,
+    kind: Annotated[str | None, _kind_argument("Kind, plural or short name; default: all kinds.")] = None,
+    name: Annotated[str | None, _name_argument("Resource name.")] = None,
 ) -> None:
     """Table of local resources and their phase (from the artifact store's status files)."""
     from llmfab.local.inspect import get_table
@@ -163,8 +194,8 @@ def get(
 
 @app.command()
 def describe(
-    kind: Annotated[str, typer.Argument(help="Kind, plural or short name.")],
-    name: Annotated[str, typer.Argument(help="Resource name.")],
+    kind: Annotated[str, _kind_argument("Kind, plural or short name.")],
+    name: Annotated[str, _name_argument("Resource name.")],
 ) -> None:
     """Spec, status, conditions, events and artifact paths of one local resource."""
     from llmfab.api import ValidationFailed
@@ -179,19 +210,15 @@ def describe(
 
 @app.command()
 def delete(
-    kind: Annotated[str, typer.Argument(help="Kind, plural or short name.")],
-    name: Annotated[str, typer.Argument(help="Resource name.")],
+    kind: Annotated[str, _kind_argument("Kind, plural or short name.")],
+    name: Annotated[str, _name_argument("Resource name.")],
 ) -> None:
     """Remove a resource's artifacts and records from the local store (what the operator runs for
     `deletionPolicy: Delete`, once the resource's pods are gone)."""
-    from llmfab.api import ValidationFailed, resource_class
+    from llmfab.api import resource_class
     from llmfab.store import delete_artifacts
 
-    try:
-        cls = resource_class(kind)
-    except ValidationFailed as e:
-        err_console.print(f"error: {e}")
-        raise typer.Exit(2) from None
+    cls = resource_class(kind)
     removed = delete_artifacts(cls.ARTIFACT_DIR, name)
     if not removed:
         console.print(f"{cls.KIND}/{name}: nothing to delete")
@@ -201,14 +228,22 @@ def delete(
 
 @app.command()
 def export(
-    name: Annotated[str, typer.Argument(help="TrainingRun whose checkpoint to export.")],
+    name: Annotated[str, _name_argument("TrainingRun whose checkpoint to export.")],
     step: Annotated[
         int | None, typer.Option(help="Checkpoint step; default: the latest complete one.")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output directory; default: runs/NAME/model.")] = None,
+    force: Annotated[
+        bool, typer.Option(help="Replace --out even if it is not a model directory llmfab exported.")
+    ] = False,
 ) -> None:
     """Write a TrainingRun's Hugging Face model/ from a checkpoint (e.g. of a run still training)."""
-    from llmfab.store import artifact_root
+    from llmfab.store import artifact_root, replace_refusal
+
+    if out is not None and not force:
+        problem = replace_refusal(out, "HFModel")
+        if problem:
+            raise typer.BadParameter(problem, param_hint="'--out'")
     from llmfab.training.export_checkpoint import ExportError, export_named_run
 
     try:
@@ -221,7 +256,7 @@ def export(
 
 @app.command()
 def chat(
-    name: Annotated[str, typer.Argument(help="InferenceService to talk to (reads its URL from status).")],
+    name: Annotated[str, _name_argument("InferenceService to talk to (reads its URL from status).")],
     url: Annotated[str | None, typer.Option(help="OpenAI API base URL instead of the status file's.")] = None,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     max_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 128,

@@ -20,16 +20,38 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from llmfab.api.common import Resource, utc_now
+from llmfab.api.common import DNS1123_LABEL, Resource, utc_now
+from llmfab.temporaries import (
+    TMP_MARKER,
+    claim_temporary,
+    publish_lock,
+    remove_dead_temporaries,
+    remove_tree,
+)
 
 MANIFEST = "manifest.json"
-TMP_MARKER = ".tmp-"
+__all__ = ["TMP_MARKER", "remove_dead_temporaries"]
+
+
+class InvalidName(ValueError):
+    """A resource name that is not a DNS-1123 label: it could name a path outside its own directory."""
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """``name`` if it is a DNS-1123 label (what the API accepts as ``metadata.name``), else
+    :class:`InvalidName` naming it and the rule. The store builds paths from names: ``""`` would
+    be the kind's whole directory, ``..`` or ``/etc`` a directory outside the store."""
+    if not isinstance(name, str) or len(name) > 63 or not re.fullmatch(DNS1123_LABEL, name):
+        raise InvalidName(
+            f"{what} {name!r} is not a resource name: use a DNS-1123 label (lowercase letters, digits "
+            "and '-', starting and ending with a letter or digit, at most 63 characters)"
+        )
+    return name
 
 
 def artifact_root() -> Path:
@@ -38,7 +60,8 @@ def artifact_root() -> Path:
 
 
 def artifact_dir(kind_dir: str, name: str, root: Path | None = None) -> Path:
-    return (root or artifact_root()) / kind_dir / name
+    """``<root>/<kind_dir>/<name>``; :class:`InvalidName` unless ``name`` is a DNS-1123 label."""
+    return (root or artifact_root()) / kind_dir / check_name(name)
 
 
 def resource_dir(resource: Resource, root: Path | None = None) -> Path:
@@ -52,20 +75,24 @@ def spec_hash(resource: Resource) -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary sibling, fsync, rename: readers see the old file or the whole new one."""
+    """Write to a locked temporary sibling, fsync, rename: readers see the old file or the whole new
+    one, and no other writer removes the temporary while this one runs (:mod:`llmfab.temporaries`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}{TMP_MARKER}")
+    remove_dead_temporaries(path.parent, f"{path.name}{TMP_MARKER}")
+    temp = claim_temporary(path)
     try:
-        os.fchmod(fd, 0o644)  # mkstemp creates 0600; artifacts are for people and other pods to read
+        fd = os.open(temp.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o644)  # the umask may have narrowed it; artifacts are for others to read
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(temp.path, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        temp.remove()
         raise
+    finally:
+        temp.release()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -99,17 +126,9 @@ def write_manifest(directory: Path, data: dict[str, Any], spec_hash_value: str |
     write_json_atomic(directory / MANIFEST, body)
 
 
-def remove_stale_temporaries(parent: Path) -> None:
-    """Delete leftovers of writers that were killed (temporary siblings of artifacts)."""
-    if not parent.is_dir():
-        return
-    for entry in parent.iterdir():
-        if TMP_MARKER in entry.name:
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    entry.unlink()
+def remove_stale_temporaries(parent: Path, prefix: str = "") -> None:
+    """Delete leftovers of writers that no longer run; a live writer's temporary stays."""
+    remove_dead_temporaries(parent, prefix)
 
 
 def _make_readable(directory: Path) -> None:
@@ -126,46 +145,70 @@ def staged_directory(final: Path) -> Iterator[Path]:
 
     The caller writes everything, manifest last (:func:`write_manifest`), inside the yielded path.
     On an exception the temporary directory is removed and ``final`` is untouched; on SIGKILL the
-    sibling stays behind with a ``.tmp-`` name that no reader trusts and the next writer removes.
-    A previous ``final`` is replaced only once the new one is whole.
+    sibling stays behind with a ``.tmp-`` name that no reader trusts and the next writer of
+    ``final`` removes (its lock is free then). Temporaries of other names, and a live writer's of
+    this name, are never touched: builds of different resources run side by side on one volume.
+    A previous ``final`` is replaced only once the new one is whole; two writers of one ``final``
+    each publish a whole tree, one after the other (the later one stays).
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(final.parent)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{final.name}{TMP_MARKER}"))
+    remove_dead_temporaries(final.parent, f"{final.name}{TMP_MARKER}")
+    temp = claim_temporary(final)
+    tmp = temp.path
     try:
+        tmp.mkdir(mode=0o700)
         yield tmp
         _make_readable(tmp)
         if read_manifest(tmp) is None:
             raise RuntimeError(f"{final}: writer finished without a manifest; nothing was published")
-        if final.exists():
-            old = final.with_name(f"{final.name}{TMP_MARKER}old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        with publish_lock(final):
+            if os.path.lexists(final):
+                old = claim_temporary(final)
+                try:
+                    os.replace(final, old.path)
+                    os.replace(tmp, final)
+                    old.remove()
+                finally:
+                    old.release()
+            else:
+                os.replace(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        temp.remove()
         raise
+    finally:
+        temp.release()
+
+
+def replace_refusal(out: Path, kind: str) -> str | None:
+    """Why a writer must not replace ``out`` (a directory given on the command line) without
+    ``--force``, or None: only a directory that llmfab wrote as ``kind`` (its manifest says so)
+    goes without asking; anything else there (a user's directory, an empty one, a file, a link)
+    may hold what llmfab cannot put back."""
+    if not os.path.lexists(out):
+        return None
+    if not out.is_symlink() and out.is_dir():
+        manifest = read_manifest(out)
+        if manifest is not None and manifest.get("kind") == kind:
+            return None
+    return (f"{out} exists and is not a {kind} directory that llmfab wrote; it would be replaced: "
+            "choose a new directory, or pass --force to replace it")
 
 
 def delete_artifacts(kind_dir: str, name: str, root: Path | None = None) -> list[Path]:
     """Remove a resource's artifact directory and its bookkeeping files (spec, status, events,
     log); return what was removed. The directory is first renamed to a temporary sibling, so a
-    crash half-way leaves nothing that looks complete."""
+    crash half-way leaves nothing that looks complete. :class:`InvalidName` for a name that is not
+    a DNS-1123 label (``""`` would be every resource of the kind)."""
     root = root or artifact_root()
     directory = artifact_dir(kind_dir, name, root)
     removed: list[Path] = []
-    if directory.exists():
-        doomed = directory.with_name(f"{directory.name}{TMP_MARKER}deleted")
-        shutil.rmtree(doomed, ignore_errors=True)
-        os.replace(directory, doomed)
-        shutil.rmtree(doomed)
-        removed.append(directory)
+    if directory.parent.is_dir():
+        with publish_lock(directory):
+            if remove_tree(directory):
+                removed.append(directory)
     for suffix in (".spec.yaml", ".status.json", ".events.jsonl", ".log"):
         path = directory.with_name(f"{name}{suffix}")
-        if path.exists():
+        if os.path.lexists(path):
             path.unlink()
             removed.append(path)
     return removed

@@ -2,8 +2,10 @@
 
 Layout: ``<run>/checkpoints/step-00000042/`` holds DCP's shard files and ``.metadata`` and
 ``trainer.json`` (step, tokens, data sampler, and a fingerprint of the model and optimizer). Each
-is written as ``step-….tmp-save`` and renamed once every rank has finished, so a directory without
-``.tmp-`` in its name is complete; anything else is a leftover of a crash and is removed.
+is written as ``step-….tmp-save`` (rank 0 holds its lock, :mod:`llmfab.temporaries`) and renamed
+once every rank has finished, so a directory without ``.tmp-`` in its name is complete; a
+temporary whose writer is gone is removed, a live one never. Checkpoints are read through
+:mod:`llmfab.training.checkpoint_reader`, which does not execute what a tampered one holds.
 
 DCP stores each tensor with its global shape and the shards' offsets, so a checkpoint written by N
 processes loads into M (resharding), and one written with FSDP loads without it.
@@ -27,7 +29,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -39,11 +40,20 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import async_save, save
 
 from llmfab.api.training_run import CheckpointSpec
-from llmfab.store import TMP_MARKER, write_json_atomic
+from llmfab.store import write_json_atomic
+from llmfab.temporaries import (
+    TMP_MARKER,
+    Temporary,
+    TemporaryInUse,
+    claim_temporary,
+    publish_lock,
+    remove_dead_temporaries,
+    remove_tree,
+)
+from llmfab.training.checkpoint_reader import CorruptCheckpoint, load_checkpoint
 from llmfab.training.distributed import DistEnv, broadcast_flag
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -142,6 +152,29 @@ def complete_checkpoints(directory: Path) -> dict[int, Path]:
     return found
 
 
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """``trainer.json`` of checkpoint ``path``, checked: an object with an integer ``step`` and,
+    when present, a fingerprint of the expected shape; :class:`CorruptCheckpoint` naming the file."""
+    file = path / TRAINER_STATE
+    fix = f"delete {path} to resume from an older checkpoint (or start over)"
+    try:
+        body = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CorruptCheckpoint(f"{file}: unreadable ({e.strerror or e}); {fix}") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+        raise CorruptCheckpoint(f"{file}: not JSON ({e}); {fix}") from None
+    if not isinstance(body, dict):
+        raise CorruptCheckpoint(f"{file}: holds a JSON {type(body).__name__}, not an object; {fix}")
+    step = body.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CorruptCheckpoint(f"{file}: step is {step!r}, not a non-negative integer; {fix}")
+    fingerprint = body.get("fingerprint", {})
+    if not (isinstance(fingerprint, dict) and all(
+            isinstance(fingerprint.get(key, {}), dict) for key in ("parameters", "architecture"))):
+        raise CorruptCheckpoint(f"{file}: fingerprint is not what llmfab writes; {fix}")
+    return body
+
+
 class CheckpointManager:
     def __init__(
         self, directory: Path, spec: CheckpointSpec, env: DistEnv, fingerprint: dict[str, Any]
@@ -155,11 +188,10 @@ class CheckpointManager:
         if spec.async_save and env.distributed:
             # Background writes must not share a communicator with the training step's collectives.
             self._async_group = dist.new_group(backend="gloo")
+        self._temporary: Temporary | None = None  # rank 0's lock on the save being written
         if env.is_main:
             directory.mkdir(parents=True, exist_ok=True)
-            for entry in directory.iterdir():
-                if TMP_MARKER in entry.name:
-                    shutil.rmtree(entry, ignore_errors=True)
+            remove_dead_temporaries(directory, unlocked_too=True)
         self._barrier()
 
     def _barrier(self) -> None:
@@ -191,9 +223,14 @@ class CheckpointManager:
                 f"deletionPolicy: Delete); step {step} is not saved and the directory is not recreated"
             )
         final = self.directory / f"step-{step:08d}"
-        tmp = self.directory / f"{final.name}{TMP_MARKER}save"
         if self.env.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                self._temporary = claim_temporary(final, "save")
+            except TemporaryInUse as e:
+                raise CheckpointIOError(f"{e}: another trainer of this run is saving the same step; "
+                                        "stop it before starting this one") from None
+            self._temporary.path.mkdir(mode=0o755)
+        tmp = final.with_name(f"{final.name}{TMP_MARKER}save")
         self._barrier()
         model_state, optim_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optim": optim_state}
@@ -252,17 +289,23 @@ class CheckpointManager:
     def _publish(self, tmp: Path, final: Path, body: dict[str, Any]) -> None:
         self._barrier()  # every rank's shard is on disk
         if self.env.is_main:
-            write_json_atomic(tmp / TRAINER_STATE, body)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            temporary, self._temporary = self._temporary, None
+            try:
+                write_json_atomic(tmp / TRAINER_STATE, body)
+                with publish_lock(final):  # a half-removed old step-N never keeps its name
+                    remove_tree(final)
+                    os.replace(tmp, final)
+            finally:
+                if temporary is not None:
+                    temporary.release()
             for old in self.complete()[: -self.spec.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+                with publish_lock(old):
+                    remove_tree(old)
         self._barrier()
 
     def load(self, path: Path, model: nn.Module, optimizer: Any) -> dict[str, Any]:
         """Restore model and optimizer from ``path`` (any world size); return the trainer state."""
-        body: dict[str, Any] = json.loads((path / TRAINER_STATE).read_text())
+        body = read_trainer_state(path)
         problem = describe_mismatch(body.get("fingerprint", {}), self.fingerprint)
         if problem:
             raise IncompatibleCheckpoint(
@@ -271,8 +314,7 @@ class CheckpointManager:
             )
         model_state, optim_state = get_state_dict(model, optimizer)
         state: dict[str, Any] = {"model": model_state, "optim": optim_state}
-        with plain_exceptions():
-            dcp_load(state, checkpoint_id=str(path))
+        load_checkpoint(state, path)
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         self._last_save_time = time.monotonic()
         self.saved_step = int(body["step"])

@@ -7,17 +7,16 @@ The checkpoint may come from any world size: DCP reshards it into one process.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from torch.distributed.checkpoint import load as dcp_load
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from llmfab.api import ValidationFailed
 from llmfab.api.training_run import TrainingRun
 from llmfab.stages import spec_file_path
 from llmfab.store import artifact_dir, read_manifest
-from llmfab.training.checkpoint import TRAINER_STATE, complete_checkpoints
+from llmfab.training.checkpoint import complete_checkpoints, read_trainer_state
+from llmfab.training.checkpoint_reader import CorruptCheckpoint, load_checkpoint
 from llmfab.training.export import export_hf
 from llmfab.training.model import Transformer
 from llmfab.training.trainer import LanguageModelLoss, model_args_from_spec
@@ -69,9 +68,12 @@ def export_checkpoint(
     # match, and only its model entries (the optimizer state stays on disk).
     module = LanguageModelLoss(model, run.spec.label_smoothing, run.spec.loss_chunk_tokens)
     state = {"model": get_model_state_dict(module)}
-    dcp_load(state, checkpoint_id=str(chosen))
+    try:
+        trainer_state = read_trainer_state(chosen)
+        load_checkpoint(state, chosen)
+    except CorruptCheckpoint as e:
+        raise ExportError(str(e)) from None
     set_model_state_dict(module, state["model"])
-    trainer_state = json.loads((chosen / TRAINER_STATE).read_text())
     return export_hf(
         model,
         args,

@@ -1,0 +1,96 @@
+"""A checkpoint on the shared volume is input: a tampered one is refused with the path and the fix,
+and nothing in it runs (issue 19). DCP's own loader unpickles ``.metadata`` and every non-tensor
+value without restriction and opens whatever file the metadata names."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+from llmfab.api.training_run import CheckpointSpec
+from llmfab.training.checkpoint import CheckpointManager, parameter_fingerprint
+from llmfab.training.checkpoint_reader import CorruptCheckpoint
+from llmfab.training.distributed import DistEnv
+
+ENV = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+
+
+class Payload:
+    """Unpickling this creates ``marker``: what an attacker's ``os.system`` would do, observably."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (str(self.marker),))
+
+
+def saved(tmp_path: Path) -> tuple[CheckpointManager, Path, nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2))
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.ones(3, 8)).sum().backward()
+    opt.step()
+    manager = CheckpointManager(tmp_path / "ckpt", CheckpointSpec(every_steps=1), ENV, parameter_fingerprint(model, "adamw"))
+    return manager, manager.save(1, model, opt, {}), model, opt
+
+
+def metadata_of(path: Path) -> Any:
+    return pickle.loads((path / ".metadata").read_bytes())
+
+
+def test_pickled_code_in_metadata_is_not_run(tmp_path: Path) -> None:
+    manager, path, model, opt = saved(tmp_path)
+    marker = tmp_path / "pwned"
+    (path / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
+    with pytest.raises(CorruptCheckpoint, match=r"\.metadata: not checkpoint metadata .*refers to posix\.mkdir"):
+        manager.load(path, model, opt)
+    assert not marker.exists()
+
+
+def test_pickled_code_in_a_non_tensor_value_is_not_run(tmp_path: Path) -> None:
+    """The optimizer's hyper-parameters are stored as pickled bytes; a value pointing at a file
+    of the attacker's is read with ``weights_only=True``."""
+    manager, path, model, opt = saved(tmp_path)
+    marker = tmp_path / "pwned"
+    buffer = io.BytesIO()
+    torch.save(Payload(marker), buffer)
+    (path / "evil.distcp").write_bytes(buffer.getvalue())
+    metadata = metadata_of(path)
+    byte_entries = [k for k, v in metadata.state_dict_metadata.items() if isinstance(v, BytesStorageMetadata)]
+    assert byte_entries
+    for index, info in metadata.storage_data.items():
+        if index.fqn in byte_entries:
+            info.relative_path, info.offset, info.length = "evil.distcp", 0, len(buffer.getvalue())
+    (path / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(CorruptCheckpoint, match=str(path)):
+        manager.load(path, model, opt)
+    assert not marker.exists()
+
+
+def test_metadata_naming_a_file_outside_the_checkpoint_is_refused(tmp_path: Path) -> None:
+    manager, path, model, opt = saved(tmp_path)
+    outside = tmp_path / "outside.distcp"
+    outside.write_bytes((path / "__0_0.distcp").read_bytes())
+    metadata = metadata_of(path)
+    for info in metadata.storage_data.values():
+        info.relative_path = "../../outside.distcp"
+    (path / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(CorruptCheckpoint, match=r"storage entry names '\.\./\.\./outside\.distcp', not a file of"):
+        manager.load(path, model, opt)
+
+
+def test_a_truncated_shard_is_named_with_the_fix(tmp_path: Path) -> None:
+    manager, path, model, opt = saved(tmp_path)
+    shard = path / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(CorruptCheckpoint, match=rf"{shard}: 100 bytes, .* truncated; delete {path} to resume"):
+        manager.load(path, model, opt)
