@@ -124,17 +124,19 @@ def _first_byte(path: Path) -> bytes:
     return b""
 
 
-def _string_cells(column: pa.Array | pa.ChunkedArray, cap: int) -> tuple[list[str | None], list[int | None]]:
-    """A text column as Python strings without copying any cell over ``cap`` bytes out of Arrow.
+def _string_cells(column: pa.Array | pa.ChunkedArray, cap: int) -> tuple[list[bytes | None], list[int | None]]:
+    """A text column's cells as UTF-8 bytes without copying any cell over ``cap`` bytes out of Arrow.
 
     Returns the values (None for nulls, non-strings and cells over the cap) and each cell's byte
     length (None where it is not a string), so the caller can tell "too long" from "not text".
+    Bytes, not str: a corrupt file's cell need not be UTF-8, and the caller decodes it naming the row.
     """
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         return [None] * len(column), [None] * len(column)
     lengths = pc.binary_length(column)
     small = pc.less_equal(lengths, cap)
-    return pc.if_else(small, column, None).to_pylist(), lengths.to_pylist()
+    raw = column.cast(pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary())
+    return pc.if_else(small, raw, None).to_pylist(), lengths.to_pylist()
 
 
 class SourceReader:
@@ -339,6 +341,12 @@ class SourceReader:
                     continue
             else:
                 doc_id = where
+            try:
+                text.encode(), doc_id.encode()
+            except UnicodeEncodeError:  # JSON can escape a lone UTF-16 surrogate; UTF-8 (and Arrow) cannot hold it
+                self._bad(where, "a lone UTF-16 surrogate (a \\ud800-\\udfff escape) in the text or id",
+                          "fix the record", line)
+                continue
             yield text, doc_id
 
     def _parquet(self, path: Path, name: str) -> Iterator[tuple[str, str]]:
@@ -380,20 +388,23 @@ class SourceReader:
                                     f"{', '.join(names)}); set textField to the text column")
             self.position = f"{name}:{row}"
             texts, lengths = _string_cells(batch.column(key), self.cap)
-            ids = None
+            ids: list[object] | None = None
             if id_key and id_key in names:
                 ids_column = batch.column(id_key)
-                ids = (_string_cells(ids_column, self.cap)[0] if pa.types.is_string(ids_column.type)
-                       or pa.types.is_large_string(ids_column.type) else ids_column.to_pylist())
-            for i, text in enumerate(texts):
+                if pa.types.is_string(ids_column.type) or pa.types.is_large_string(ids_column.type):
+                    ids = [None if v is None else v.decode("utf-8", "replace")
+                           for v in _string_cells(ids_column, self.cap)[0]]
+                else:
+                    ids = ids_column.to_pylist()
+            for i, raw in enumerate(texts):
                 where = f"{name}:{row + i}"
-                if text is None:
+                if raw is None:
                     if lengths[i] is not None:
                         self._too_long(where, f"the {key!r} cell", lengths[i] or 0)
                     else:
                         self._bad(where, f"{key!r} is not a string", "fix the row")
                     continue
-                yield text, str(ids[i]) if ids is not None else where
+                yield self._decode(raw, where), str(ids[i]) if ids is not None else where
             row += len(texts)
 
     def _arrow_file(self, path: Path) -> Iterator[tuple[str, str]]:
