@@ -74,6 +74,8 @@ class SpecLoader(yaml.SafeLoader):
             raise ConstructorError(None, None, problem, node.start_mark) from None
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if not isinstance(node, MappingNode):  # `!!set .`: the base class says what it expected
+            return super().construct_mapping(node, deep)
         seen: set[Any] = set()
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
@@ -166,6 +168,8 @@ def read_yaml_documents(path: Path) -> list[Any]:
     except RecursionError:
         raise ValidationFailed([f"{path}: nested too deeply (past line {loader.line + 1}); a spec is a few "
                                 "levels of mappings and lists"]) from None
+    except Exception as e:  # a PyYAML constructor's odd exception outside construct_object (generators)
+        raise ValidationFailed([f"{path}: not valid YAML near line {loader.line + 1}: {e}"]) from None
     finally:
         loader.dispose()
     return docs

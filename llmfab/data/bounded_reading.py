@@ -25,7 +25,7 @@ from typing import IO, cast
 import zstandard
 
 COMPRESSION_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bzip2", ".xz": "xz"}
-CHUNK_BYTES = 1 << 16
+CHUNK_BYTES = 1 << 20
 # what a corrupted/truncated stream raises: gzip (OSError/EOFError/zlib.error), bz2 (OSError/EOFError),
 # xz (LZMAError), zstd (ZstdError)
 DECOMPRESSION_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, zlib.error, lzma.LZMAError,
@@ -62,28 +62,28 @@ def read_capped(stream: IO[bytes], cap: int) -> bytes | TooLong:
 def capped_lines(stream: IO[bytes], cap: int, chunk: int = CHUNK_BYTES) -> Iterator[tuple[int, bytes | TooLong]]:
     """``(line number, line)`` for each line (its ``\\n`` kept), a line over ``cap`` bytes as :class:`TooLong`.
 
-    Holds at most ``cap + chunk`` bytes: a line over the cap is dropped as soon as it passes it,
-    and the rest of it is read and thrown away chunk by chunk up to its newline.
+    Holds at most ``cap + chunk`` bytes: the start of a line is kept only while it is within the
+    cap; past it, the rest of the line is only counted, chunk by chunk, up to its newline.
     """
     lineno = 1
-    parts: list[bytes] = []
+    parts: list[bytes] = []  # the current line so far, while it is within the cap
     size = 0
-    skipping = False  # inside a line already over the cap: count, keep nothing
     while block := stream.read(chunk):
-        start = 0
-        while True:
-            end = block.find(b"\n", start)
-            piece = block[start:] if end < 0 else block[start:end + 1]
-            size += len(piece)
-            if not skipping:
-                if size > cap:
-                    parts, skipping = [], True
-                else:
-                    parts.append(piece)
-            if end < 0:
-                break
-            yield lineno, TooLong(size) if skipping else b"".join(parts)
-            lineno, parts, size, skipping = lineno + 1, [], 0, False
-            start = end + 1
+        pieces = block.split(b"\n")
+        for piece in pieces[:-1]:  # each ends a line
+            size += len(piece) + 1
+            if size > cap:
+                yield lineno, TooLong(size)
+            elif parts:
+                parts += (piece, b"\n")
+                yield lineno, b"".join(parts)
+            else:
+                yield lineno, piece + b"\n"
+            lineno, parts, size = lineno + 1, [], 0
+        size += len(pieces[-1])
+        if size > cap:
+            parts = []
+        elif pieces[-1]:
+            parts.append(pieces[-1])
     if size:
-        yield lineno, TooLong(size) if skipping else b"".join(parts)
+        yield lineno, TooLong(size) if size > cap else b"".join(parts)

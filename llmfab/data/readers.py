@@ -152,7 +152,9 @@ class SourceReader:
         self.cap = source.max_document_bytes
         self.strict = source.on_error == "fail"
         self.file: Path | str = ""
-        self.position = ""  # "file:line" or "file:row" being read, for an error the decompressor raises
+        # where reading is, for an error the decompressor or Arrow raises: "file:row", or the next line
+        self.position = ""
+        self.next_line = 0
 
     def _bad(self, where: str, what: str, fix: str, text: str = "", reason: str = "malformed_record",
              count: int = 1) -> None:
@@ -167,7 +169,7 @@ class SourceReader:
         self._bad(where, f"{what} is longer than maxDocumentBytes ({n} bytes or more, cap {self.cap})",
                   f"raise {self.field}.maxDocumentBytes if such records are wanted", reason="too_long", count=count)
 
-    def _decode(self, raw: bytes, where: str, whole_file: bool = False) -> str:
+    def _decode(self, raw: bytes, name: str, line: int = 0, whole_file: bool = False) -> str:
         """UTF-8 text; not UTF-8 fails naming file and line (onError: fail) or becomes U+FFFD (skip)."""
         if not self.strict:
             return raw.decode("utf-8", errors="replace")
@@ -175,7 +177,8 @@ class SourceReader:
             return raw.decode("utf-8")
         except UnicodeDecodeError as e:
             if whole_file:  # say which line
-                where = f"{where}:{raw.count(NEWLINE, 0, e.start) + 1}"
+                line = raw.count(NEWLINE, 0, e.start) + 1
+            where = f"{name}:{line}" if line else name
             raise WorkloadError(f"{self.field}.path: {self.file} is not UTF-8 text ({e.reason} at {where}, byte "
                                 f"{e.start} of the record); convert it to UTF-8 or set onError: skip to replace "
                                 "bad bytes") from None
@@ -190,7 +193,7 @@ class SourceReader:
     def _file(self, path: Path) -> Iterator[tuple[str, str]]:
         fmt = _format_of(path, self.source.format)
         name = path.name
-        self.file, self.position = path, f"{name}:1" if fmt in ("text", "jsonl") else name
+        self.file, self.position, self.next_line = path, name, 1 if fmt in ("text", "jsonl") else 0
         try:
             if fmt == "text":
                 yield from self._text(path, name)
@@ -203,6 +206,8 @@ class SourceReader:
         except WorkloadError:
             raise
         except (*DECOMPRESSION_ERRORS, pa.ArrowException) as e:
+            if self.next_line:
+                self.position = f"{name}:{self.next_line}"
             if self.strict:
                 raise WorkloadError(f"{self.field}.path: cannot read {path} (at or after {self.position}): {e}; fix or "
                                     "remove the file, or set onError: skip to count it and go on") from e
@@ -220,11 +225,11 @@ class SourceReader:
                 return
             if per == "line":
                 for lineno, raw in capped_lines(f, self.cap):
-                    where, self.position = f"{name}:{lineno}", f"{name}:{lineno + 1}"
+                    where, self.next_line = f"{name}:{lineno}", lineno + 1
                     if isinstance(raw, TooLong):
                         self._too_long(where, "the line", raw)
                         continue
-                    line = self._decode(raw, where)
+                    line = self._decode(raw, name, lineno)
                     if line.strip():
                         yield line.rstrip("\r\n"), where
                 return
@@ -235,11 +240,11 @@ class SourceReader:
         lines: list[str] = []
         size, start, over = 0, 0, False
         for lineno, raw in capped_lines(f, self.cap):
-            self.position = f"{name}:{lineno + 1}"
+            self.next_line = lineno + 1
             if isinstance(raw, TooLong):
                 line, nbytes = "", raw.size
             else:
-                line, nbytes = self._decode(raw, f"{name}:{lineno}"), len(raw)
+                line, nbytes = self._decode(raw, name, lineno), len(raw)
                 if not line.strip():  # a blank line ends the paragraph
                     if over or lines:
                         yield start, TooLong(size) if over else "".join(lines), size
@@ -305,19 +310,19 @@ class SourceReader:
 
     def _parsed_lines(self, f: IO[bytes], name: str) -> Iterator[tuple[int, object, str]]:
         for lineno, raw in capped_lines(f, self.cap):
-            where, self.position = f"{name}:{lineno}", f"{name}:{lineno + 1}"
+            self.next_line = lineno + 1
             if isinstance(raw, TooLong):
-                self._too_long(where, "the JSON line", raw)
+                self._too_long(f"{name}:{lineno}", "the JSON line", raw)
                 continue
-            line = self._decode(raw, where)
+            line = self._decode(raw, name, lineno)
             if not line.strip():
                 continue
             try:
                 yield lineno, json.loads(line), line
             except RecursionError:
-                self._bad(where, "JSON nested too deeply", "flatten the record", line)
+                self._bad(f"{name}:{lineno}", "JSON nested too deeply", "flatten the record", line)
             except ValueError as e:  # JSONDecodeError, or an integer of more than 4300 digits
-                self._bad(where, f"not valid JSON ({getattr(e, 'msg', e)})", "fix the line", line)
+                self._bad(f"{name}:{lineno}", f"not valid JSON ({getattr(e, 'msg', e)})", "fix the line", line)
 
     def _records(self, records: Iterator[tuple[int, object, str]], key: str, id_key: str | None,
                  name: str) -> Iterator[tuple[str, str]]:

@@ -168,6 +168,7 @@ yaml_syntax = st.lists(st.sampled_from(YAML_TOKENS), max_size=80).map("".join)
 @example(b"&a [*a]")  # an alias inside its own anchor: the expansion count never ended
 @example(b"!!timestamp")  # AttributeError from PyYAML's constructor
 @example(b"\x00")  # ReaderError raised before parsing starts
+@example(b"!!set .")  # ValueError: a scalar where the duplicate-key check expected a mapping
 @example(b"- &a [a]\n- &b [*a, *a]\n- {<<: *b}\n")
 @example(b"? [a, b]\n: c\n")
 @example(b"a: !!float 1e99999\nb: !!int 0b" + b"1" * 20000 + b"\n")
