@@ -24,6 +24,7 @@ import zstandard
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from llmfab.data.bounded_reading import TooLong, capped_lines
 from llmfab.errors import WorkloadError
 from tests.data.test_readers import read
 
@@ -113,3 +114,13 @@ def test_any_input_gives_documents_and_counted_skips_or_one_named_error(fmt: str
         payload = _payload(fmt, data)
         raw = _corrupt(COMPRESS[suffix](payload) if fmt != "parquet" else payload, data)
     _check(fmt, suffix, raw, on_error)
+
+
+@given(st.binary(max_size=600) | st.lists(st.sampled_from([b"a", b"\n", b"bc", b"\r\n", b"x" * 40]), max_size=60)
+       .map(b"".join), st.integers(1, 64), st.integers(1, 50))
+def test_capped_lines_is_split_on_newlines_with_long_lines_marked(data: bytes, cap: int, chunk: int) -> None:
+    """The reusable piece against the obvious reference: same lines, numbers and lengths, whatever the chunking."""
+    *complete, last = data.split(b"\n")
+    lines = [piece + b"\n" for piece in complete] + ([last] if last else [])
+    expected = [(n, line if len(line) <= cap else TooLong(len(line))) for n, line in enumerate(lines, 1)]
+    assert list(capped_lines(io.BytesIO(data), cap, chunk)) == expected
