@@ -190,8 +190,9 @@ class SourceReader:
         for path in expand_paths(self.source, f"{self.field}.path", self.resolve):
             yield from self._file(path)
 
-    def _file(self, path: Path) -> Iterator[tuple[str, str]]:
-        fmt = _format_of(path, self.source.format)
+    def _file(self, path: Path, fmt: str = "", field: str = "path") -> Iterator[tuple[str, str]]:
+        """One file's documents; a file that cannot be read fails naming it, or is counted (skip)."""
+        fmt = fmt or _format_of(path, self.source.format)
         name = path.name
         self.file, self.position, self.next_line = path, name, 1 if fmt in ("text", "jsonl") else 0
         try:
@@ -205,11 +206,11 @@ class SourceReader:
                 yield from self._arrow_file(path)
         except WorkloadError:
             raise
-        except (*DECOMPRESSION_ERRORS, pa.ArrowException) as e:
+        except (*DECOMPRESSION_ERRORS, pa.ArrowException, UnicodeDecodeError) as e:  # the last: Parquet metadata
             if self.next_line:
                 self.position = f"{name}:{self.next_line}"
             if self.strict:
-                raise WorkloadError(f"{self.field}.path: cannot read {path} (at or after {self.position}): {e}; fix or "
+                raise WorkloadError(f"{self.field}.{field}: cannot read {path} (at or after {self.position}): {e}; fix or "
                                     "remove the file, or set onError: skip to count it and go on") from e
             self._bad(self.position, f"unreadable from here on ({e})", "", reason="unreadable_file")
 
@@ -383,7 +384,7 @@ class SourceReader:
             row += rows
 
     def _table_batches(self, batches: Iterator[pa.RecordBatch], name: str, path: Path | str,
-                       first_row: int = 0) -> Iterator[tuple[str, str]]:
+                       first_row: int = 0, validate: bool = False) -> Iterator[tuple[str, str]]:
         key, id_key = self.source.text_field, self.source.id_field
         row = first_row
         for batch in batches:
@@ -392,6 +393,10 @@ class SourceReader:
                 raise WorkloadError(f"{self.field}.textField: {path} has no column {key!r} (columns: "
                                     f"{', '.join(names)}); set textField to the text column")
             self.position = f"{name}:{row}"
+            for column in ({key, id_key} & set(names)) if validate else ():
+                # Arrow IPC is read unvalidated (memory-mapped): offsets past the buffer would read
+                # outside it. Full validation checks offsets and UTF-8 (ArrowInvalid names the file).
+                batch.column(column).validate(full=True)
             texts, lengths = _string_cells(batch.column(key), self.cap)
             ids: list[object] | None = None
             if id_key and id_key in names:
@@ -421,7 +426,7 @@ class SourceReader:
                 source.seek(0)
                 reader = pa.ipc.open_file(source)
                 batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
-            yield from self._table_batches(batches, path.name, path)
+            yield from self._table_batches(batches, path.name, path, validate=True)
 
     def _huggingface(self) -> Iterator[tuple[str, str]]:
         hf = self.source.huggingface
@@ -429,7 +434,7 @@ class SourceReader:
         field = f"{self.field}.huggingface.path"
         root = self.resolve(hf.path)
         if root.is_file():
-            yield from self._arrow_file(root)
+            yield from self._file(root, "arrow", "huggingface.path")
             return
         if root.is_dir():
             if (root / "dataset_dict.json").exists():
@@ -447,7 +452,7 @@ class SourceReader:
                 raise WorkloadError(f"{field}: {root} has no .arrow files; point it at a directory written "
                                     "by datasets' save_to_disk")
             for f in files:
-                yield from self._arrow_file(f)
+                yield from self._file(f, "arrow", "huggingface.path")
             return
         yield from self._hub(field)
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import json
 import lzma
 import os
+import re
+import struct
 import subprocess
 import sys
 import textwrap
@@ -154,3 +157,48 @@ def test_a_gzip_bomb_of_one_gib_line_is_read_in_bounded_memory(tmp_path: Path, p
     else:
         assert result["removed"] == {"too_long": 1}
         assert result["docs"] == (0 if per == "file" else 1)
+
+
+CORRUPT_IPC_CHILD = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from llmfab.errors import WorkloadError
+    from tests.data.test_readers import read
+    try:
+        rows, counter = read(Path(sys.argv[1]), {"huggingface": {"path": "x.arrow"}, "onError": sys.argv[2]})
+        print("counted", counter.removed)
+    except WorkloadError as e:
+        print("error", e)
+""")
+
+
+@pytest.mark.parametrize(("on_error", "expected"), [
+    ("fail", r"error spec.sources\[0\].huggingface.path: cannot read .*x.arrow .*Offset invariant failure"),
+    ("skip", r"counted \{'unreadable_file': 1\}"),
+])
+def test_an_arrow_file_with_offsets_past_its_buffer_is_named_not_read_out_of_bounds(tmp_path: Path, on_error: str,
+                                                                                  expected: str) -> None:
+    """Arrow IPC is memory-mapped and unvalidated: the old reader followed a string offset of 1 GiB
+    past a 10-byte buffer and died of SIGBUS (exit 135). Run in a child so that cannot take pytest."""
+    table = pa.table({"text": ["hello", "world"]})
+    with pa.OSFile(str(tmp_path / "x.arrow"), "wb") as f, pa.ipc.new_stream(f, table.schema) as writer:
+        writer.write_table(table)
+    raw = (tmp_path / "x.arrow").read_bytes()
+    offsets = struct.pack("<iii", 0, 5, 10)
+    assert raw.count(offsets) == 1
+    (tmp_path / "x.arrow").write_bytes(raw.replace(offsets, struct.pack("<iii", 0, 5, 1 << 30)))
+    proc = subprocess.run([sys.executable, "-c", CORRUPT_IPC_CHILD, str(tmp_path), on_error], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert re.search(expected, proc.stdout), proc.stdout
+
+
+def test_parquet_metadata_that_is_not_utf8_is_named_or_counted(tmp_path: Path) -> None:
+    """Found by fuzzing: a flipped byte in a column name made pyarrow raise UnicodeDecodeError (a traceback)."""
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"text": ["a"], "caf\u00e9": [1]}), buffer)
+    (tmp_path / "m.parquet").write_bytes(buffer.getvalue().replace("\u00e9".encode(), b"\xf4\xa9"))
+    with pytest.raises(WorkloadError, match=r"path: cannot read .*m.parquet .*can't decode byte 0xf4"):
+        read(tmp_path, {"path": "m.parquet"})
+    rows, counter = read(tmp_path, {"path": "m.parquet", "onError": "skip"})
+    assert rows == [] and counter.removed == {"unreadable_file": 1}

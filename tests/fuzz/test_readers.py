@@ -36,7 +36,7 @@ COMPRESS = {
     ".bz2": bz2.compress,
     ".xz": lzma.compress,
 }
-FORMATS = ["line", "paragraph", "file", "jsonl", "json", "parquet"]
+FORMATS = ["line", "paragraph", "file", "jsonl", "json", "parquet", "arrow"]
 
 texts = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=400)
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | texts,
@@ -56,8 +56,13 @@ def _payload(fmt: str, data: st.DataObject) -> bytes:
     if fmt == "json":
         return json.dumps(data.draw(st.lists(records, max_size=6))).encode()
     rows = data.draw(st.lists(st.one_of(st.none(), texts), max_size=12))
+    table = pa.table({"text": pa.array(rows, pa.string())})
     buffer = io.BytesIO()
-    pq.write_table(pa.table({"text": pa.array(rows, pa.string())}), buffer, row_group_size=4)
+    if fmt == "arrow":  # what datasets' save_to_disk writes: an IPC stream
+        with pa.ipc.new_stream(buffer, table.schema) as writer:
+            writer.write_table(table, max_chunksize=4)
+    else:
+        pq.write_table(table, buffer, row_group_size=4)
     return buffer.getvalue()
 
 
@@ -76,8 +81,8 @@ def _corrupt(raw: bytes, data: st.DataObject) -> bytes:
 def _check(fmt: str, suffix: str, raw: bytes, on_error: str) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="fuzz-readers-"))
     try:
-        ext = {"json": ".json", "jsonl": ".jsonl", "parquet": ".parquet"}.get(fmt, ".txt")
-        name = f"input{ext}{suffix if fmt != 'parquet' else ''}"
+        ext = {"json": ".json", "jsonl": ".jsonl", "parquet": ".parquet", "arrow": ".arrow"}.get(fmt, ".txt")
+        name = f"input{ext}{suffix if fmt not in ('parquet', 'arrow') else ''}"
         (tmp / name).write_bytes(raw)
         source = {"path": name, "onError": on_error, "maxDocumentBytes": CAP}
         if fmt in ("line", "paragraph", "file"):
@@ -112,7 +117,7 @@ def test_any_input_gives_documents_and_counted_skips_or_one_named_error(fmt: str
         raw = buffer.getvalue().replace("\u00e9t\u00e9".encode(), b"\xb0t\xc3\xa9")
     else:
         payload = _payload(fmt, data)
-        raw = _corrupt(COMPRESS[suffix](payload) if fmt != "parquet" else payload, data)
+        raw = _corrupt(COMPRESS[suffix](payload) if fmt not in ("parquet", "arrow") else payload, data)
     _check(fmt, suffix, raw, on_error)
 
 
