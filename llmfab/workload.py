@@ -22,6 +22,7 @@ import yaml
 
 from llmfab.api import KINDS, ValidationFailed, parse_resource
 from llmfab.api.common import Phase, Resource
+from llmfab.api.loading import read_yaml_documents
 from llmfab.errors import DependencyNotReady, StageNotSupported, WorkloadError
 from llmfab.signals import exit_code, signal_of, stop_reason, stopping
 from llmfab.stages import STAGES, is_primary, owns_phase, stage_available
@@ -64,7 +65,7 @@ class WorkloadContext:
 
 
 def load_spec_file(path: Path) -> Resource:
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    docs = [d for d in read_yaml_documents(path) if d is not None]
     if len(docs) != 1:
         raise ValidationFailed([f"{path}: --spec takes a file with exactly one resource, found {len(docs)}"])
     res = parse_resource(docs[0], str(path))

@@ -54,7 +54,7 @@ class Source(Spec):
     path: str | None = Field(
         default=None,
         description="File, directory or glob (relative to the spec file, or absolute). .txt, .md, "
-        ".jsonl/.json, .parquet, optionally .gz/.zst compressed.",
+        ".jsonl/.json, .parquet; text and JSON optionally .gz/.zst/.bz2/.xz compressed.",
     )
     huggingface: HuggingFaceSource | None = Field(default=None, description="A datasets dataset.")
     format: Literal["auto", "text", "jsonl", "parquet"] = Field(
@@ -78,9 +78,18 @@ class Source(Spec):
         description="Sampling weight: documents kept ≈ weight × documents read "
         "(weights above 1 repeat documents), applied before dedup.",
     )
+    max_document_bytes: int = Field(
+        default=8 << 20,
+        ge=1,
+        le=1 << 30,
+        description="Longest record read, in bytes after decompression: a file (documentPer=file), "
+        "paragraph, line, JSON line, JSON array file or table cell. A longer one is too long "
+        "(onError: fail names file and line; skip counts it as too_long); keeps memory bounded.",
+    )
     on_error: Literal["fail", "skip"] = Field(
         default="fail",
-        description="A malformed record (bad JSON line, missing text field): fail or skip and count.",
+        description="A malformed, too long or unreadable record (bad JSON line, missing text field, "
+        "corrupt compressed data): fail naming file and line, or skip and count it by reason.",
     )
 
 

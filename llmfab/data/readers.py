@@ -1,9 +1,12 @@
 """Read sources into streamed Arrow record batches of documents (text, source, id).
 
 Plain text, Markdown, JSON Lines, Parquet and Arrow (a Hugging Face ``save_to_disk`` directory is
-Arrow IPC stream files plus ``state.json``), each optionally gzip/zstd compressed. Files are read
-lazily, record by record or Parquet/Arrow batch by batch, and emitted in batches of bounded size,
-so memory does not grow with the corpus. A source's ``weight`` below 1 samples documents here,
+Arrow IPC stream files plus ``state.json``), text and JSON optionally gzip/zstd/bzip2/xz compressed.
+Files are read lazily, record by record or Parquet/Arrow batch by batch, and emitted in batches of
+bounded size, so memory does not grow with the corpus, nor with one record: every record (a file,
+paragraph group, line, JSON line or array, table cell) is capped at the source's
+``maxDocumentBytes`` (:mod:`llmfab.data.bounded_reading`), and a longer one fails naming the file
+and line or, with ``onError: skip``, is counted as ``too_long``. A source's ``weight`` below 1 samples documents here,
 deterministically from a hash of source and id; weights above 1 repeat documents after dedup
 (see :mod:`llmfab.data.pipeline`) so exact dedup does not undo them.
 """
@@ -11,18 +14,25 @@ deterministically from a hash of source and id; weights above 1 repeat documents
 from __future__ import annotations
 
 import glob
-import gzip
 import hashlib
-import io
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from llmfab.api.dataset import DatasetSpec, Source
+from llmfab.data.bounded_reading import (
+    COMPRESSION_SUFFIXES,
+    DECOMPRESSION_ERRORS,
+    TooLong,
+    capped_lines,
+    open_decompressed,
+    read_capped,
+)
 from llmfab.data.steps import DOCUMENT_SCHEMA, StepCounter, example
 from llmfab.errors import WorkloadError
 
@@ -30,9 +40,13 @@ TEXT_SUFFIXES = {".txt", ".md", ".text", ".markdown"}
 JSON_SUFFIXES = {".jsonl", ".json", ".ndjson"}
 PARQUET_SUFFIXES = {".parquet"}
 ARROW_SUFFIXES = {".arrow"}
-COMPRESSED = {".gz", ".zst", ".zstd"}
+COMPRESSED = set(COMPRESSION_SUFFIXES)
 BATCH_DOCUMENTS = 1000
 BATCH_BYTES = 8 << 20
+# Arrow decodes a whole Parquet page before llmfab can see one cell's length, and a page holds at
+# least one whole cell: a row group whose text decompresses to more than this is refused unread.
+ROW_GROUP_TEXT_BYTES = 256 << 20
+NEWLINE = b"\n"
 
 
 def unit_hash(*parts: str) -> float:
@@ -92,7 +106,7 @@ def expand_paths(source: Source, field: str, resolve: Callable[[str], Path]) -> 
                                 "(relative paths are relative to the spec file)")
     if not files:
         raise WorkloadError(f"{field}: {raw!r} matches no readable files (.txt .md .jsonl .json .parquet "
-                            ".arrow, optionally .gz/.zst); fix the path or glob")
+                            ".arrow, optionally .gz/.zst/.bz2/.xz); fix the path or glob")
     for f in files:
         if not _format_of(f, source.format):
             raise WorkloadError(f"{field}: cannot tell the format of {f.name}; set format: text|jsonl|parquet "
@@ -100,21 +114,33 @@ def expand_paths(source: Source, field: str, resolve: Callable[[str], Path]) -> 
     return files
 
 
-def _open_text(path: Path, strict: bool) -> IO[str]:
-    errors = "strict" if strict else "replace"
-    _, comp = _suffixes(path)
-    if comp == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", errors=errors, newline="")
-    if comp in (".zst", ".zstd"):
-        import zstandard
+def _first_byte(path: Path) -> bytes:
+    """The first non-whitespace byte of a (decompressed) file: ``[`` for a JSON array; b"" when empty."""
+    with open_decompressed(path) as f:
+        while block := f.read(1 << 16):
+            rest = block.lstrip()
+            if rest:
+                return rest[:1]
+    return b""
 
-        raw = zstandard.open(path, "rb")
-        return io.TextIOWrapper(raw, encoding="utf-8", errors=errors, newline="")
-    return open(path, encoding="utf-8", errors=errors, newline="")
+
+def _string_cells(column: pa.Array | pa.ChunkedArray, cap: int) -> tuple[list[bytes | None], list[int | None]]:
+    """A text column's cells as UTF-8 bytes without copying any cell over ``cap`` bytes out of Arrow.
+
+    Returns the values (None for nulls, non-strings and cells over the cap) and each cell's byte
+    length (None where it is not a string), so the caller can tell "too long" from "not text".
+    Bytes, not str: a corrupt file's cell need not be UTF-8, and the caller decodes it naming the row.
+    """
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return [None] * len(column), [None] * len(column)
+    lengths = pc.binary_length(column)
+    small = pc.less_equal(lengths, cap)
+    raw = column.cast(pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary())
+    return pc.if_else(small, raw, None).to_pylist(), lengths.to_pylist()
 
 
 class SourceReader:
-    """Documents of one source as ``(text, id)``; malformed records fail or are counted as skipped."""
+    """Documents of one source as ``(text, id)``; malformed or too long records fail or are counted as skipped."""
 
     def __init__(self, source: Source, index: int, resolve: Callable[[str], Path], counter: StepCounter) -> None:
         self.source = source
@@ -123,13 +149,39 @@ class SourceReader:
         self.label = source_label(source, index)
         self.resolve = resolve
         self.counter = counter
+        self.cap = source.max_document_bytes
+        self.strict = source.on_error == "fail"
+        self.file: Path | str = ""
+        # where reading is, for an error the decompressor or Arrow raises: "file:row", or the next line
+        self.position = ""
+        self.next_line = 0
 
-    def _bad(self, where: str, what: str, fix: str, text: str = "") -> None:
-        if self.source.on_error == "fail":
+    def _bad(self, where: str, what: str, fix: str, text: str = "", reason: str = "malformed_record",
+             count: int = 1) -> None:
+        if self.strict:
             raise WorkloadError(f"{self.field}: {where}: {what}; {fix}, or set onError: skip to skip and count "
                                 "such records")
-        self.counter.documents_in += 1
-        self.counter.drop("malformed_record", example(text, self.label, where, what))
+        self.counter.documents_in += count
+        self.counter.drop(reason, example(text[:240], self.label, where, what), count=count)
+
+    def _too_long(self, where: str, what: str, size: int | TooLong, count: int = 1) -> None:
+        n = size.size if isinstance(size, TooLong) else size
+        self._bad(where, f"{what} is longer than maxDocumentBytes ({n} bytes or more, cap {self.cap})",
+                  f"raise {self.field}.maxDocumentBytes if such records are wanted", reason="too_long", count=count)
+
+    def _decode(self, raw: bytes, name: str, line: int = 0, whole_file: bool = False) -> str:
+        """UTF-8 text; not UTF-8 fails naming file and line (onError: fail) or becomes U+FFFD (skip)."""
+        if not self.strict:
+            return raw.decode("utf-8", errors="replace")
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if whole_file:  # say which line
+                line = raw.count(NEWLINE, 0, e.start) + 1
+            where = f"{name}:{line}" if line else name
+            raise WorkloadError(f"{self.field}.path: {self.file} is not UTF-8 text ({e.reason} at {where}, byte "
+                                f"{e.start} of the record); convert it to UTF-8 or set onError: skip to replace "
+                                "bad bytes") from None
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         if self.source.huggingface is not None:
@@ -138,112 +190,235 @@ class SourceReader:
         for path in expand_paths(self.source, f"{self.field}.path", self.resolve):
             yield from self._file(path)
 
-    def _file(self, path: Path) -> Iterator[tuple[str, str]]:
-        fmt = _format_of(path, self.source.format)
+    def _file(self, path: Path, fmt: str = "", field: str = "path") -> Iterator[tuple[str, str]]:
+        """One file's documents; a file that cannot be read fails naming it, or is counted (skip)."""
+        fmt = fmt or _format_of(path, self.source.format)
         name = path.name
+        self.file, self.position, self.next_line = path, name, 1 if fmt in ("text", "jsonl") else 0
         try:
             if fmt == "text":
                 yield from self._text(path, name)
             elif fmt == "jsonl":
                 yield from self._jsonl(path, name)
             elif fmt == "parquet":
-                yield from self._table_batches(pq.ParquetFile(path).iter_batches(batch_size=4096), name, path)
+                yield from self._parquet(path, name)
             else:
                 yield from self._arrow_file(path)
-        except UnicodeDecodeError as e:
-            raise WorkloadError(f"{self.field}.path: {path} is not UTF-8 text ({e.reason} at byte {e.start}); "
-                                "convert it to UTF-8 or set onError: skip to replace bad bytes") from e
-        except (OSError, EOFError, pa.ArrowInvalid) as e:
-            if isinstance(e, WorkloadError):
-                raise
-            raise WorkloadError(f"{self.field}.path: cannot read {path}: {e}; fix or remove the file") from e
+        except WorkloadError:
+            raise
+        except (*DECOMPRESSION_ERRORS, pa.ArrowException, UnicodeDecodeError) as e:  # the last: Parquet metadata
+            if self.next_line:
+                self.position = f"{name}:{self.next_line}"
+            if self.strict:
+                raise WorkloadError(f"{self.field}.{field}: cannot read {path} (at or after {self.position}): {e}; fix or "
+                                    "remove the file, or set onError: skip to count it and go on") from e
+            self._bad(self.position, f"unreadable from here on ({e})", "", reason="unreadable_file")
 
     def _text(self, path: Path, name: str) -> Iterator[tuple[str, str]]:
         per = self.source.document_per
-        with _open_text(path, strict=self.source.on_error == "fail") as f:
+        with open_decompressed(path) as f:
             if per == "file":
-                yield f.read(), name
+                data = read_capped(f, self.cap)
+                if isinstance(data, TooLong):
+                    self._too_long(name, "the file (documentPer: file)", data)
+                    return
+                yield self._decode(data, name, whole_file=True), name
                 return
             if per == "line":
-                for lineno, line in enumerate(f, 1):
+                for lineno, raw in capped_lines(f, self.cap):
+                    where, self.next_line = f"{name}:{lineno}", lineno + 1
+                    if isinstance(raw, TooLong):
+                        self._too_long(where, "the line", raw)
+                        continue
+                    line = self._decode(raw, name, lineno)
                     if line.strip():
-                        yield line.rstrip("\r\n"), f"{name}:{lineno}"
+                        yield line.rstrip("\r\n"), where
                 return
-            group: list[str] = []
-            paragraphs, part, current = 0, 0, ""
-            for line in f:
-                if line.strip():
-                    current += line
+            yield from self._paragraph_groups(self._paragraphs(f, name), name)
+
+    def _paragraphs(self, f: IO[bytes], name: str) -> Iterator[tuple[int, str | TooLong, int]]:
+        """``(first line, paragraph, bytes)`` per blank-line separated paragraph, capped like a line."""
+        lines: list[str] = []
+        size, start, over = 0, 0, False
+        for lineno, raw in capped_lines(f, self.cap):
+            self.next_line = lineno + 1
+            if isinstance(raw, TooLong):
+                line, nbytes = "", raw.size
+            else:
+                line, nbytes = self._decode(raw, name, lineno), len(raw)
+                if not line.strip():  # a blank line ends the paragraph
+                    if over or lines:
+                        yield start, TooLong(size) if over else "".join(lines), size
+                    lines, size, over = [], 0, False
                     continue
-                if current:
-                    group.append(current)
-                    current = ""
-                    paragraphs += 1
-                    if paragraphs == self.source.paragraphs_per_document:
-                        yield "\n".join(group), f"{name}#{part}"
-                        group, paragraphs, part = [], 0, part + 1
-            if current:
-                group.append(current)
-            if group:
+            if not lines and not over:
+                start = lineno
+            size += nbytes
+            over = over or isinstance(raw, TooLong) or size > self.cap
+            if over:
+                lines = []
+            else:
+                lines.append(line)
+        if over or lines:
+            yield start, TooLong(size) if over else "".join(lines), size
+
+    def _paragraph_groups(self, paragraphs: Iterator[tuple[int, str | TooLong, int]], name: str
+                          ) -> Iterator[tuple[str, str]]:
+        """``paragraphsPerDocument`` paragraphs a document; a group closes early rather than pass the cap."""
+        group: list[str] = []
+        size, part = 0, 0
+        for start, paragraph, nbytes in paragraphs:
+            if isinstance(paragraph, TooLong):
+                self._too_long(f"{name}:{start}", "the paragraph", paragraph)
+                continue
+            if group and size + 1 + nbytes > self.cap:
                 yield "\n".join(group), f"{name}#{part}"
+                group, size, part = [], 0, part + 1
+            size += nbytes + (1 if group else 0)
+            group.append(paragraph)
+            if len(group) == self.source.paragraphs_per_document:
+                yield "\n".join(group), f"{name}#{part}"
+                group, size, part = [], 0, part + 1
+        if group:
+            yield "\n".join(group), f"{name}#{part}"
 
     def _jsonl(self, path: Path, name: str) -> Iterator[tuple[str, str]]:
         key, id_key = self.source.text_field, self.source.id_field
-        with _open_text(path, strict=self.source.on_error == "fail") as f:
-            head = f.read(1)
-            while head.isspace():
-                head = f.read(1)
-            if head == "[":  # a JSON array, not JSON Lines
-                f.seek(0)
-                records = enumerate(json.load(f), 1)
-                yield from self._records(((n, r, "") for n, r in records), key, id_key, name)
+        array = _first_byte(path) == b"["
+        with open_decompressed(path) as f:
+            if array:  # a JSON array, not JSON Lines: read whole, so capped like one record
+                yield from self._records(self._json_array(f, name), key, id_key, name)
                 return
-            lines = (head + line if n == 1 else line for n, line in enumerate(f, 1))
-            yield from self._records(self._parsed_lines(lines, name), key, id_key, name)
+            yield from self._records(self._parsed_lines(f, name), key, id_key, name)
 
-    def _parsed_lines(self, lines: Iterator[str], name: str) -> Iterator[tuple[int, object, str]]:
-        for lineno, line in enumerate(lines, 1):
+    def _json_array(self, f: IO[bytes], name: str) -> Iterator[tuple[int, object, str]]:
+        data = read_capped(f, self.cap)
+        if isinstance(data, TooLong):
+            self._too_long(name, "the JSON array file (read whole: convert it to JSON Lines, e.g. "
+                           "jq -c '.[]' FILE > FILE.jsonl)", data)
+            return
+        try:
+            records = json.loads(self._decode(data, name, whole_file=True))
+        except RecursionError:
+            self._bad(name, "JSON nested too deeply", "flatten the records", reason="malformed_record")
+            return
+        except ValueError as e:
+            where = f"{name}:{e.lineno}" if isinstance(e, json.JSONDecodeError) else name
+            self._bad(where, f"not valid JSON ({getattr(e, 'msg', e)})", "fix the file")
+            return
+        for n, rec in enumerate(records, 1):
+            yield n, rec, ""
+
+    def _parsed_lines(self, f: IO[bytes], name: str) -> Iterator[tuple[int, object, str]]:
+        for lineno, raw in capped_lines(f, self.cap):
+            self.next_line = lineno + 1
+            if isinstance(raw, TooLong):
+                self._too_long(f"{name}:{lineno}", "the JSON line", raw)
+                continue
+            line = self._decode(raw, name, lineno)
             if not line.strip():
                 continue
             try:
                 yield lineno, json.loads(line), line
-            except json.JSONDecodeError as e:
-                self._bad(f"{name}:{lineno}", f"not valid JSON ({e.msg})", "fix the line", line)
+            except RecursionError:
+                self._bad(f"{name}:{lineno}", "JSON nested too deeply", "flatten the record", line)
+            except ValueError as e:  # JSONDecodeError, or an integer of more than 4300 digits
+                self._bad(f"{name}:{lineno}", f"not valid JSON ({getattr(e, 'msg', e)})", "fix the line", line)
 
     def _records(self, records: Iterator[tuple[int, object, str]], key: str, id_key: str | None,
                  name: str) -> Iterator[tuple[str, str]]:
         seen_text = False
         for lineno, rec, line in records:
+            where = f"{name}:{lineno}"
             text = rec.get(key) if isinstance(rec, dict) else None
             if not isinstance(text, str):
                 if not seen_text and isinstance(rec, dict) and lineno <= 1:
                     fields = ", ".join(sorted(rec))[:200]
                     raise WorkloadError(f"{self.field}.textField: {name} has no string field {key!r} "
                                         f"(fields: {fields}); set textField to the field holding the text")
-                self._bad(f"{name}:{lineno}", f"no string field {key!r}", "fix the record", line or str(rec))
+                self._bad(where, f"no string field {key!r}", "fix the record", line)
                 continue
             seen_text = True
-            doc_id = str(rec[id_key]) if id_key and isinstance(rec, dict) and id_key in rec else f"{name}:{lineno}"
+            if id_key and isinstance(rec, dict) and id_key in rec:
+                try:
+                    doc_id = str(rec[id_key])
+                except (ValueError, RecursionError) as e:  # an integer of more than 4300 digits
+                    self._bad(where, f"id field {id_key!r} cannot be shown ({e})", "fix the record", line)
+                    continue
+            else:
+                doc_id = where
+            try:
+                text.encode(), doc_id.encode()
+            except UnicodeEncodeError:  # JSON can escape a lone UTF-16 surrogate; UTF-8 (and Arrow) cannot hold it
+                self._bad(where, "a lone UTF-16 surrogate (a \\ud800-\\udfff escape) in the text or id",
+                          "fix the record", line)
+                continue
             yield text, doc_id
 
-    def _table_batches(self, batches: Iterator[pa.RecordBatch], name: str, path: Path | str) -> Iterator[tuple[str, str]]:
+    def _parquet(self, path: Path, name: str) -> Iterator[tuple[str, str]]:
+        """Row group by row group, only the text (and id) columns, each refused unread if too large."""
         key, id_key = self.source.text_field, self.source.id_field
+        pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
+        if key not in names:
+            raise WorkloadError(f"{self.field}.textField: {path} has no column {key!r} (columns: "
+                                f"{', '.join(names)}); set textField to the text column")
+        columns = [key] + ([id_key] if id_key and id_key in names else [])
+        limit = max(ROW_GROUP_TEXT_BYTES, self.cap)
         row = 0
+        for group in range(pf.metadata.num_row_groups):
+            meta = pf.metadata.row_group(group)
+            size = sum(meta.column(j).total_uncompressed_size for j in range(meta.num_columns)
+                       if meta.column(j).path_in_schema.split(".")[0] in columns)
+            rows = meta.num_rows
+            self.position = f"{name}:{row}"
+            if size > limit:
+                self._too_long(f"{name}: row group {group} (rows {row}-{row + rows - 1})",
+                               f"the row group ({rows} rows; Parquet is decoded a page at a time, so rewrite "
+                               f"it with smaller row groups, e.g. pyarrow's row_group_size=10000; limit "
+                               f"{limit} bytes)", size, count=rows)
+            elif rows:
+                per_batch = max(1, min(4096, rows * BATCH_BYTES // max(size, 1)))
+                batches = pf.iter_batches(batch_size=per_batch, row_groups=[group], columns=columns)
+                yield from self._table_batches(batches, name, path, first_row=row)
+            row += rows
+
+    def _table_batches(self, batches: Iterator[pa.RecordBatch], name: str, path: Path | str,
+                       first_row: int = 0, validate: bool = False) -> Iterator[tuple[str, str]]:
+        key, id_key = self.source.text_field, self.source.id_field
+        row = first_row
         for batch in batches:
             names = batch.schema.names
             if key not in names:
                 raise WorkloadError(f"{self.field}.textField: {path} has no column {key!r} (columns: "
                                     f"{', '.join(names)}); set textField to the text column")
-            texts = batch.column(key).to_pylist()
-            ids = batch.column(id_key).to_pylist() if id_key and id_key in names else None
-            for i, text in enumerate(texts):
-                if not isinstance(text, str):
-                    self._bad(f"{name}:{row + i}", f"{key!r} is not a string", "fix the row")
+            self.position = f"{name}:{row}"
+            for column in ({key, id_key} & set(names)) if validate else ():
+                # Arrow IPC is read unvalidated (memory-mapped): offsets past the buffer would read
+                # outside it. Full validation checks offsets and UTF-8 (ArrowInvalid names the file).
+                batch.column(column).validate(full=True)
+            texts, lengths = _string_cells(batch.column(key), self.cap)
+            ids: list[object] | None = None
+            if id_key and id_key in names:
+                ids_column = batch.column(id_key)
+                if pa.types.is_string(ids_column.type) or pa.types.is_large_string(ids_column.type):
+                    ids = [None if v is None else v.decode("utf-8", "replace")
+                           for v in _string_cells(ids_column, self.cap)[0]]
+                else:
+                    ids = ids_column.to_pylist()
+            for i, raw in enumerate(texts):
+                where = f"{name}:{row + i}"
+                if raw is None:
+                    if lengths[i] is not None:
+                        self._too_long(where, f"the {key!r} cell", lengths[i] or 0)
+                    else:
+                        self._bad(where, f"{key!r} is not a string", "fix the row")
                     continue
-                yield text, str(ids[i]) if ids is not None else f"{name}:{row + i}"
+                yield self._decode(raw, where), str(ids[i]) if ids is not None else where
             row += len(texts)
 
     def _arrow_file(self, path: Path) -> Iterator[tuple[str, str]]:
+        self.position = path.name
         with pa.memory_map(str(path)) as source:
             try:
                 batches: Iterator[pa.RecordBatch] = iter(pa.ipc.open_stream(source))
@@ -251,7 +426,7 @@ class SourceReader:
                 source.seek(0)
                 reader = pa.ipc.open_file(source)
                 batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
-            yield from self._table_batches(batches, path.name, path)
+            yield from self._table_batches(batches, path.name, path, validate=True)
 
     def _huggingface(self) -> Iterator[tuple[str, str]]:
         hf = self.source.huggingface
@@ -259,7 +434,7 @@ class SourceReader:
         field = f"{self.field}.huggingface.path"
         root = self.resolve(hf.path)
         if root.is_file():
-            yield from self._arrow_file(root)
+            yield from self._file(root, "arrow", "huggingface.path")
             return
         if root.is_dir():
             if (root / "dataset_dict.json").exists():
@@ -277,7 +452,7 @@ class SourceReader:
                 raise WorkloadError(f"{field}: {root} has no .arrow files; point it at a directory written "
                                     "by datasets' save_to_disk")
             for f in files:
-                yield from self._arrow_file(f)
+                yield from self._file(f, "arrow", "huggingface.path")
             return
         yield from self._hub(field)
 
@@ -300,6 +475,9 @@ class SourceReader:
             if not isinstance(text, str):
                 raise WorkloadError(f"{self.field}.textField: {hf.path} has no string field "
                                     f"{self.source.text_field!r}; set textField")
+            if len(text) > self.cap or len(text.encode("utf-8", "surrogatepass")) > self.cap:
+                self._too_long(f"{hf.path}:{row}", "the text", len(text))
+                continue
             yield text, str(rec.get(self.source.id_field, row)) if self.source.id_field else str(row)
 
 
