@@ -124,7 +124,9 @@ def _unigram_scores(proto: Any) -> list[tuple[str, float]]:
     """Pieces and scores for ``tokenizers``' Unigram. Its lattice matches every vocabulary string in
     the text, SentencePiece's only ordinary pieces: a control, unknown or byte piece written in the
     text (``</s>``, ``<0x0A>``) must come out spelled in ordinary pieces, as SentencePiece spells it,
-    so those pieces score far below any ordinary spelling."""
+    so those pieces score far below any ordinary spelling. Not where a character of the spelling is
+    missing from the vocabulary: ``tokenizers`` scores an unknown character 10 below its lowest
+    piece, so ``<unk>`` in a corpus without ``<`` stays one piece (in the shards and when served)."""
     normal = [p.score for p in proto.pieces if p.type == NORMAL]
     floor = min(normal, default=0.0) - UNREACHABLE
     return [(p.piece, p.score if p.type in (NORMAL, USER_DEFINED) else floor) for p in proto.pieces]

@@ -8,7 +8,7 @@ documents in a hundred, which failed every build of the fetched corpus at vocabS
 shards are now encoded by the exported ``tokenizer.json``; these tests check, for every document
 of every split, that decoding its ids and encoding the text again with ``AutoTokenizer`` (as
 transformers and vLLM load the tokenizer) gives the same ids. The text is real English
-(:mod:`tests.data.real_text`): 2 MB, and 4.5 MB where a unigram model of 32k pieces needs it.
+(:mod:`tests.data.real_text`), 2 MB or 4.5 MB.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from llmfab.data.shards import SPLITS, DatasetInfo
 
 from .real_text import write_real_text
 
-# The clean pass is not what is tested here; without dedup and filters a build is the tokenizer's
-# training, the encoding and the check.
+# The clean pass does not touch tokenization; without dedup and filters a build is the tokenizer's
+# training, the encoding and the check (the issue's build with default cleaning: see
+# benchmarks/tokenizer_encode.py's notes in RESULTS.md).
 NO_CLEANING = {"dedup": {"exact": False, "near": {"enabled": False}},
                "filters": {name: {"enabled": False} for name in ("gopherQuality", "gopherRepetition", "c4",
                                                                  "fineweb", "language")}}
@@ -67,25 +68,18 @@ def served_round_trip(info: DatasetInfo) -> tuple[int, list[int]]:
     return documents, differ
 
 
-def test_a_unigram_8k_dataset_of_real_text_builds_with_the_default_settings(real_text: Path, tmp_path: Path) -> None:
-    """The issue's case: defaults but for the sources and tokenizer (this failed with 'the Hugging
-    Face tokenizer differs from SentencePiece on 8 of 200 documents' on the fetched corpus; on this
-    text the old check, which read only the first 20,000 characters of a document, let it build with
-    SentencePiece's ids, which the round trip finds)."""
-    info, stats = build(real_text, tmp_path / "ds", "unigram", 8192)
-    documents, differ = served_round_trip(info)
-    assert documents == stats["documents"] and differ == []
-    check = stats["hfTokenizerCheck"]
-    assert check["documents"] >= 100 and check["mismatches"] == 0 and check["decodeDiffers"] == 0
-
-
-@pytest.mark.parametrize(("kind", "vocab"), [("unigram", 2048), ("unigram", 32768), ("bpe", 2048), ("bpe", 8192),
-                                           ("bpe", 32768)])  # unigram 8192: the test above
-def test_shards_hold_the_served_tokenizers_ids_at_2k_to_32k(kind: str, vocab: int, request: pytest.FixtureRequest,
-                                                            tmp_path: Path) -> None:
-    text = request.getfixturevalue("more_real_text" if vocab > 8192 else "real_text")
+# unigram 8192 on 4.5 MB is the issue's case: the old build failed on it with "the Hugging Face
+# tokenizer differs from SentencePiece on 1 of 191 documents" (8 of 200 on the fetched corpus). On
+# 2 MB the two happened to agree at 8192 unigram pieces; 32k unigram pieces need 4.5 MB.
+@pytest.mark.parametrize(("kind", "vocab", "megabytes"), [
+    ("unigram", 2048, 2), ("unigram", 8192, 4.5), ("unigram", 32768, 4.5),
+    ("bpe", 2048, 2), ("bpe", 8192, 2), ("bpe", 32768, 4.5)])
+def test_shards_hold_the_served_tokenizers_ids_at_2k_to_32k(kind: str, vocab: int, megabytes: float,
+                                                            request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    text = request.getfixturevalue("more_real_text" if megabytes > 2 else "real_text")
     info, stats = build(text, tmp_path / "ds", kind, vocab, **NO_CLEANING)
-    assert info.vocab_size == vocab
-    assert stats["hfTokenizerCheck"]["mismatches"] == 0
     documents, differ = served_round_trip(info)
     assert documents == stats["documents"] and differ == []
+    assert info.vocab_size == vocab
+    check = stats["hfTokenizerCheck"]
+    assert check["documents"] >= 50 and check["mismatches"] == 0 and check["decodeDiffers"] == 0
