@@ -26,8 +26,8 @@ from llmfab.data.shards import SPLITS, DatasetInfo
 from .real_text import write_real_text
 
 # The clean pass does not touch tokenization; without dedup and filters a build is the tokenizer's
-# training, the encoding and the check (the issue's build with default cleaning: see
-# benchmarks/tokenizer_encode.py's notes in RESULTS.md).
+# training, the encoding and the check (the issue's own build, default cleaning over the whole
+# fetched corpus, is recorded in benchmarks/RESULTS.md, issue 19).
 NO_CLEANING = {"dedup": {"exact": False, "near": {"enabled": False}},
                "filters": {name: {"enabled": False} for name in ("gopherQuality", "gopherRepetition", "c4",
                                                                  "fineweb", "language")}}
