@@ -15,7 +15,8 @@ not always agree on a unigram model: SentencePiece runs one Viterbi pass over a 
 adds the scores in float32, so where two segmentations of a word score within the rounding error
 of the running total (``vacan·c·ies`` vs ``vacan·ci·es``, -15.8388 vs -15.8382) its choice
 depends on where in the document the word stands; ``tokenizers`` segments each word on its own.
-:func:`hf_mismatches` counts such documents (``stats.json``), they are no longer an error.
+The every-build check (:mod:`llmfab.data.passes.served_check`) counts such documents in
+``stats.json``; they are no longer an error.
 """
 
 from __future__ import annotations
