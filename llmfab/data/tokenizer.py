@@ -11,10 +11,12 @@ model's own pieces and scores (BPE merges rebuilt from the pieces), so
 
 The token shards are encoded by that ``tokenizer.json`` (:class:`Encoder`), not by SentencePiece:
 the ids a model trains on must be the ids its served tokenizer gives. The two implementations do
-not always agree on a unigram model: SentencePiece runs one Viterbi pass over a whole document and
-adds the scores in float32, so where two segmentations of a word score within the rounding error
-of the running total (``vacan·c·ies`` vs ``vacan·ci·es``, -15.8388 vs -15.8382) its choice
-depends on where in the document the word stands; ``tokenizers`` segments each word on its own.
+not always agree on a unigram model where two segmentations of a word score within ~1e-3
+(``vacan·c·ies`` vs ``vacan·ci·es``, -15.8388 vs -15.8382): SentencePiece's choice depends on where
+in the document the word stands (``optimism`` alone gives ``opt·im·ism`` as ``tokenizers`` does,
+inside a long document ``op·tim·ism``: its one Viterbi pass over the whole document keeps a float32
+running score, whose rounding is then larger than the difference); ``tokenizers`` segments each
+word on its own.
 The every-build check (:mod:`llmfab.data.passes.served_check`) counts such documents in
 ``stats.json``; they are no longer an error.
 """
