@@ -17,8 +17,10 @@ Passes, each a module of :mod:`llmfab.data.passes`: (0, only with
 filter and sketch each batch, the driver drops exact duplicates in input order and spills
 survivors to an Arrow file; the near-duplicate clusters are then resolved (:mod:`~.passes.clean`);
 (2) near dedup, perplexity and outlier filters give a keep mask (:mod:`~.passes.select`);
-(3) tokenizer training on the train split (:mod:`~.passes.tokenizer`); (4) workers encode, the
-driver writes shards in input order (:mod:`~.passes.shards`). The steps and their order are
+(3) tokenizer training on the train split and its Hugging Face copy (:mod:`~.passes.tokenizer`);
+(4) workers encode with that Hugging Face copy, the driver writes shards in input order
+(:mod:`~.passes.shards`); (5) a sample read back from the shards is checked against the tokenizer
+as transformers/vLLM load it (:mod:`~.passes.served_check`). The steps and their order are
 :data:`llmfab.data.registry.STEPS`. Everything the driver decides depends only on input order, so
 any engine and worker count give the same bytes.
 """
@@ -36,6 +38,7 @@ from llmfab.data.engine import make_engine
 from llmfab.data.passes.clean import clean
 from llmfab.data.passes.context import BuildContext
 from llmfab.data.passes.select import select
+from llmfab.data.passes.served_check import CheckSample, check_served_ids
 from llmfab.data.passes.shards import write_shards
 from llmfab.data.passes.tokenizer import build_tokenizer, reused_tokenizer
 from llmfab.data.registry import READ, STEP_NAMES
@@ -62,7 +65,9 @@ def build_dataset(spec: DatasetSpec, out_dir: Path, resolve: Callable[[str], Pat
         if not keep.any():
             raise WorkloadError(_empty_message(ctx.book))
         model = build_tokenizer(ctx, spill, keep, reused)
-        manifest = write_shards(ctx, spill, keep, model)
+        sample = CheckSample(int(keep.sum()))
+        manifest = write_shards(ctx, spill, keep, model, ctx.out / "tokenizer", sample)
+        check_served_ids(ctx, manifest, sample, model, reused is not None)
     finally:
         ctx.engine.close()
     shutil.rmtree(ctx.work, ignore_errors=True)

@@ -1,14 +1,24 @@
-"""SentencePiece tokenizer: train on a sample of the train split (or reuse one), write it also as
-a Hugging Face tokenizer, and encode documents.
+"""SentencePiece tokenizer: train on a sample of the train split (or reuse one), write it as a
+Hugging Face tokenizer, and encode documents with that Hugging Face tokenizer.
 
 The model is trained with ``normalization_rule_name=identity``, whitespace kept as is (the
 pipeline already normalised the text) and no dummy-prefix space (so a Hugging Face tokenizer can
-reproduce it exactly, around added tokens too), so a newline survives as the byte piece ``<0x0A>`` with
+reproduce it, around added tokens too), so a newline survives as the byte piece ``<0x0A>`` with
 byte fallback, and ``max_sentence_length`` raised (the SentencePiece default of 4192 bytes silently
 skips longer lines). The Hugging Face ``tokenizer.json`` is built with ``tokenizers`` from the
 model's own pieces and scores (BPE merges rebuilt from the pieces), so
-``transformers.AutoTokenizer`` and vLLM load it offline; :func:`hf_mismatches` checks that both
-give the same ids.
+``transformers.AutoTokenizer`` and vLLM load it offline.
+
+The token shards are encoded by that ``tokenizer.json`` (:class:`Encoder`), not by SentencePiece:
+the ids a model trains on must be the ids its served tokenizer gives. The two implementations do
+not always agree on a unigram model where two segmentations of a word score within ~1e-3
+(``vacan·c·ies`` vs ``vacan·ci·es``, -15.8388 vs -15.8382): SentencePiece's choice depends on where
+in the document the word stands (``optimism`` alone gives ``opt·im·ism`` as ``tokenizers`` does,
+inside a long document ``op·tim·ism``: its one Viterbi pass over the whole document keeps a float32
+running score, whose rounding is then larger than the difference); ``tokenizers`` segments each
+word on its own.
+The every-build check (:mod:`llmfab.data.passes.served_check`) counts such documents in
+``stats.json``; they are no longer an error.
 """
 
 from __future__ import annotations
@@ -26,6 +36,8 @@ from llmfab.errors import WorkloadError
 FIELD = "spec.tokenizer"
 UNK, BOS, EOS, PAD = 0, 1, 2, 3
 MAX_SENTENCES = 5_000_000  # lines SentencePiece loads at most (bounds its memory on big corpora)
+NORMAL, USER_DEFINED = 1, 4  # SentencePiece piece types (ModelProto.SentencePiece.Type)
+UNREACHABLE = 1000.0  # below the lowest ordinary piece: longer than any spelling of a control piece costs
 
 
 def _sentences(texts: Iterable[str], limit: int) -> Iterator[str]:
@@ -95,17 +107,32 @@ def special_ids(model: Path, field: str = FIELD) -> dict[str, int]:
     return ids
 
 
-def _bpe_merges(vocab: dict[str, int]) -> list[tuple[str, str]]:
+def _bpe_merges(vocab: dict[str, int], normal: set[str]) -> list[tuple[str, str]]:
     """Merges that rebuild each BPE piece from two smaller pieces, ordered by the piece's rank
-    (SentencePiece stores BPE as scored pieces, ``tokenizers`` wants merge rules)."""
+    (SentencePiece stores BPE as scored pieces, ``tokenizers`` wants merge rules). Only ordinary
+    pieces (``normal``) take part: SentencePiece never builds ``<s>`` from ``<`` and ``s>``."""
     merges: list[tuple[int, int, int, str, str]] = []
     for piece, rank in vocab.items():
+        if piece not in normal:
+            continue
         for cut in range(1, len(piece)):
             left, right = piece[:cut], piece[cut:]
-            if left in vocab and right in vocab:
+            if left in normal and right in normal:
                 merges.append((rank, vocab[left], vocab[right], left, right))
     merges.sort()
     return [(left, right) for _, _, _, left, right in merges]
+
+
+def _unigram_scores(proto: Any) -> list[tuple[str, float]]:
+    """Pieces and scores for ``tokenizers``' Unigram. Its lattice matches every vocabulary string in
+    the text, SentencePiece's only ordinary pieces: a control, unknown or byte piece written in the
+    text (``</s>``, ``<0x0A>``) must come out spelled in ordinary pieces, as SentencePiece spells it,
+    so those pieces score far below any ordinary spelling. Not where a character of the spelling is
+    missing from the vocabulary: ``tokenizers`` scores an unknown character 10 below its lowest
+    piece, so ``<unk>`` in a corpus without ``<`` stays one piece (in the shards and when served)."""
+    normal = [p.score for p in proto.pieces if p.type == NORMAL]
+    floor = min(normal, default=0.0) - UNREACHABLE
+    return [(p.piece, p.score if p.type in (NORMAL, USER_DEFINED) else floor) for p in proto.pieces]
 
 
 def write_hf_tokenizer(model: Path, out_dir: Path) -> None:
@@ -122,10 +149,11 @@ def write_hf_tokenizer(model: Path, out_dir: Path) -> None:
     pieces = [(p.piece, p.score) for p in proto.pieces]
     unk_id = trainer.unk_id
     if trainer.model_type == 1:
-        tok = HFTokenizer(Unigram(pieces, unk_id=unk_id, byte_fallback=trainer.byte_fallback))
+        tok = HFTokenizer(Unigram(_unigram_scores(proto), unk_id=unk_id, byte_fallback=trainer.byte_fallback))
     elif trainer.model_type == 2:
         vocab = {piece: i for i, (piece, _) in enumerate(pieces)}
-        tok = HFTokenizer(BPE(vocab, _bpe_merges(vocab), unk_token=pieces[unk_id][0],
+        normal = {p.piece for p in proto.pieces if p.type == NORMAL}
+        tok = HFTokenizer(BPE(vocab, _bpe_merges(vocab, normal), unk_token=pieces[unk_id][0],
                               fuse_unk=True, byte_fallback=trainer.byte_fallback))
     else:
         raise WorkloadError(f"{FIELD}.path: {model} is neither a unigram nor a BPE SentencePiece model; "
@@ -164,19 +192,26 @@ def write_hf_tokenizer(model: Path, out_dir: Path) -> None:
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
 
-def hf_mismatches(model: Path, hf_dir: Path, texts: Iterable[str], use_transformers: bool = False) -> list[str]:
-    """Texts whose Hugging Face ids differ from SentencePiece's.
-
-    Text that contains a control piece literally (``<s>``, ``</s>``, ``<pad>``, ``<unk>``) is left
-    out: Hugging Face maps it to the special token, SentencePiece spells it out; every converted
-    SentencePiece tokenizer (Llama's included) has that difference.
-    """
+def control_pieces(model: Path) -> list[str]:
+    """The control pieces of a model (``<s>``, ``</s>``, ``<pad>``, ``<unk>``)."""
     sp = load_processor(model)
-    controls = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.is_control(i)]
-    if use_transformers:  # what users load; slow to import
-        from transformers import AutoTokenizer
+    return [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.is_control(i) or sp.is_unknown(i)]
 
-        hf = AutoTokenizer.from_pretrained(str(hf_dir))
+
+def has_control_text(text: str, controls: Iterable[str]) -> bool:
+    """Whether ``text`` contains a control piece literally: a Hugging Face tokenizer called as
+    vLLM calls it maps it to the special token, SentencePiece and :class:`Encoder` spell it out;
+    every converted SentencePiece tokenizer (Llama's included) has that difference."""
+    return any(c in text for c in controls)
+
+
+def hf_mismatches(model: Path, hf_dir: Path, texts: Iterable[str], use_transformers: bool = False) -> list[str]:
+    """Texts whose Hugging Face ids differ from SentencePiece's (text with a control piece left out,
+    :func:`has_control_text`)."""
+    sp = load_processor(model)
+    controls = control_pieces(model)
+    if use_transformers:  # what users load; slow to import
+        hf = load_served_tokenizer(hf_dir)
 
         def encode(text: str) -> list[int]:
             return list(hf(text, add_special_tokens=False)["input_ids"])
@@ -187,29 +222,39 @@ def hf_mismatches(model: Path, hf_dir: Path, texts: Iterable[str], use_transform
 
         def encode(text: str) -> list[int]:
             return list(fast.encode(text, add_special_tokens=False).ids)
-    bad = []
-    for text in texts:
-        if any(c in text for c in controls):
-            continue
-        if sp.encode(text) != encode(text):
-            bad.append(text)
-    return bad
+    return [text for text in texts if not has_control_text(text, controls) and sp.encode(text) != encode(text)]
+
+
+def load_served_tokenizer(hf_dir: Path) -> Any:
+    """The tokenizer of ``hf_dir`` loaded as transformers and vLLM load it (``AutoTokenizer``, the
+    fast tokenizer; vLLM's ``get_tokenizer`` calls the same). Importing transformers costs seconds."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(hf_dir))
 
 
 class Encoder:
-    """Encode batches of documents to ids; the model is loaded lazily in each worker process."""
+    """Encode batches of documents to ids with the exported Hugging Face ``tokenizer.json`` (the
+    implementation transformers and vLLM run), loaded lazily in each worker process.
 
-    def __init__(self, model_bytes: bytes) -> None:
-        self.model_bytes = model_bytes
-        self._sp: Any = None
+    A control piece written in the text (``</s>``) is spelled out in ordinary pieces, as
+    SentencePiece does, never encoded as the control id: a document never ends early or holds a BOS
+    the pipeline did not put there. transformers does the same with ``split_special_tokens=True``;
+    without it (vLLM's default for a prompt) it gives the control id.
+    """
+
+    def __init__(self, tokenizer_json: str) -> None:
+        self.tokenizer_json = tokenizer_json
+        self._tok: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"model_bytes": self.model_bytes, "_sp": None}
+        return {"tokenizer_json": self.tokenizer_json, "_tok": None}
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        if self._sp is None:
-            import sentencepiece as spm
+        if self._tok is None:
+            from tokenizers import Tokenizer as HFTokenizer
 
-            self._sp = spm.SentencePieceProcessor(model_proto=self.model_bytes)
-        ids: list[list[int]] = self._sp.encode(texts, num_threads=1)
-        return ids
+            self._tok = HFTokenizer.from_str(self.tokenizer_json)
+            self._tok.encode_special_tokens = True
+        # offsets are not needed: the fast path skips tracking them
+        return [e.ids for e in self._tok.encode_batch_fast(texts, add_special_tokens=False)]

@@ -2,9 +2,9 @@
 
 A reused model is looked up before any other work (:func:`reused_tokenizer`), so a wrong path
 fails in seconds, not after cleaning. Training samples every k-th train document so the sample is
-spread over all sources. The Hugging Face ``tokenizer.json`` must give the same ids as the
-SentencePiece model; it is checked on the first documents, and a mismatch fails a trained model
-(a bug to report) but only warns for a reused one (e.g. a dummy-prefix model).
+spread over all sources. The Hugging Face ``tokenizer.json`` written here is what encodes the shards
+(:mod:`~.passes.shards`) and what the served model loads; :mod:`~.passes.served_check` checks that
+the two agree.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from llmfab.data.passes.spill import Spill
 from llmfab.data.split import split_of
 from llmfab.errors import WorkloadError
 
-HF_CHECK_DOCUMENTS = 200
-HF_CHECK_CHARS = 20_000
 ALL = 1 << 62
 
 
@@ -71,15 +69,4 @@ def build_tokenizer(ctx: BuildContext, spill: Spill, keep: np.ndarray, reused: P
         tok.train_sentencepiece(spec.tokenizer, (t for i, t in enumerate(sample) if i % stride == 0), model)
         ctx.extra["tokenizerTrainingDocuments"] = math.ceil(n_train / stride)
     tok.write_hf_tokenizer(model, ctx.out / "tokenizer")
-    check = [t[:HF_CHECK_CHARS] for batch in spill.texts(keep, HF_CHECK_DOCUMENTS) for t in batch]
-    bad = tok.hf_mismatches(model, ctx.out / "tokenizer", check)
-    ctx.extra["hfTokenizerCheck"] = {"documents": len(check), "mismatches": len(bad)}
-    if bad and reused is not None:  # e.g. a dummy-prefix model on text that starts with a space
-        if ctx.reporter is not None:
-            ctx.reporter.event("TokenizerMismatch", f"the Hugging Face tokenizer differs from the reused "
-                               f"SentencePiece model on {len(bad)} of {len(check)} documents", "Warning")
-    elif bad:
-        raise WorkloadError(f"spec.tokenizer: the Hugging Face tokenizer differs from SentencePiece on "
-                            f"{len(bad)} of {len(check)} documents (e.g. {bad[0][:80]!r}); use a model "
-                            "trained by llmfab (no dummy prefix) or report the text")
     return model
