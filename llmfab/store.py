@@ -35,7 +35,6 @@ from llmfab.temporaries import (
 )
 
 MANIFEST = "manifest.json"
-__all__ = ["TMP_MARKER", "remove_dead_temporaries"]
 
 
 class InvalidName(ValueError):
