@@ -273,7 +273,7 @@ app.add_typer(feedback_app, name="feedback")
 
 @feedback_app.command("export")
 def feedback_export(
-    name: Annotated[str, typer.Argument(help="InferenceService whose feedback.sqlite to read.")],
+    name: Annotated[str, _name_argument("InferenceService whose feedback.sqlite to read.")],
     out: Annotated[Path, typer.Option("--out", help="JSONL file of {prompt, chosen, rejected} pairs.")],
 ) -> None:
     """Write the votes as preference pairs (a RewardModel's spec.preferences.path); ties are skipped.

@@ -35,7 +35,6 @@ from llmfab.temporaries import (
 )
 
 MANIFEST = "manifest.json"
-__all__ = ["TMP_MARKER", "remove_dead_temporaries"]
 
 
 class InvalidName(ValueError):
@@ -196,8 +195,8 @@ def replace_refusal(out: Path, kind: str) -> str | None:
 
 def delete_artifacts(kind_dir: str, name: str, root: Path | None = None) -> list[Path]:
     """Remove a resource's artifact directory and its bookkeeping files (spec, status, events,
-    log); return what was removed. The directory is first renamed to a temporary sibling, so a
-    crash half-way leaves nothing that looks complete. :class:`InvalidName` for a name that is not
+    log) and the temporaries of its writers that crashed; return what was removed. The directory is
+    first renamed to a temporary sibling, so a crash half-way leaves nothing that looks complete. :class:`InvalidName` for a name that is not
     a DNS-1123 label (``""`` would be every resource of the kind)."""
     root = root or artifact_root()
     directory = artifact_dir(kind_dir, name, root)
@@ -206,6 +205,9 @@ def delete_artifacts(kind_dir: str, name: str, root: Path | None = None) -> list
         with publish_lock(directory):
             if remove_tree(directory):
                 removed.append(directory)
+        # A crashed writer's temporaries (its tree, its .lock) are otherwise removed only by the next
+        # writer of this name, which after a delete may never come. A live writer's stay.
+        removed += remove_dead_temporaries(directory.parent, f"{name}.")
     for suffix in (".spec.yaml", ".status.json", ".events.jsonl", ".log"):
         path = directory.with_name(f"{name}{suffix}")
         if os.path.lexists(path):

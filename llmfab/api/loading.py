@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -133,14 +134,17 @@ def read_yaml_documents(path: Path) -> list[Any]:
     its aliases expand to are capped, and only the safe loader's plain types are built.
     """
     try:
-        size = path.stat().st_size
-        if size > MAX_SPEC_FILE_BYTES:
-            raise ValidationFailed([f"{path}: {size} bytes; a spec file is at most {MAX_SPEC_FILE_BYTES} bytes "
-                                    "(a Kubernetes object at most ~1.5 MiB): split it, or point large data at "
-                                    "files the spec names"])
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            # st_size is 0 for a pipe (`-f <(...)`) or /dev/zero, and a file may grow: the read is capped too.
+            size = os.fstat(f.fileno()).st_size
+            raw = f.read(MAX_SPEC_FILE_BYTES + 1) if size <= MAX_SPEC_FILE_BYTES else b""
     except OSError as e:
         raise ValidationFailed([f"{path}: cannot read it ({e.strerror or e})"]) from None
+    if size > MAX_SPEC_FILE_BYTES or len(raw) > MAX_SPEC_FILE_BYTES:
+        shown = size if size > MAX_SPEC_FILE_BYTES else f"more than {MAX_SPEC_FILE_BYTES}"
+        raise ValidationFailed([f"{path}: {shown} bytes; a spec file is at most {MAX_SPEC_FILE_BYTES} bytes "
+                                "(a Kubernetes object at most ~1.5 MiB): split it, or point large data at "
+                                "files the spec names"])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

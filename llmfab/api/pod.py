@@ -10,7 +10,7 @@ fields; the chart's ``podPolicy`` narrows some of them per cluster (``operator/b
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from decimal import MAX_EMAX, MIN_EMIN, Decimal, Overflow, localcontext
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -45,7 +45,14 @@ def quantity_value(text: str) -> Decimal:
     if suffix in _BINARY_SI:
         return number * Decimal(1024) ** _BINARY_SI[suffix]
     if suffix[:1] in ("e", "E"):
-        return number * Decimal(10) ** int(suffix[1:])
+        # The grammar allows any exponent; the default context's (999999) would raise decimal.Overflow,
+        # an ArithmeticError that validation does not turn into an error naming the field.
+        with localcontext() as ctx:
+            ctx.Emax, ctx.Emin = MAX_EMAX, MIN_EMIN
+            try:
+                return number * Decimal(10) ** int(suffix[1:])
+            except Overflow:
+                raise ValueError(f"{text!r}: the exponent is too large for a quantity") from None
     return number * Decimal(10) ** _DECIMAL_SI[suffix]
 
 

@@ -9,8 +9,9 @@ mounts, so :func:`load_checkpoint` reads them with:
 
 - ``.metadata`` through an unpickler that builds only DCP's metadata classes, ``torch.Size``,
   dtypes and layouts (:data:`ALLOWED_GLOBALS`), anything else an error naming the file;
-- every storage entry checked: a file name inside the checkpoint directory, its byte range inside
-  that file;
+- ``.metadata`` and every storage entry a regular file of the directory, not a symlink (which
+  would lead a read outside it) nor a FIFO or device (a read that hangs or never ends); each
+  entry's byte range inside its file;
 - non-tensor values through ``torch.load(weights_only=True)``.
 
 Any damage (truncated, tampered, missing files) becomes :class:`CorruptCheckpoint` naming the path
@@ -19,9 +20,11 @@ and the fix, never a traceback from deep inside DCP.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pickle
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -61,21 +64,48 @@ class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in ALLOWED_GLOBALS:
             return super().find_class(module, name)
-        if module == dcp_metadata.__name__ and isinstance(getattr(dcp_metadata, name, None), type):
-            return getattr(dcp_metadata, name)
+        found = getattr(dcp_metadata, name, None)
+        # Only the classes the module defines: it also imports Enum, typing.Any and Sequence.
+        if module == dcp_metadata.__name__ and isinstance(found, type) and found.__module__ == module:
+            return found
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
         raise pickle.UnpicklingError(f"refers to {module}.{name}, which checkpoint metadata never holds")
+
+
+def _not_regular(mode: int) -> str:
+    what = "a symlink" if stat.S_ISLNK(mode) else "a directory" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
+    return f"is {what}, not a regular file of the checkpoint (DCP writes only regular files)"
+
+
+def _read_regular_file(file: Path, directory: Path) -> bytes:
+    """``file``'s bytes if it is a regular file (not a symlink) of at most :data:`MAX_METADATA_BYTES`.
+
+    Opened without following a symlink and without blocking (a FIFO would), checked on the open
+    descriptor, read at most one byte past the cap (the file may grow after the check).
+    """
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CorruptCheckpoint(f"{file}: {_not_regular(stat.S_IFLNK)}; {_fix(directory)}") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise CorruptCheckpoint(f"{file}: {_not_regular(mode)}; {_fix(directory)}")
+        data = f.read(MAX_METADATA_BYTES + 1)
+    if len(data) > MAX_METADATA_BYTES:
+        raise CorruptCheckpoint(f"{file}: over {MAX_METADATA_BYTES} bytes is too large for checkpoint metadata; "
+                                f"{_fix(directory)}")
+    return data
 
 
 def read_metadata(directory: Path, file: Path | None = None) -> dcp_metadata.Metadata:
     """The checkpoint's ``.metadata``, unpickled safely and checked against the directory."""
     file = file or directory / METADATA_FILE
     try:
-        size = file.stat().st_size
-        if size > MAX_METADATA_BYTES:
-            raise CorruptCheckpoint(f"{file}: {size} bytes is too large for checkpoint metadata; {_fix(directory)}")
-        metadata = _MetadataUnpickler(io.BytesIO(file.read_bytes())).load()
+        metadata = _MetadataUnpickler(io.BytesIO(_read_regular_file(file, directory))).load()
     except CorruptCheckpoint:
         raise
     except OSError as e:
@@ -97,10 +127,13 @@ def read_metadata(directory: Path, file: Path | None = None) -> dcp_metadata.Met
                                     f"{_fix(directory)}")
         if name not in sizes:
             try:
-                sizes[name] = os.stat(directory / name, follow_symlinks=False).st_size
+                st = os.stat(directory / name, follow_symlinks=False)
             except OSError:
                 raise CorruptCheckpoint(f"{directory / name}: missing (the checkpoint's metadata lists it); "
                                         f"{_fix(directory)}") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise CorruptCheckpoint(f"{directory / name}: {_not_regular(st.st_mode)}; {_fix(directory)}")
+            sizes[name] = st.st_size
         offset, length = info.offset, info.length
         if not (isinstance(offset, int) and isinstance(length, int) and 0 <= offset
                 and 0 <= length and offset + length <= sizes[name]):

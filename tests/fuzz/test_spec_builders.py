@@ -140,6 +140,11 @@ def test_inference_service_pod_settings_build_valid_manifests_or_are_refused_nam
 @example(pod={"resources": {"limits": {"gpu": "2"}}}, store={}, nodes=1, metrics_port=9400, restricted=False)
 @example(pod={"resources": {"requests": {"memory": "1Gi"}, "limits": {"memory": "1.5"}}}, store={}, nodes=1,
          metrics_port=9400, restricted=False)
+# Found in review: an exponent past decimal's default range raised decimal.Overflow (a traceback).
+@example(pod={"resources": {"requests": {"cpu": "1e999999999"}, "limits": {"cpu": "2"}}}, store={}, nodes=1,
+         metrics_port=9400, restricted=False)
+@example(pod={"resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1e99999999999999999999"}}}, store={},
+         nodes=1, metrics_port=9400, restricted=False)
 @example(pod={"tolerations": [{"key": "a100", "tolerationSeconds": 17}]}, store={}, nodes=1, metrics_port=9400,
          restricted=False)
 @example(pod={"tolerations": [{}]}, store={}, nodes=1, metrics_port=9400, restricted=False)

@@ -8,10 +8,13 @@ aliases expand to (capped), not by what a few hundred bytes of anchors can descr
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -117,6 +120,30 @@ def test_a_spec_file_over_the_size_cap_is_refused_unread() -> None:
     assert errors == [f"{path}: {MAX_SPEC_FILE_BYTES + 3} bytes; a spec file is at most {MAX_SPEC_FILE_BYTES} "
                       "bytes (a Kubernetes object at most ~1.5 MiB): split it, or point large data at files the "
                       "spec names"]
+
+
+def test_a_pipe_over_the_size_cap_is_refused_having_read_only_the_cap(tmp_path: Path) -> None:
+    """``-f <(...)`` is a pipe, whose size reads 0: the cap is on what is read, not on st_size
+    (before, the whole stream was read into memory, and /dev/zero never ended)."""
+    fifo = tmp_path / "spec.yaml"
+    os.mkfifo(fifo)
+    written: list[int] = []
+
+    def feed() -> None:
+        with contextlib.suppress(BrokenPipeError), fifo.open("wb") as f:
+            for _ in range(8):  # 8 MiB of comments: four times the cap
+                f.write(b"#" * ((1 << 20) - 1) + b"\n")
+                written.append(1)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    with pytest.raises(ValidationFailed) as e:
+        load_resources([fifo])
+    writer.join(timeout=10)
+    assert e.value.errors == [f"{fifo}: more than {MAX_SPEC_FILE_BYTES} bytes; a spec file is at most "
+                              f"{MAX_SPEC_FILE_BYTES} bytes (a Kubernetes object at most ~1.5 MiB): split it, "
+                              "or point large data at files the spec names"]
+    assert len(written) < 8, "the reader read the whole stream"
 
 
 def test_the_largest_nesting_a_spec_file_can_hold_is_refused_in_bounded_time() -> None:

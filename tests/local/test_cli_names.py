@@ -91,3 +91,12 @@ def test_a_writer_leaves_other_programs_temporaries_beside_its_output(tmp_path: 
     with staged_directory(tmp_path / "model") as tmp:
         write_manifest(tmp, {"kind": "HFModel"})
     assert (foreign[0] / "draft").read_text() == "draft" and foreign[1].read_text() == "x"
+
+
+def test_feedback_export_checks_its_name_like_every_other_command(store: Path, tmp_path: Path) -> None:
+    """It took its NAME unchecked and failed later with exit 1; every other command exits 2 naming
+    the argument before anything runs."""
+    out = llmfab("feedback", "export", "../datasets", "--out", str(tmp_path / "prefs.jsonl"), home=store)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Invalid value for 'name'" in out.stderr and "DNS-1123 label" in out.stderr
+    assert not (tmp_path / "prefs.jsonl").exists()

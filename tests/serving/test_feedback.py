@@ -504,6 +504,23 @@ def test_export_refuses_a_file_that_is_no_feedback_store_and_changes_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prefs.jsonl", "services"]
 
 
+def test_a_store_whose_table_is_a_view_is_refused(tmp_path: Path) -> None:
+    """``PRAGMA table_info`` describes a view as it does a table, so a file whose ``votes`` is a
+    view (whose query could be a recursive one that never ends) passed the check and was read."""
+    db = tmp_path / "services" / "svc" / "feedback.sqlite"
+    db.parent.mkdir(parents=True)
+    filled_store(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("ALTER TABLE votes RENAME TO real_votes")
+        conn.execute("CREATE VIEW votes AS SELECT * FROM real_votes")
+    out = tmp_path / "prefs.jsonl"
+    result = export_cli(tmp_path, out)
+    assert result.exit_code == 1, result.output
+    assert "not a llmfab feedback store (no votes table (a view stands in its place))" in result.output.replace(
+        "\n", "")
+    assert not out.exists()
+
+
 def test_the_app_refuses_to_write_into_another_programs_database(tmp_path: Path) -> None:
     db = tmp_path / "feedback.sqlite"
     with sqlite3.connect(db) as conn:

@@ -22,6 +22,7 @@ import yaml
 
 from llmfab.store import (
     TMP_MARKER,
+    delete_artifacts,
     read_manifest,
     remove_stale_temporaries,
     staged_directory,
@@ -274,3 +275,29 @@ def test_status_writes_beside_a_build_are_not_removed(tmp_path: Path) -> None:
     assert errors == []
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f"r{k}" for k in range(4)] + [f"r{k}.status.json" for k in range(4)])
+
+
+def test_delete_removes_a_crashed_writers_temporaries_but_not_a_live_ones(tmp_path: Path) -> None:
+    """Only the next writer of a name removed its dead temporaries; after ``llmfab delete`` none
+    may come, so a crashed build's tree and lock files stayed forever."""
+    kind = tmp_path / "datasets"
+    crash = textwrap.dedent(f"""
+        import os
+        from pathlib import Path
+        from llmfab.store import staged_directory, write_text_atomic
+        from llmfab.temporaries import claim_temporary
+        with staged_directory(Path({str(kind / "books")!r})) as tmp:
+            (tmp / "shard-0.bin").write_bytes(b"0" * 1000)
+            claim_temporary(Path({str(kind / "books.status.json")!r}))
+            os._exit(1)  # as SIGKILL: no clean-up runs
+    """)
+    assert subprocess.run([sys.executable, "-c", crash], timeout=60).returncode == 1
+    with staged_directory(kind / "books-2") as live:  # another resource's build, still running
+        write_manifest(live, {}, "h")
+        dead = sorted(p.name for p in kind.iterdir() if p.name.startswith("books."))
+        assert len(dead) == 3 and all(TMP_MARKER in n for n in dead), dead  # tree, its lock, the status lock
+        removed = delete_artifacts("datasets", "books", tmp_path)
+        assert sorted(p.name for p in removed) == sorted(n for n in dead if not n.endswith(".lock"))
+        assert sorted(p.name for p in kind.iterdir() if p.name.startswith("books.")) == []
+        assert live.is_dir()
+    assert sorted(p.name for p in kind.iterdir()) == ["books-2"]

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 
 from llmfab.api.training_run import CheckpointSpec
 from llmfab.training.checkpoint import CheckpointManager, parameter_fingerprint
-from llmfab.training.checkpoint_reader import CorruptCheckpoint
+from llmfab.training.checkpoint_reader import CorruptCheckpoint, _MetadataUnpickler
 from llmfab.training.distributed import DistEnv
 
 ENV = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
@@ -94,3 +94,49 @@ def test_a_truncated_shard_is_named_with_the_fix(tmp_path: Path) -> None:
     shard.write_bytes(shard.read_bytes()[:100])
     with pytest.raises(CorruptCheckpoint, match=rf"{shard}: 100 bytes, .* truncated; delete {path} to resume"):
         manager.load(path, model, opt)
+
+
+def test_a_symlinked_metadata_file_is_refused(tmp_path: Path) -> None:
+    """A link would lead the read outside the directory (or to /dev/zero, a FIFO: no end)."""
+    manager, path, model, opt = saved(tmp_path)
+    outside = tmp_path / "outside.metadata"
+    os.replace(path / ".metadata", outside)
+    (path / ".metadata").symlink_to(outside)
+    with pytest.raises(CorruptCheckpoint, match=r"\.metadata: is a symlink, not a regular file"):
+        manager.load(path, model, opt)
+
+
+def test_a_fifo_as_metadata_is_refused_without_hanging(tmp_path: Path) -> None:
+    manager, path, model, opt = saved(tmp_path)
+    (path / ".metadata").unlink()
+    os.mkfifo(path / ".metadata")
+    with pytest.raises(CorruptCheckpoint, match=r"\.metadata: is a FIFO, socket or device"):
+        manager.load(path, model, opt)
+
+
+def test_a_storage_entry_that_is_a_symlink_out_of_the_directory_is_refused(tmp_path: Path) -> None:
+    """The range check alone measured the link, not its target: a link whose target path is
+    longer than the entry's bytes passed, and DCP read the file outside."""
+    manager, path, model, opt = saved(tmp_path)
+    metadata = metadata_of(path)
+    byte_entries = {k for k, v in metadata.state_dict_metadata.items() if isinstance(v, BytesStorageMetadata)}
+    shard = (path / "__0_0.distcp").read_bytes()
+    info = next(i for ix, i in metadata.storage_data.items() if ix.fqn in byte_entries)
+    moved = shard[info.offset : info.offset + info.length]  # one pickled value, about 1 KiB, copied outside
+    info.relative_path, info.offset = "link.distcp", 0
+    (tmp_path / "outside.distcp").write_bytes(moved)
+    padding = "./" * (len(moved) // 2 + 1)  # the link's own size (its target's length) covers every range
+    (path / "link.distcp").symlink_to(f"{tmp_path}/{padding}outside.distcp")
+    (path / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(CorruptCheckpoint, match=r"link\.distcp: is a symlink, not a regular file"):
+        manager.load(path, model, opt)
+
+
+def test_metadata_may_build_only_the_classes_dcp_defines() -> None:
+    """The metadata module also imports ``Enum`` (whose call builds new classes) and typing names."""
+    module = "torch.distributed.checkpoint.metadata"
+    unpickler = _MetadataUnpickler(io.BytesIO(b""))
+    for name in ("Enum", "Sequence", "Any"):
+        with pytest.raises(pickle.UnpicklingError, match=rf"{module}\.{name}, which"):
+            unpickler.find_class(module, name)
+    assert unpickler.find_class(module, "Metadata") is Metadata
