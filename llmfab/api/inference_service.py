@@ -17,7 +17,7 @@ from llmfab.api.common import (
     StatusBase,
 )
 from llmfab.api.evaluation import EvalResults, EvalSpec
-from llmfab.api.pod import PodSettings, Storage
+from llmfab.api.pod import RESERVED_ENV, PodSettings, Storage
 
 
 def _one_model_source(m: Any) -> str | None:
@@ -173,6 +173,17 @@ def _no_plain_text_token(s: Any) -> str | None:
     return None
 
 
+def _token_env_not_reserved(s: Any) -> str | None:
+    f = s.feedback
+    if f.enabled and f.token_env in RESERVED_ENV:
+        return (
+            f"spec.feedback.tokenEnv: {f.token_env} is set by the operator (rank wiring, artifact store, "
+            "status); the token's secretKeyRef would replace it: keep the default LLMFAB_FEEDBACK_TOKEN "
+            "or name another variable"
+        )
+    return None
+
+
 def _one_feedback_writer(s: Any) -> str | None:
     if s.feedback.enabled and s.replicas > 1:
         return (
@@ -207,6 +218,12 @@ class InferenceServiceSpec(Spec):
             "use spec.feedback.tokenSecret",
             check=_no_plain_text_token,
             cluster_only=True,
+        ),
+        CelRule(
+            cel="!self.feedback.enabled || !(self.feedback.tokenEnv in "
+            + str(list(RESERVED_ENV)).replace('"', "'") + ")",
+            message="spec.feedback.tokenEnv may not name a variable the operator sets (LLMFAB_HOME, RANK, ...)",
+            check=_token_env_not_reserved,
         ),
     )
 

@@ -272,9 +272,9 @@ class FeedbackApp:
         """How the request is authorized, or None when it is not."""
         if not self.token:
             return "open"
-        header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer "):
-            return "bearer" if self.token_matches(header.removeprefix("Bearer ").strip()) else None
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer":  # the scheme is case-insensitive (RFC 9110 11.1)
+            return "bearer" if self.token_matches(given.strip()) else None
         return "cookie" if self.token_matches(request.cookies.get(TOKEN_COOKIE, "")) else None
 
     def token_matches(self, given: str) -> bool:

@@ -150,6 +150,11 @@ CASES = [  # (kind, spec patch that is valid, spec patch that breaks exactly one
         {"model": {"path": "/m"}, "feedback": {"enabled": True, "tokenSecret": {"name": "fb"}},
          "pod": {"env": [{"name": "LLMFAB_FEEDBACK_TOKEN", "value": "hunter2"}]}},
     ),
+    (  # the token's secretKeyRef would replace the operator's LLMFAB_HOME (issue 19 review)
+        "InferenceService",
+        {"model": {"path": "/m"}, "feedback": {"enabled": True, "allowAnonymous": True, "tokenEnv": "FB_TOKEN"}},
+        {"model": {"path": "/m"}, "feedback": {"enabled": True, "allowAnonymous": True, "tokenEnv": "LLMFAB_HOME"}},
+    ),
     (
         "TrainingRun",
         {"pod": {"env": [{"name": "NCCL_DEBUG", "value": "INFO"}]}},

@@ -177,6 +177,7 @@ def test_requests_without_the_right_token_get_401(feedback: FeedbackApp) -> None
     assert request(f"{url}vote", "POST", body={"pair": 1, "choice": "a"})[0] == 401
     assert request(f"{url}?token=wrong")[0] == 401
     assert request(url, headers=BEARER)[0] == 200
+    assert request(url, headers={"Authorization": f"bearer {TOKEN}"})[0] == 200  # the scheme is case-insensitive
     status, headers, _ = request(f"{url}?token={TOKEN}")
     assert status == 303 and headers["location"] == "/"
     cookie = headers["set-cookie"].split(";")[0]
@@ -451,7 +452,9 @@ def test_slow_clients_do_not_hold_threads_and_are_closed_after_the_read_timeout(
             slow.append(sock)
             opened.append(time.monotonic())
         reply = exchange(port_of(app), raw_request(app, "GET", "/stats.json", BEARER), timeout=5)
-        assert reply.status == 200 and reply.seconds < 1, reply.seconds
+        # Answered while 220 connections hang, well before any of them times out (a wall-clock
+        # bound far from the read timeout: a loaded CI core stays far below it).
+        assert reply.status == 200 and reply.seconds < app.read_timeout / 2, reply.seconds
         assert threading.active_count() - threads_before <= DB_WORKERS + 2  # not one per connection
         closed = wait_all_closed(slow, deadline=time.monotonic() + app.read_timeout + 10)
         held = [when - start for (when, _), start in zip(closed, opened, strict=True)]
