@@ -41,7 +41,6 @@ from llmfab.operator.builders.cleanup import CLEANUP_COMPONENT, OWNER_UID_ANNOTA
 from llmfab.operator.builders.common import KIND_LABEL
 from llmfab.operator.reconcile import job_state
 
-WORKLOAD_KINDS = (("batch/v1", "Job"), ("ray.io/v1", "RayJob"), ("apps/v1", "Deployment"))
 STUCK_AFTER_SECONDS = 60
 """How long past the end of its grace period (its ``deletionTimestamp``) a pod may still be there
 before it is reported as stuck: a kubelet normally removes it within seconds."""

@@ -17,9 +17,9 @@ from llmfab.operator import metrics
 from llmfab.operator.builders.cleanup import build_cleanup_job, cleanup_job_name
 from llmfab.operator.builders.common import REVISION_LABEL, STAGE_LABEL, child_name, revision
 from llmfab.operator.builders.refusals import pod_policy_problems
-from llmfab.operator.deletion import WORKLOAD_KINDS, DeletionStep, decide_deletion, is_cleanup, selector
+from llmfab.operator.deletion import DeletionStep, decide_deletion, is_cleanup, selector
 from llmfab.operator.kube import MERGE_PATCH, Kube, connection_info, path_for
-from llmfab.operator.reconcile import Decision, Observed, decide
+from llmfab.operator.reconcile import WORKLOAD_KINDS, Decision, Observed, decide
 from llmfab.operator.settings import OperatorSettings
 from llmfab.status import conditions_for
 

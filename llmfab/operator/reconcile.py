@@ -7,7 +7,8 @@ events). Keeping the decision pure is what lets every rule below be tested on pl
 - the stages of a kind, in order, and which of them move the phase come from ``llmfab.stages``
   (the same rules ``llmfab up`` follows);
 - a spec the cluster refuses (``builders/refusals.py``: insecure, outside the chart's pod policy)
-  fails before any child is made;
+  fails before any child is made, and a resource refused after its children exist (stored before
+  the rule, or the policy tightened since) has its running workloads deleted (:func:`_stop`);
 - a resource whose references are not Ready waits (``phase: Waiting``, condition ``Ready=False``,
   reason ``WaitingForDependency`` naming them) before its first child of a revision exists;
 - each stage but ``serve`` is a Job of the current output revision (a hash of the spec fields that
@@ -45,6 +46,8 @@ from llmfab.stages import is_primary, owns_phase, stages_for
 from llmfab.status import conditions_for
 
 State = Literal["pending", "active", "succeeded", "failed", "suspended"]
+WORKLOAD_KINDS = (("batch/v1", "Job"), ("ray.io/v1", "RayJob"), ("apps/v1", "Deployment"))
+"""The children that run pods: what a refusal stops and what a deletion waits for (deletion.py)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ def decide(res: Resource, observed: Observed, settings: OperatorSettings) -> Dec
     if refused:
         message = "; ".join(r.message for r in refused)
         _set_phase(d, res, observed, Phase.FAILED, refused[0].reason, message, stage=None)
+        _stop(d, observed, message)
         return d
     if not observed.jobs and observed.deployment is None:
         problems = [p for key in _refs(res) if (p := dependency_problem(key, observed.dependencies.get(key)))]
@@ -163,6 +167,30 @@ def decide(res: Resource, observed: Observed, settings: OperatorSettings) -> Dec
     _walk_stages(d, res, observed, settings, states)
     _record_stage_states(d, res, observed, states)
     return d
+
+
+def _stop(d: Decision, observed: Observed, why: str) -> None:
+    """A refused resource runs nothing: delete its serving Deployment and its unfinished Jobs and
+    RayJobs (of any revision), keep its artifacts, and say in a Warning event what was stopped.
+
+    The Deployment is deleted, not scaled to 0, as KServe removes a predictor it cannot serve
+    rather than parking it: a Deployment left at 0 replicas would still carry the refused pod
+    template (the open feedback app, the disallowed image), one ``kubectl scale`` by anyone with
+    Deployment rights away from running again, and it is rebuilt from the spec anyway once the
+    user fixes it. A finished Job runs nothing and is kept: its verdict stands, so a fix that
+    leaves the revision as it was does not run the stage again. The handler deletes with
+    ``propagationPolicy: Background``: each pod still gets SIGTERM and its grace period, and a
+    fixed spec's Job of the same name is not held back by the old object.
+    """
+    running = [*observed.jobs.values(), *observed.stale, *([observed.deployment] if observed.deployment else [])]
+    stop = [w for w in running
+            if (w.get("apiVersion"), w.get("kind")) in WORKLOAD_KINDS and not w["metadata"].get("deletionTimestamp")
+            and (w["kind"] == "Deployment" or job_state(w).state not in ("succeeded", "failed"))]
+    if stop:
+        d.delete.extend(stop)
+        names = ", ".join(f"{w['kind']}/{w['metadata']['name']}" for w in stop)
+        d.events.append(("Warning", "Stopped", f"stopped {names} (artifacts kept) because this cluster refuses "
+                                               f"the spec; fix it and the operator recreates them: {why}"))
 
 
 def _walk_stages(

@@ -49,6 +49,63 @@ def test_an_open_feedback_app_stored_before_the_crd_refused_it_fails_and_gets_no
     assert not kube_apiserver.items("deployments")
 
 
+def test_a_service_refused_after_its_deployment_exists_loses_the_deployment_and_gets_it_back_when_fixed(
+    kube_apiserver: KubeAPIServer, operator: Any, kubectl: Any
+) -> None:
+    kube_apiserver.create(with_feedback({"enabled": True, "allowAnonymous": True}))
+    wait_for(lambda: kube_apiserver.items("deployments"), 20, "the Deployment")
+    # An upgrade of the operator (or an edit past an older CRD) now finds an open feedback app.
+    rt = kube_apiserver.resource_type("inferenceservices")
+    older = copy.deepcopy(rt.schema)
+    older["properties"]["spec"].pop("x-kubernetes-validations")
+    stored = kube_apiserver.read("inferenceservices", "chat")
+    del stored["spec"]["feedback"]["allowAnonymous"]
+    kube_apiserver.store.update(dataclasses.replace(rt, schema=older), "default", "chat", stored)
+    s = wait_for(lambda: phase_is(kube_apiserver, "inferenceservices", "chat", "Failed"), 15, "Failed")
+    assert conditions(s)["Failed"] == ("True", "InsecureSpec")
+    assert "spec.feedback.tokenSecret" in s["message"]  # the fix
+    wait_for(lambda: not kube_apiserver.items("deployments"), 15, "the Deployment deleted")
+
+    def stopped() -> list[str]:
+        return [e["message"] for e in kube_apiserver.items("events")
+                if e["involvedObject"]["name"] == "chat" and e["reason"] == "Stopped"]
+
+    [message] = wait_for(stopped, 10, "the Stopped event")
+    assert message.startswith("stopped Deployment/chat (artifacts kept)") and "spec.feedback.tokenSecret" in message
+    assert [e["type"] for e in kube_apiserver.items("events") if e["reason"] == "Stopped"] == ["Warning"]
+    assert not kube_apiserver.items("deployments")  # the timer's later passes do not bring it back
+
+    patch = {"spec": {"feedback": {"allowAnonymous": True}}}
+    kubectl("patch", "inferenceservice", "chat", "--type=merge", "-p", yaml.safe_dump(patch))
+    wait_for(lambda: kube_apiserver.items("deployments"), 20, "the Deployment back")
+    wait_for(lambda: phase_is(kube_apiserver, "inferenceservices", "chat", "Running"), 15, "Running")
+    assert len(stopped()) == 1
+
+
+def test_a_dataset_refused_by_a_tightened_pod_policy_loses_its_running_job_and_gets_it_back_when_fixed(
+    kube_apiserver: KubeAPIServer, kube: Any, kubectl: Any
+) -> None:
+    dataset = copy.deepcopy(DATASET)
+    dataset["spec"]["pod"] = {"image": "other.example/data:1"}
+    with run_operator(kube) as runner:  # the default policy allows every image
+        kube_apiserver.create(dataset)
+        wait_for(lambda: jobs(kube_apiserver, "books"), 15, "the data Job")
+    assert runner.exception is None, runner.output
+    policy = FAST.model_copy(update={"allowed_images": ["ghcr.io/llmfab/*"]})  # helm upgrade: podPolicy tightened
+    with run_operator(kube, policy) as runner:
+        s = wait_for(lambda: phase_is(kube_apiserver, "datasets", "books", "Failed"), 15, "Failed")
+        assert conditions(s)["Failed"] == ("True", "PodPolicy")
+        wait_for(lambda: not jobs(kube_apiserver, "books"), 15, "the Job deleted")
+        events = wait_for(lambda: [e for e in kube_apiserver.items("events")
+                                   if e["involvedObject"]["name"] == "books" and e["reason"] == "Stopped"],
+                          10, "the Stopped event")
+        assert events[0]["type"] == "Warning" and events[0]["message"].startswith("stopped Job/books-data-")
+        assert "spec.pod.image: 'other.example/data:1' is not allowed" in events[0]["message"]
+        kubectl("patch", "dataset", "books", "--type=json", "-p", '[{"op": "remove", "path": "/spec/pod/image"}]')
+        wait_for(lambda: jobs(kube_apiserver, "books"), 15, "the data Job back")
+    assert runner.exception is None and "Traceback" not in runner.output, runner.output
+
+
 def test_feedback_gets_its_token_from_a_secret_the_operator_never_reads_and_is_recreated_not_rolled(
     kube_apiserver: KubeAPIServer, operator: Any, kubectl: Any
 ) -> None:

@@ -146,3 +146,38 @@ def test_the_spec_config_map_of_a_service_with_a_token_secret_holds_no_token() -
     cm = build_spec_config_map(resource("InferenceService", {**SERVE, "feedback": TOKEN}))
     spec = yaml.safe_load(cm["data"]["spec.yaml"])["spec"]["feedback"]
     assert spec["tokenSecret"] == {"name": "fb-token", "key": "phone"}
+
+
+def workload(kind: str, name: str, **status: Any) -> dict[str, Any]:
+    api_version = {"Job": "batch/v1", "RayJob": "ray.io/v1", "Deployment": "apps/v1", "ConfigMap": "v1"}[kind]
+    return {"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "namespace": "ml"}, "status": status}
+
+
+def test_a_resource_refused_after_its_children_exist_has_its_running_workloads_deleted_and_an_event() -> None:
+    svc = resource("InferenceService", {**SERVE, "feedback": {"enabled": True}})  # open: stored before the CEL
+    deployment = workload("Deployment", "demo", readyReplicas=1)
+    going = {**workload("Deployment", "demo"), "metadata": {"name": "demo", "deletionTimestamp": "2026-12-07T00:00:00Z"}}
+    observed = Observed(status={"phase": "Running"}, deployment=deployment,
+                        stale=[workload("ConfigMap", "demo-spec-old"), workload("Job", "demo-eval-old", active=1)])
+    d = decide(svc, observed, SETTINGS)
+    assert failed(d)[0] == "InsecureSpec"
+    assert [(w["kind"], w["metadata"]["name"]) for w in d.delete] == [("Job", "demo-eval-old"), ("Deployment", "demo")]
+    [stopped] = [e for e in d.events if e[1] == "Stopped"]
+    assert stopped[0] == "Warning" and stopped[2].startswith("stopped Job/demo-eval-old, Deployment/demo (artifacts kept)")
+    assert "spec.feedback.tokenSecret" in stopped[2]  # why, and the fix
+    # Once they are gone (or going), nothing more is deleted and no event repeats.
+    again = decide(svc, Observed(status=settle_failed(d), deployment=going), SETTINGS)
+    assert again.delete == [] and again.events == [] and again.status == {}
+    # A Job's running pods are stopped; a finished Job runs nothing and keeps its verdict.
+    outside = resource("Dataset", {"sources": [{"path": "a"}], "pod": {"image": "evil.example/miner:1"}})
+    jobs = {"data": workload("Job", "demo-data-r", active=1),
+            "eval": workload("Job", "demo-eval-r", conditions=[{"type": "Complete", "status": "True"}])}
+    d = decide(outside, Observed(jobs=jobs), POLICY)
+    assert failed(d)[0] == "PodPolicy"
+    assert [w["metadata"]["name"] for w in d.delete] == ["demo-data-r"]
+    # Nothing to stop: no event beyond the Failed one (a resource refused before it had children).
+    assert [e[1] for e in decide(outside, Observed(), POLICY).events] == ["PodPolicy"]
+
+
+def settle_failed(d: Any) -> dict[str, Any]:
+    return {k: v for k, v in d.status.items() if v is not None}
