@@ -1,5 +1,6 @@
 """Issue 19 against the test API server (tests/kube) with the operator running: the CRD refuses an
-open feedback app at ``kubectl apply``; the operator fails one stored before the CRD did; a
+open feedback app at ``kubectl apply``; the operator fails one stored before the CRD did, and
+stops the Deployment or Jobs of a resource refused after they exist (until the spec is fixed); a
 feedback service gets its token from a Secret the operator never reads and is recreated, not
 rolled; the chart's pod policy refuses a resource and its clean-up Job."""
 
@@ -11,10 +12,11 @@ from typing import Any
 
 import yaml
 
+from llmfab.operator import rbac
 from llmfab.operator.kube import USER_AGENT
 from tests.cluster.kubelet import wait_for
 from tests.cluster.operator_runner import FAST, run_operator
-from tests.cluster.test_operator import DATASET, conditions, jobs, phase_is
+from tests.cluster.test_operator import DATASET, conditions, jobs, phase_is, rbac_call
 from tests.kube.apiserver import KubeAPIServer
 
 SERVICE = {"apiVersion": "llmfab.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "chat"},
@@ -80,6 +82,7 @@ def test_a_service_refused_after_its_deployment_exists_loses_the_deployment_and_
     wait_for(lambda: kube_apiserver.items("deployments"), 20, "the Deployment back")
     wait_for(lambda: phase_is(kube_apiserver, "inferenceservices", "chat", "Running"), 15, "Running")
     assert len(stopped()) == 1
+    assert_operator_calls_allowed(kube_apiserver)
 
 
 def test_a_dataset_refused_by_a_tightened_pod_policy_loses_its_running_job_and_gets_it_back_when_fixed(
@@ -104,6 +107,14 @@ def test_a_dataset_refused_by_a_tightened_pod_policy_loses_its_running_job_and_g
         kubectl("patch", "dataset", "books", "--type=json", "-p", '[{"op": "remove", "path": "/spec/pod/image"}]')
         wait_for(lambda: jobs(kube_apiserver, "books"), 15, "the data Job back")
     assert runner.exception is None and "Traceback" not in runner.output, runner.output
+    assert_operator_calls_allowed(kube_apiserver)
+
+
+def assert_operator_calls_allowed(server: KubeAPIServer) -> None:
+    """The deletes a refusal makes are granted by the ClusterRole the chart gives the operator."""
+    calls = {rbac_call(r) for r in server.request_log if r.user_agent.startswith(("kopf/", USER_AGENT)) and r.resource}
+    assert ("apps", "deployments", "delete") in calls or ("batch", "jobs", "delete") in calls
+    assert {c for c in calls if not rbac.allows(rbac.operator_rules(), *c)} == set()
 
 
 def test_feedback_gets_its_token_from_a_secret_the_operator_never_reads_and_is_recreated_not_rolled(

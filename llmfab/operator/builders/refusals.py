@@ -1,7 +1,8 @@
 """What the operator refuses to build on a cluster, as a pure function of (resource, settings).
 
 Three kinds of refusal, each a ``Failed`` status with a reason and a message naming the field, the
-value and the fix (``reconcile.decide`` checks them before anything else, so no child is made):
+value and the fix (``reconcile.decide`` checks them before anything else, so no child is made,
+and a resource refused after its children exist has its running ones deleted):
 
 - ``InsecureSpec``: the spec's cluster-only rules (:func:`llmfab.api.common.cluster_only_problems`),
   e.g. ``spec.feedback.enabled`` without ``spec.feedback.tokenSecret`` or ``allowAnonymous: true``.
