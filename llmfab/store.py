@@ -125,11 +125,6 @@ def write_manifest(directory: Path, data: dict[str, Any], spec_hash_value: str |
     write_json_atomic(directory / MANIFEST, body)
 
 
-def remove_stale_temporaries(parent: Path, prefix: str = "") -> None:
-    """Delete leftovers of writers that no longer run; a live writer's temporary stays."""
-    remove_dead_temporaries(parent, prefix)
-
-
 def _make_readable(directory: Path) -> None:
     """mkdtemp/mkstemp create owner-only entries; artifacts are for people and other pods to read."""
     directory.chmod(0o755)

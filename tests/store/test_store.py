@@ -15,11 +15,11 @@ import pytest
 from llmfab.store import (
     is_complete,
     read_manifest,
-    remove_stale_temporaries,
     staged_directory,
     write_json_atomic,
     write_manifest,
 )
+from llmfab.temporaries import remove_dead_temporaries
 
 
 def test_staged_directory_publishes_only_on_success(tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ def test_write_json_atomic_replaces_whole_file(tmp_path: Path) -> None:
     write_json_atomic(path, {"a": 1})
     write_json_atomic(path, {"b": 2})
     assert path.read_text().strip().startswith("{") and '"b": 2' in path.read_text()
-    remove_stale_temporaries(tmp_path)
+    remove_dead_temporaries(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
 
 
