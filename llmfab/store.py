@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from llmfab.api.common import DNS1123_LABEL, Resource, utc_now
+from llmfab.rename_exchange import exchange
 from llmfab.temporaries import (
     TMP_MARKER,
+    Temporary,
     claim_temporary,
     publish_lock,
     remove_dead_temporaries,
@@ -143,7 +145,8 @@ def staged_directory(final: Path) -> Iterator[Path]:
     ``final`` removes (its lock is free then). Temporaries of other names, and a live writer's of
     this name, are never touched: builds of different resources run side by side on one volume.
     A previous ``final`` is replaced only once the new one is whole; two writers of one ``final``
-    each publish a whole tree, one after the other (the later one stays).
+    each publish a whole tree, one after the other (the later one stays). The old tree is swapped
+    out under a temporary name and deleted after the publish lock is let go.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_temporaries(final.parent, f"{final.name}{TMP_MARKER}")
@@ -155,22 +158,43 @@ def staged_directory(final: Path) -> Iterator[Path]:
         _make_readable(tmp)
         if read_manifest(tmp) is None:
             raise RuntimeError(f"{final}: writer finished without a manifest; nothing was published")
-        with publish_lock(final):
-            if os.path.lexists(final):
-                old = claim_temporary(final)
-                try:
-                    os.replace(final, old.path)
-                    os.replace(tmp, final)
-                    old.remove()
-                finally:
-                    old.release()
-            else:
-                os.replace(tmp, final)
+        old = _publish(tmp, final)
+        temp.remove()  # the old tree, if it was swapped into ``tmp``; nothing otherwise
+        if old is not None:
+            old.discard()
     except BaseException:
         temp.remove()
         raise
     finally:
         temp.release()
+
+
+def _publish(tmp: Path, final: Path) -> Temporary | None:
+    """Put the tree at ``tmp`` (a temporary this process holds) in ``final``'s place; the old tree
+    is left under a locked temporary name for the caller to delete once the publish lock is free
+    (deleting a large tree can take long; a crash meanwhile leaves only a dead temporary).
+
+    Where the filesystem can, the two are exchanged in one step: ``final`` never goes missing, and
+    the old tree lands in ``tmp``. Elsewhere (NFS) the old tree is renamed away first, then the new
+    one in; returned, the old tree's temporary."""
+    with publish_lock(final):
+        if not os.path.lexists(final):
+            os.replace(tmp, final)
+            return None
+        if exchange(tmp, final):
+            return None
+        old = claim_temporary(final)
+        try:
+            os.replace(final, old.path)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                os.replace(old.path, final)  # put the old tree back rather than leave no ``final``
+                raise
+        except BaseException:
+            old.release()
+            raise
+        return old
 
 
 def replace_refusal(out: Path, kind: str) -> str | None:
