@@ -77,9 +77,12 @@ def spec_hash(resource: Resource) -> str:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write to a locked temporary sibling, fsync, rename: readers see the old file or the whole new
-    one, and no other writer removes the temporary while this one runs (:mod:`llmfab.temporaries`)."""
+    one, and no other writer removes the temporary while this one runs (:mod:`llmfab.temporaries`).
+
+    It does not look for dead writers' temporaries: a trainer writes its status every step, and
+    listing a kind's folder of hundreds of entries each time cost more than the write. A killed
+    writer's leftover (a few bytes and its lock) goes with ``llmfab delete`` of the resource."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_temporaries(path.parent, f"{path.name}{TMP_MARKER}")
     temp = claim_temporary(path)
     try:
         fd = os.open(temp.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
