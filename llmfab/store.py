@@ -33,7 +33,7 @@ from llmfab.temporaries import (
     claim_temporary,
     publish_lock,
     remove_dead_temporaries,
-    remove_tree,
+    retire_tree,
 )
 
 MANIFEST = "manifest.json"
@@ -225,8 +225,10 @@ def delete_artifacts(kind_dir: str, name: str, root: Path | None = None) -> list
     removed: list[Path] = []
     if directory.parent.is_dir():
         with publish_lock(directory):
-            if remove_tree(directory):
-                removed.append(directory)
+            retired = retire_tree(directory)
+        if retired is not None:  # deleted after the lock is let go: a writer of the name need not wait
+            retired.discard()
+            removed.append(directory)
         # A crashed writer's temporaries (its tree, its .lock) are otherwise removed only by the next
         # writer of this name, which after a delete may never come. A live writer's stay.
         removed += remove_dead_temporaries(directory.parent, f"{name}.")

@@ -269,15 +269,27 @@ def publish_lock(final: Path) -> Iterator[None]:
             _unhold(key)
 
 
-def remove_tree(path: Path) -> bool:
-    """Remove ``path`` so that a crash half-way leaves nothing under its name: first renamed to a
-    locked temporary, then deleted. The caller holds :func:`publish_lock` of ``path``."""
+def retire_tree(path: Path) -> Temporary | None:
+    """Rename ``path`` to a locked temporary and return it (None if nothing is there), for the
+    caller to :meth:`~Temporary.discard` once it has let go of :func:`publish_lock` of ``path``,
+    which it holds here: deleting a large tree takes long, and a crash meanwhile leaves only a
+    dead temporary."""
     if not os.path.lexists(path):
-        return False
+        return None
     temp = claim_temporary(path)
     try:
         os.replace(path, temp.path)
-        temp.remove()
-    finally:
+    except BaseException:
         temp.release()
+        raise
+    return temp
+
+
+def remove_tree(path: Path) -> bool:
+    """Remove ``path`` so that a crash half-way leaves nothing under its name: first renamed to a
+    locked temporary, then deleted. The caller holds :func:`publish_lock` of ``path``."""
+    temp = retire_tree(path)
+    if temp is None:
+        return False
+    temp.discard()
     return True

@@ -104,3 +104,22 @@ def test_the_old_tree_is_deleted_after_the_publish_lock_is_let_go(
     name, lock_held, published = seen[0]
     assert name.startswith(f"tiny{TMP_MARKER}") and not lock_held and published == 2
     assert sorted(p.name for p in final.parent.iterdir()) == ["tiny"]
+
+
+def test_delete_removes_the_tree_after_the_publish_lock_is_let_go(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmfab.store import delete_artifacts
+
+    final = tmp_path / "runs" / "tiny"
+    publish(final, 1)
+    held: list[bool] = []
+    real_rmtree = shutil.rmtree
+
+    def recording_rmtree(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        held.append(os.path.lexists(final.with_name(f"tiny{TMP_MARKER}publish.lock")))
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(temporaries.shutil, "rmtree", recording_rmtree)
+    assert delete_artifacts("runs", "tiny", tmp_path) == [final]
+    assert held == [False]
+    assert list(final.parent.iterdir()) == []
