@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from llmfab.api.common import DNS1123_LABEL, Resource, utc_now
+from llmfab.rename_exchange import exchange
 from llmfab.temporaries import (
     TMP_MARKER,
+    Temporary,
     claim_temporary,
     publish_lock,
     remove_dead_temporaries,
-    remove_tree,
+    retire_tree,
 )
 
 MANIFEST = "manifest.json"
@@ -75,9 +77,12 @@ def spec_hash(resource: Resource) -> str:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write to a locked temporary sibling, fsync, rename: readers see the old file or the whole new
-    one, and no other writer removes the temporary while this one runs (:mod:`llmfab.temporaries`)."""
+    one, and no other writer removes the temporary while this one runs (:mod:`llmfab.temporaries`).
+
+    It does not look for dead writers' temporaries: a trainer writes its status every step, and
+    listing a kind's folder of hundreds of entries each time cost more than the write. A killed
+    writer's leftover (a few bytes and its lock) goes with ``llmfab delete`` of the resource."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_temporaries(path.parent, f"{path.name}{TMP_MARKER}")
     temp = claim_temporary(path)
     try:
         fd = os.open(temp.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
@@ -125,11 +130,6 @@ def write_manifest(directory: Path, data: dict[str, Any], spec_hash_value: str |
     write_json_atomic(directory / MANIFEST, body)
 
 
-def remove_stale_temporaries(parent: Path, prefix: str = "") -> None:
-    """Delete leftovers of writers that no longer run; a live writer's temporary stays."""
-    remove_dead_temporaries(parent, prefix)
-
-
 def _make_readable(directory: Path) -> None:
     """mkdtemp/mkstemp create owner-only entries; artifacts are for people and other pods to read."""
     directory.chmod(0o755)
@@ -148,7 +148,8 @@ def staged_directory(final: Path) -> Iterator[Path]:
     ``final`` removes (its lock is free then). Temporaries of other names, and a live writer's of
     this name, are never touched: builds of different resources run side by side on one volume.
     A previous ``final`` is replaced only once the new one is whole; two writers of one ``final``
-    each publish a whole tree, one after the other (the later one stays).
+    each publish a whole tree, one after the other (the later one stays). The old tree is swapped
+    out under a temporary name and deleted after the publish lock is let go.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_temporaries(final.parent, f"{final.name}{TMP_MARKER}")
@@ -160,22 +161,43 @@ def staged_directory(final: Path) -> Iterator[Path]:
         _make_readable(tmp)
         if read_manifest(tmp) is None:
             raise RuntimeError(f"{final}: writer finished without a manifest; nothing was published")
-        with publish_lock(final):
-            if os.path.lexists(final):
-                old = claim_temporary(final)
-                try:
-                    os.replace(final, old.path)
-                    os.replace(tmp, final)
-                    old.remove()
-                finally:
-                    old.release()
-            else:
-                os.replace(tmp, final)
+        old = _publish(tmp, final)
+        temp.remove()  # the old tree, if it was swapped into ``tmp``; nothing otherwise
+        if old is not None:
+            old.discard()
     except BaseException:
         temp.remove()
         raise
     finally:
         temp.release()
+
+
+def _publish(tmp: Path, final: Path) -> Temporary | None:
+    """Put the tree at ``tmp`` (a temporary this process holds) in ``final``'s place; the old tree
+    is left under a locked temporary name for the caller to delete once the publish lock is free
+    (deleting a large tree can take long; a crash meanwhile leaves only a dead temporary).
+
+    Where the filesystem can, the two are exchanged in one step: ``final`` never goes missing, and
+    the old tree lands in ``tmp``. Elsewhere (NFS) the old tree is renamed away first, then the new
+    one in; returned, the old tree's temporary."""
+    with publish_lock(final):
+        if not os.path.lexists(final):
+            os.replace(tmp, final)
+            return None
+        if exchange(tmp, final):
+            return None
+        old = claim_temporary(final)
+        try:
+            os.replace(final, old.path)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                os.replace(old.path, final)  # put the old tree back rather than leave no ``final``
+                raise
+        except BaseException:
+            old.release()
+            raise
+        return old
 
 
 def replace_refusal(out: Path, kind: str) -> str | None:
@@ -203,8 +225,10 @@ def delete_artifacts(kind_dir: str, name: str, root: Path | None = None) -> list
     removed: list[Path] = []
     if directory.parent.is_dir():
         with publish_lock(directory):
-            if remove_tree(directory):
-                removed.append(directory)
+            retired = retire_tree(directory)
+        if retired is not None:  # deleted after the lock is let go: a writer of the name need not wait
+            retired.discard()
+            removed.append(directory)
         # A crashed writer's temporaries (its tree, its .lock) are otherwise removed only by the next
         # writer of this name, which after a delete may never come. A live writer's stay.
         removed += remove_dead_temporaries(directory.parent, f"{name}.")

@@ -14,7 +14,9 @@ did; such debris stays, and no reader trusts it).
 
 Within one process, NFS's POSIX-emulated locks do not exclude a second thread (and closing any
 descriptor of a file drops the process's lock on it), so a process also remembers the locks it
-holds (:data:`_held`) and never opens them to test.
+holds (:data:`_held`) and never opens them to test. It remembers them by their folder's (device,
+inode) and their name, not by the path string: the same lock reached by another spelling (relative,
+through a symlinked folder) is still the process's own.
 """
 
 from __future__ import annotations
@@ -33,28 +35,45 @@ from pathlib import Path
 TMP_MARKER = ".tmp-"
 LOCK_SUFFIX = ".lock"
 
-_held: set[str] = set()
+LockKey = tuple[int, int, str] | str
+
+_held: set[LockKey] = set()
 _guard = threading.Lock()
-_thread_locks: dict[str, threading.Lock] = {}
+# One threading lock per path being published, with how many threads use it; the entry goes when
+# the last one leaves (a run publishes one path per checkpoint step: never pruned, they would pile up).
+_thread_locks: dict[LockKey, tuple[threading.Lock, int]] = {}
 
 
 class TemporaryInUse(RuntimeError):
     """A temporary with a fixed name is held by a writer that is still running."""
 
 
-def _hold(path: Path) -> None:
-    with _guard:
-        _held.add(str(path))
+def _key(path: Path) -> LockKey:
+    """What ``path`` names however it is spelt: its folder's (device, inode) and its own name (a
+    lock file is never a link, :func:`_lock` refuses one). The folder's real path if it is gone."""
+    try:
+        st = os.stat(path.parent)
+    except OSError:
+        return os.path.join(os.path.realpath(path.parent), path.name)
+    return (st.st_dev, st.st_ino, path.name)
 
 
-def _unhold(path: Path) -> None:
+def _hold(path: Path) -> LockKey:
+    key = _key(path)
     with _guard:
-        _held.discard(str(path))
+        _held.add(key)
+    return key
+
+
+def _unhold(key: LockKey) -> None:
+    with _guard:
+        _held.discard(key)
 
 
 def _is_held(path: Path) -> bool:
+    key = _key(path)
     with _guard:
-        return str(path) in _held
+        return key in _held
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -104,6 +123,7 @@ class Temporary:
     path: Path
     lock: Path
     fd: int
+    key: LockKey  # the lock's entry in :data:`_held`
     released: bool = field(default=False, init=False)
 
     def remove(self) -> None:
@@ -117,7 +137,7 @@ class Temporary:
         with contextlib.suppress(FileNotFoundError):
             self.lock.unlink()
         os.close(self.fd)
-        _unhold(self.lock)
+        _unhold(self.key)
 
     def discard(self) -> None:
         """Remove the path, then the lock: the order a cleaner relies on."""
@@ -145,18 +165,21 @@ def claim_temporary(final: Path, token: str | None = None) -> Temporary:
         lock = final.with_name(name + LOCK_SUFFIX)
         if token is not None:
             remove_dead_temporaries(final.parent, name)
-        _hold(lock)  # before it exists: no thread of this process opens it to test it
+        key = _hold(lock)  # before it exists: no thread of this process opens it to test it
         try:
             fd = _lock(lock, create=True, exclusive_create=True)
         except FileExistsError:
-            _unhold(lock)
+            _unhold(key)
             if token is not None:
                 raise TemporaryInUse(f"{path}: another writer that is still running holds {lock}") from None
             continue
+        except BaseException:
+            _unhold(key)
+            raise
         if fd is None:  # a cleaner took our fresh, still unlocked file first; take another name
-            _unhold(lock)
+            _unhold(key)
             continue
-        temp = Temporary(path, lock, fd)
+        temp = Temporary(path, lock, fd, key)
         if os.path.lexists(path):  # the leftover of a dead writer that shared the fixed token
             temp.remove()
         return temp
@@ -203,9 +226,22 @@ def remove_dead_temporaries(parent: Path, prefix: str = "", *, unlocked_too: boo
     return removed
 
 
-def _thread_lock(path: Path) -> threading.Lock:
+@contextlib.contextmanager
+def _thread_lock(key: LockKey) -> Iterator[None]:
+    """The threading lock of ``key``, held; its entry is dropped when no thread uses it any more."""
     with _guard:
-        return _thread_locks.setdefault(str(path), threading.Lock())
+        lock, users = _thread_locks.get(key, (threading.Lock(), 0))
+        _thread_locks[key] = (lock, users + 1)
+    try:
+        with lock:
+            yield
+    finally:
+        with _guard:
+            lock, users = _thread_locks[key]
+            if users == 1:
+                del _thread_locks[key]
+            else:
+                _thread_locks[key] = (lock, users - 1)
 
 
 @contextlib.contextmanager
@@ -216,8 +252,8 @@ def publish_lock(final: Path) -> Iterator[None]:
     Blocking: a second writer of the same resource waits for the first one's rename (short).
     """
     lock = final.with_name(f"{final.name}{TMP_MARKER}publish{LOCK_SUFFIX}")
-    with _thread_lock(lock):
-        _hold(lock)
+    with _thread_lock(_key(lock)):
+        key = _hold(lock)
         try:
             while True:
                 fd = _lock(lock, create=True, wait=True)
@@ -230,18 +266,30 @@ def publish_lock(final: Path) -> Iterator[None]:
                     lock.unlink()  # while still held: a waiter's inode check fails and it retries
                 os.close(fd)
         finally:
-            _unhold(lock)
+            _unhold(key)
+
+
+def retire_tree(path: Path) -> Temporary | None:
+    """Rename ``path`` to a locked temporary and return it (None if nothing is there), for the
+    caller to :meth:`~Temporary.discard` once it has let go of :func:`publish_lock` of ``path``,
+    which it holds here: deleting a large tree takes long, and a crash meanwhile leaves only a
+    dead temporary."""
+    if not os.path.lexists(path):
+        return None
+    temp = claim_temporary(path)
+    try:
+        os.replace(path, temp.path)
+    except BaseException:
+        temp.release()
+        raise
+    return temp
 
 
 def remove_tree(path: Path) -> bool:
     """Remove ``path`` so that a crash half-way leaves nothing under its name: first renamed to a
     locked temporary, then deleted. The caller holds :func:`publish_lock` of ``path``."""
-    if not os.path.lexists(path):
+    temp = retire_tree(path)
+    if temp is None:
         return False
-    temp = claim_temporary(path)
-    try:
-        os.replace(path, temp.path)
-        temp.remove()
-    finally:
-        temp.release()
+    temp.discard()
     return True

@@ -229,21 +229,27 @@ class CheckpointManager:
             except TemporaryInUse as e:
                 raise CheckpointIOError(f"{e}: another trainer of this run is saving the same step; "
                                         "stop it before starting this one") from None
-            self._temporary.path.mkdir(mode=0o755)
         tmp = final.with_name(f"{final.name}{TMP_MARKER}save")
-        self._barrier()
-        model_state, optim_state = get_state_dict(model, optimizer)
-        state = {"model": model_state, "optim": optim_state}
-        body = {**trainer_state, "step": step, "fingerprint": self.fingerprint, "worldSize": self.env.world_size}
-        started = self._last_save_time = time.monotonic()
-        with plain_exceptions():
-            if self.spec.async_save:
-                future = async_save(state, checkpoint_id=str(tmp), process_group=self._async_group)
-                if isinstance(future, Future):  # times the write itself, however late wait() comes
-                    future.add_done_callback(lambda _: setattr(self, "last_save_seconds", time.monotonic() - started))
-                self._pending = (future, tmp, final, body)
-            else:
-                save(state, checkpoint_id=str(tmp))
+        try:
+            if self._temporary is not None:
+                self._temporary.path.mkdir(mode=0o755)
+            self._barrier()
+            model_state, optim_state = get_state_dict(model, optimizer)
+            state = {"model": model_state, "optim": optim_state}
+            body = {**trainer_state, "step": step, "fingerprint": self.fingerprint, "worldSize": self.env.world_size}
+            started = self._last_save_time = time.monotonic()
+            with plain_exceptions():
+                if self.spec.async_save:
+                    future = async_save(state, checkpoint_id=str(tmp), process_group=self._async_group)
+                    if isinstance(future, Future):  # times the write itself, however late wait() comes
+                        future.add_done_callback(
+                            lambda _: setattr(self, "last_save_seconds", time.monotonic() - started))
+                    self._pending = (future, tmp, final, body)
+                else:
+                    save(state, checkpoint_id=str(tmp))
+        except BaseException:
+            self._discard_temporary()
+            raise
         self.saved_step = step
         if not self.spec.async_save:
             self._publish(tmp, final, body)
@@ -282,22 +288,35 @@ class CheckpointManager:
         if self._pending is not None:
             future, tmp, final, body = self._pending
             self._pending = None
-            with plain_exceptions():
-                future.result()
+            try:
+                with plain_exceptions():
+                    future.result()
+            except BaseException:
+                self._discard_temporary()
+                raise
             self._publish(tmp, final, body)
+
+    def _discard_temporary(self) -> None:
+        """After a failed save: remove its partial ``step-….tmp-save`` and let go of its lock, rather
+        than keep both (and a descriptor) until the process exits or the next save forgets them."""
+        temporary, self._temporary = self._temporary, None
+        if temporary is not None:
+            temporary.discard()
 
     def _publish(self, tmp: Path, final: Path, body: dict[str, Any]) -> None:
         self._barrier()  # every rank's shard is on disk
         if self.env.is_main:
-            temporary, self._temporary = self._temporary, None
             try:
                 write_json_atomic(tmp / TRAINER_STATE, body)
                 with publish_lock(final):  # a half-removed old step-N never keeps its name
                     remove_tree(final)
                     os.replace(tmp, final)
-            finally:
-                if temporary is not None:
-                    temporary.release()
+            except BaseException:
+                self._discard_temporary()
+                raise
+            temporary, self._temporary = self._temporary, None
+            if temporary is not None:
+                temporary.release()
             for old in self.complete()[: -self.spec.keep_last]:
                 with publish_lock(old):
                     remove_tree(old)

@@ -24,11 +24,11 @@ from llmfab.store import (
     TMP_MARKER,
     delete_artifacts,
     read_manifest,
-    remove_stale_temporaries,
     staged_directory,
     write_json_atomic,
     write_manifest,
 )
+from llmfab.temporaries import remove_dead_temporaries
 from llmfab.workload import run_stage
 from tests.data.corpus import write_corpus
 
@@ -169,7 +169,7 @@ def test_live_writers_temporary_survives_a_cleaner_in_another_process(tmp_path: 
     proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdin is not None
     staged = Path(proc.stdout.readline().strip())
-    remove_stale_temporaries(final.parent)
+    remove_dead_temporaries(final.parent)
     with staged_directory(final) as tmp:  # another writer of the same name: cleans only the dead
         write_manifest(tmp, {"v": 1}, "h1")
     assert (staged / "shard-0.bin").read_bytes() == b"0" * 1000

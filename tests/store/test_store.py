@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,11 +16,11 @@ import pytest
 from llmfab.store import (
     is_complete,
     read_manifest,
-    remove_stale_temporaries,
     staged_directory,
     write_json_atomic,
     write_manifest,
 )
+from llmfab.temporaries import remove_dead_temporaries
 
 
 def test_staged_directory_publishes_only_on_success(tmp_path: Path) -> None:
@@ -83,7 +84,7 @@ def test_write_json_atomic_replaces_whole_file(tmp_path: Path) -> None:
     write_json_atomic(path, {"a": 1})
     write_json_atomic(path, {"b": 2})
     assert path.read_text().strip().startswith("{") and '"b": 2' in path.read_text()
-    remove_stale_temporaries(tmp_path)
+    remove_dead_temporaries(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
 
 
@@ -125,3 +126,28 @@ def test_llmfab_delete_removes_artifacts_and_records_but_not_other_resources(tmp
     bad = subprocess.run([sys.executable, "-m", "llmfab", "delete", "trainingrunz", "tiny"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown kind 'trainingrunz'" in bad.stderr
+
+
+def test_a_status_write_does_not_list_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trainer writes its status every step into a kind's folder of hundreds of entries: looking
+    there for dead temporaries each time cost more than the write itself."""
+    for i in range(20):
+        (tmp_path / f"run-{i}.status.json").write_text("{}")
+    listed: list[str] = []
+    real_listdir, real_scandir = os.listdir, os.scandir
+
+    def recording_listdir(path=".", *args, **kwargs):  # type: ignore[no-untyped-def]
+        listed.append(os.fspath(path))
+        return real_listdir(path, *args, **kwargs)
+
+    def recording_scandir(path=".", *args, **kwargs):  # type: ignore[no-untyped-def]
+        listed.append(os.fspath(path))
+        return real_scandir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "listdir", recording_listdir)
+    monkeypatch.setattr(os, "scandir", recording_scandir)
+    write_json_atomic(tmp_path / "run-7.status.json", {"step": 1})
+    assert listed == []
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "run-7.status.json").read_text()) == {"step": 1}
+    assert len(list(tmp_path.iterdir())) == 20

@@ -163,3 +163,30 @@ def test_a_save_after_the_run_was_deleted_refuses_to_recreate_its_directory(tmp_
     with pytest.raises(CheckpointIOError, match=r"was removed while training.*not recreated"):
         manager.save(2, model, opt, {})
     assert not (tmp_path / "runs" / "tiny").exists()
+
+
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_a_failed_save_removes_its_partial_directory_and_lets_go_of_its_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, async_save: bool) -> None:
+    """The failed save's ``step-….tmp-save`` and its lock stayed (and its descriptor open) until the
+    process exited; the next save forgot them."""
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    from llmfab.training.checkpoint import CheckpointIOError
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters())
+    manager = CheckpointManager(tmp_path, CheckpointSpec(every_steps=1, async_save=async_save), ENV,
+                                parameter_fingerprint(model, "adamw"))
+    with monkeypatch.context() as patch:
+        patch.setattr(FileSystemWriter, "write_data", full)
+        with pytest.raises(CheckpointIOError, match="No space left on device"):
+            manager.save(1, model, opt, {})
+            manager.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    manager.save(2, model, opt, {})
+    manager.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000002"]
