@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -225,10 +226,16 @@ def hf_mismatches(model: Path, hf_dir: Path, texts: Iterable[str], use_transform
     return [text for text in texts if not has_control_text(text, controls) and sp.encode(text) != encode(text)]
 
 
+_TRANSFORMERS_IMPORT = threading.Lock()
+"""transformers resolves its names lazily on first use, and two threads doing so at once can get
+``ImportError: cannot import name 'AutoTokenizer'`` (seen with Dataset builds on threads)."""
+
+
 def load_served_tokenizer(hf_dir: Path) -> Any:
     """The tokenizer of ``hf_dir`` loaded as transformers and vLLM load it (``AutoTokenizer``, the
     fast tokenizer; vLLM's ``get_tokenizer`` calls the same). Importing transformers costs seconds."""
-    from transformers import AutoTokenizer
+    with _TRANSFORMERS_IMPORT:
+        from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(hf_dir))
 
