@@ -168,6 +168,10 @@ def build_registry(settings: OperatorSettings, kube: Kube) -> kopf.OperatorRegis
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="llmfab.dev")
         settings.posting.level = logging.WARNING  # events come from the reconciler, not from logs
         settings.watching.server_timeout = 300
+        # A deletion waits for the resync timer to exit; a sync timer cannot be cancelled, so kopf
+        # polls for its end, by default every 60 s: a resource deleted while its reconcile ran kept
+        # its finalizer for a minute (seen as a flaky "waiting for deleted" in the operator tests).
+        settings.background.cancellation_polling = 1.0
 
     register(registry, settings, kube)
     return registry
