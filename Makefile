@@ -58,6 +58,7 @@ lint: venv
 crds: venv
 	$(VENV)/bin/llmfab crds --out charts/llmfab/crds
 	$(VENV)/bin/llmfab rbac
+	$(VENV)/bin/llmfab docs --out docs/api.md
 
 dashboards: venv
 	$(PY) -m llmfab.monitoring.dashboards --out charts/llmfab/dashboards
@@ -68,6 +69,7 @@ images:
 
 test: venv serve-venv tools lint
 	$(VENV)/bin/llmfab crds --out charts/llmfab/crds --check
+	$(VENV)/bin/llmfab docs --out docs/api.md --check
 	$(VENV)/bin/llmfab rbac --check
 	$(PY) -m llmfab.monitoring.dashboards --out charts/llmfab/dashboards --check
 	$(PY) -m pytest -q -ra --durations=15

@@ -137,6 +137,28 @@ def rbac(
 
 
 @app.command()
+def docs(
+    out: Annotated[Path, typer.Option("--out", help="The API reference page.")] = Path("docs/api.md"),
+    check: Annotated[bool, typer.Option(help="Exit 1 if --out differs from a fresh generation.")] = False,
+) -> None:
+    """Generate the API reference (docs/api.md) from the API models, as `llmfab explain` reads them."""
+    from llmfab.api.loading import KINDS
+    from llmfab.api.reference import render_reference
+    from llmfab.store import write_text_atomic
+
+    text = render_reference(KINDS)
+    if check:
+        if not out.exists() or out.read_text() != text:
+            err_console.print(f"out of date: {out}; run `llmfab docs --out {out}`")
+            raise typer.Exit(1)
+        console.print("API reference is up to date")
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, text)
+    console.print(f"wrote {out}")
+
+
+@app.command()
 def explain(
     target: Annotated[str, typer.Argument(help="KIND or KIND.field.path, e.g. trainingrun.spec.model")],
 ) -> None:

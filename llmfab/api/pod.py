@@ -3,7 +3,7 @@ and the artifact volume (``spec.pod`` and ``spec.storage`` of every kind that ru
 
 Each field accepts only what the API server accepts in a pod (pkg/apis/core/validation), so a
 resource is refused at ``kubectl apply`` naming its own field, never later as a 422 on a child the
-operator cannot create. The README's "What a resource's author may set on a pod" lists these
+operator cannot create. docs/cluster.md's "What a resource's author may set on a pod" lists these
 fields; the chart's ``podPolicy`` narrows some of them per cluster (``operator/builders/refusals.py``).
 """
 
