@@ -30,12 +30,13 @@ same for one field. Rules that relate several fields follow each kind's table.
 """
 
 
-def _type_of(node: JSON) -> str:
+def type_of(node: JSON) -> str:
+    """A schema node's type as kubectl explain writes it: ``[]string``, ``map[string]integer``."""
     kind = node.get("type", "object")
     if kind == "array":
-        return f"[]{_type_of(node.get('items', {}))}"
+        return f"[]{type_of(node.get('items', {}))}"
     if kind == "object" and isinstance(node.get("additionalProperties"), dict):
-        return f"map[string]{_type_of(node['additionalProperties'])}"
+        return f"map[string]{type_of(node['additionalProperties'])}"
     return str(kind)
 
 
@@ -100,7 +101,7 @@ def _rows(node: JSON, prefix: str, rules: list[tuple[str, str]]) -> list[str]:
         rows.append(
             "| `{}` | `{}` | {} | {} | {} |".format(
                 path,
-                _type_of(child),
+                type_of(child),
                 _cell(shown_default),
                 _cell(_constraints(child, name in required)),
                 _cell(child.get("description", "")),

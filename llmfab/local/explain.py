@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from llmfab.api import resource_class
 from llmfab.api.crds import openapi_schema
-
-
-def _type_of(node: dict[str, Any]) -> str:
-    kind = node.get("type", "object")
-    if kind == "array":
-        return f"[]{_type_of(node.get('items', {}))}"
-    if kind == "object" and isinstance(node.get("additionalProperties"), dict):
-        return f"map[string]{_type_of(node['additionalProperties'])}"
-    return str(kind)
+from llmfab.api.reference import type_of
 
 
 def explain_text(target: str) -> str:
@@ -34,7 +24,7 @@ def explain_text(target: str) -> str:
         walked.append(part)
     lines = [f"KIND:     {cls.KIND}", "VERSION:  llmfab.dev/v1alpha1", ""]
     if walked:
-        lines += [f"FIELD:    {'.'.join(walked)} <{_type_of(node)}>", ""]
+        lines += [f"FIELD:    {'.'.join(walked)} <{type_of(node)}>", ""]
     if node.get("description"):
         lines += ["DESCRIPTION:", f"    {node['description']}", ""]
     props = node.get("properties") or node.get("items", {}).get("properties") or {}
@@ -47,7 +37,7 @@ def explain_text(target: str) -> str:
                 f" (default {child['default']})" if "default" in child and child["default"] != {} else ""
             )
             enum = f" one of {child['enum']}" if "enum" in child else ""
-            lines.append(f"  {name:<28}<{_type_of(child)}>{flags}{enum}{default}")
+            lines.append(f"  {name:<28}<{type_of(child)}>{flags}{enum}{default}")
             if child.get("description"):
                 lines.append(f"    {child['description']}")
     return "\n".join(lines)
