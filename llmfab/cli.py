@@ -31,6 +31,21 @@ FilesOption = Annotated[
 ]
 
 
+def _write_or_check(out: Path, text: str, check: bool, up_to_date: str, command: str) -> None:
+    """Write a generated file (atomically), or with ``check`` exit 1 when the committed one differs."""
+    from llmfab.store import write_text_atomic
+
+    if check:
+        if not out.exists() or out.read_text() != text:
+            err_console.print(f"out of date: {out}; run `llmfab {command} --out {out}`")
+            raise typer.Exit(1)
+        console.print(up_to_date)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, text)
+    console.print(f"wrote {out}")
+
+
 def _check_name(value: str | None) -> str | None:
     """Every resource name the CLI takes is checked as the API checks ``metadata.name``: the store
     makes paths of names, and ``""``, ``..`` or ``/tmp`` would name a directory that is not the
@@ -123,17 +138,8 @@ def rbac(
 ) -> None:
     """Generate the operator's and workloads' RBAC rules for the chart."""
     from llmfab.operator.rbac import render_rules
-    from llmfab.store import write_text_atomic
 
-    text = render_rules()
-    if check:
-        if not out.exists() or out.read_text() != text:
-            err_console.print(f"out of date: {out}; run `llmfab rbac --out {out}`")
-            raise typer.Exit(1)
-        console.print("RBAC rules are up to date")
-        return
-    write_text_atomic(out, text)
-    console.print(f"wrote {out}")
+    _write_or_check(out, render_rules(), check, "RBAC rules are up to date", "rbac")
 
 
 @app.command()
@@ -144,18 +150,8 @@ def docs(
     """Generate the API reference (docs/api.md) from the API models, as `llmfab explain` reads them."""
     from llmfab.api.loading import KINDS
     from llmfab.api.reference import render_reference
-    from llmfab.store import write_text_atomic
 
-    text = render_reference(KINDS)
-    if check:
-        if not out.exists() or out.read_text() != text:
-            err_console.print(f"out of date: {out}; run `llmfab docs --out {out}`")
-            raise typer.Exit(1)
-        console.print("API reference is up to date")
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, text)
-    console.print(f"wrote {out}")
+    _write_or_check(out, render_reference(KINDS), check, "API reference is up to date", "docs")
 
 
 @app.command()
