@@ -53,6 +53,7 @@ rlhf: post-training-data serve-venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy llmfab/api
 
 crds: venv

@@ -39,10 +39,10 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from llmfab.api.training_run import PruningSpec, TrainingRunSpec  # noqa: E402
+from llmfab.compress.post_training_pruning import parameters, prune_trained, validation_loss  # noqa: E402
 from llmfab.data.shards import DatasetInfo  # noqa: E402
-from llmfab.training.export import load_hf  # noqa: E402
-from llmfab.training.post_training_pruning import parameters, prune_trained, validation_loss  # noqa: E402
-from llmfab.training.token_data import validation_batches  # noqa: E402
+from llmfab.data.token_windows import validation_batches  # noqa: E402
+from llmfab.model.hf import load_hf  # noqa: E402
 from llmfab.workload import run_stage  # noqa: E402
 
 CONTEXT = 128

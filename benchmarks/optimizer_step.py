@@ -36,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmfab.training.lowmem_adam import AdamW8bit, AdamWBF16  # noqa: E402
+from llmfab.training.components.lowmem_adam import AdamW8bit, AdamWBF16  # noqa: E402
 
 SHAPES = [(8000, 1024), (1024, 3072), (1024, 2752), (1024, 2752), (2752, 1024), (1024,)]
 

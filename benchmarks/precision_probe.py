@@ -5,7 +5,7 @@ real training steps in fp32 and bf16, measured in one run.
     .venv/bin/python benchmarks/precision_probe.py --small    # 4×256×4, ctx 256, batch 8×256
     .venv/bin/python benchmarks/precision_probe.py --large --batch 2 --rounds 1   # 12×1024×16, ctx 512
 
-First the probe runs as a training run's start would run it (``training/precision.py``: one block
+First the probe runs as a training run's start would run it (``training/components/precision.py``: one block
 and a head slice, fwd+bwd, fp32 and bf16 autocast) and its time is printed. Then the steps are the
 trainer's own: ``trainer.build`` (model, chunked loss, parallelize, optimizer), ``trainer.train_step``
 (forward/backward over the micro-batches, clip) and ``optimizer.step``, for a spec resolved to fp32
@@ -23,10 +23,11 @@ import time
 import torch
 
 from llmfab.api.training_run import TrainingRunSpec
-from llmfab.training import distributed as D
-from llmfab.training import precision as P
-from llmfab.training.batching import BatchSchedule
-from llmfab.training.trainer import build, model_args_from_spec, train_step
+from llmfab.model.from_spec import model_args_from_spec
+from llmfab.training.components import distributed as D
+from llmfab.training.components import precision as P
+from llmfab.training.components.batching import BatchSchedule
+from llmfab.training.loop.trainer import build, train_step
 
 
 def spec_for(a: argparse.Namespace, precision: str) -> TrainingRunSpec:

@@ -73,8 +73,8 @@ def trl_worker(config_file: Path) -> None:
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from llmfab.training.reward_head import load_reward_model
-    from llmfab.training.rl_workload import score_responses
+    from llmfab.model.reward_head import load_reward_model
+    from llmfab.training.objectives.rl import score_responses
 
     tokenizer = AutoTokenizer.from_pretrained(cfg["base"])
     scorer = load_reward_model(Path(cfg["reward_model"])).eval().requires_grad_(False)
@@ -210,9 +210,9 @@ def mean_reward(model_dir: Path, reward_dir: Path, prompts: list[str], samples: 
     from transformers import AutoTokenizer
 
     from llmfab.api.training_run import RlSpec
-    from llmfab.training.export import load_hf
-    from llmfab.training.reward_head import load_reward_model
-    from llmfab.training.rl_workload import (
+    from llmfab.model.hf import load_hf
+    from llmfab.model.reward_head import load_reward_model
+    from llmfab.training.objectives.rl import (
         decode_responses,
         prompt_ids,
         response_mask,

@@ -157,7 +157,7 @@ def free_port() -> int:
 def serve_and_measure(model_dir: Path, label: str, args: argparse.Namespace) -> dict[str, Any]:
     """Start vLLM on ``model_dir`` (the serving venv), measure every level, stop it."""
     from llmfab.api.inference_service import ServerSpec
-    from llmfab.serving.quantize import weights_size
+    from llmfab.compress.quantize import weights_size
     from llmfab.serving.vllm_args import build_launch
     from llmfab.serving.workload import ServerProcess, has_gpu, serving_python, wait_ready
 
@@ -181,7 +181,7 @@ def serve_and_measure(model_dir: Path, label: str, args: argparse.Namespace) -> 
 
 def build_models(args: argparse.Namespace, work: Path) -> tuple[Path, Path, str]:
     """(bf16 dir, 4-bit dir, description) for --tiny / --random."""
-    from llmfab.serving.quantize import QuantizeOptions, load_calibration, quantize_checkpoint
+    from llmfab.compress.quantize import QuantizeOptions, load_calibration, quantize_checkpoint
     from tests.serving.tiny_models import build_llama, build_tokenizer, sample_text, write_dataset
 
     text = sample_text(1200)

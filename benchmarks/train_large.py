@@ -105,11 +105,11 @@ def child_llmfab(cfg: dict[str, Any]) -> dict[str, Any]:
 
     from llmfab.api.training_run import TrainingRun
     from llmfab.status import NullStatusReporter
-    from llmfab.training import distributed as D
-    from llmfab.training import trainer as T
-    from llmfab.training.batching import BatchSchedule
-    from llmfab.training.optim import optimizer_state_bytes
-    from llmfab.training.precision import resolve
+    from llmfab.training.components import distributed as D
+    from llmfab.training.components.batching import BatchSchedule
+    from llmfab.training.components.optim import optimizer_state_bytes
+    from llmfab.training.components.precision import resolve
+    from llmfab.training.loop import trainer as T
 
     class Events(NullStatusReporter):
         def __init__(self, resource: TrainingRun) -> None:
@@ -204,9 +204,9 @@ def child_optimizer(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from llmfab.api.training_run import OptimizerSpec
-    from llmfab.training import trainer as T
-    from llmfab.training.model import Transformer
-    from llmfab.training.optim import build_optimizer
+    from llmfab.model.transformer import Transformer
+    from llmfab.training.components.optim import build_optimizer
+    from llmfab.training.loop import trainer as T
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     model = Transformer(T.model_args_from_spec(_spec(cfg).model, VOCAB))
@@ -370,7 +370,7 @@ def run_workload(cfg: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
     """``llmfab train run --spec`` in a fresh process; peak RSS from wait4, tokens/s from metrics.jsonl."""
     import yaml
 
-    from llmfab.training.batching import estimate_micro_batch
+    from llmfab.training.components.batching import estimate_micro_batch
 
     with tempfile.TemporaryDirectory(prefix="llmfab-train-large-") as tmp:
         home = Path(tmp) / "home"

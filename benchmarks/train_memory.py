@@ -50,9 +50,9 @@ def child(cfg: dict[str, Any], shape: dict[str, int], steps: int, threads: int) 
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
 
     from llmfab.api.training_run import OptimizerSpec
-    from llmfab.training.losses import chunked_cross_entropy
-    from llmfab.training.model import ModelArgs, Transformer
-    from llmfab.training.optim import build_optimizer, optimizer_state_bytes
+    from llmfab.model.losses import chunked_cross_entropy
+    from llmfab.model.transformer import ModelArgs, Transformer
+    from llmfab.training.components.optim import build_optimizer, optimizer_state_bytes
 
     torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -35,7 +35,7 @@ llmfab's other work could give.
 
 On CPU each implementation runs in a process of its own, as it would run as a program: its own
 allocator state (glibc maps and zeroes every buffer above its mmap threshold afresh on each step unless
-the process keeps freed memory, as llmfab's training process does: ``llmfab/training/host_memory.py``;
+the process keeps freed memory, as llmfab's training process does: ``llmfab/training/components/host_memory.py``;
 the ``faults`` column shows it) and its own process set-up (llmfab's is ``init_distributed``, as in its
 workload). ``--peer-malloc keep`` gives the peers llmfab's allocator setting too; ``--in-process`` runs
 all three in this process, as the script did before. Rounds alternate between the implementations
@@ -113,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="CPU: run every implementation in this process instead of one process each")
     p.add_argument("--peer-malloc", choices=["default", "keep"], default="default",
                    help="CPU: the peers' processes keep glibc's defaults (as their programs run) or get llmfab's "
-                   "setting (freed memory kept in the process: llmfab/training/host_memory.py)")
+                   "setting (freed memory kept in the process: llmfab/training/components/host_memory.py)")
     p.add_argument("--intermediate", default="matched",
                    help="SwiGLU width of llmfab and transformers: 'matched' (default) gives their MLP the 8·hidden² "
                    "weights of nanoGPT's GELU MLP (8/3·hidden rounded up to a multiple of 8), so every "
@@ -221,9 +221,9 @@ def build_step(a: argparse.Namespace, shape: Shape, precision: str, env: object,
                name: str) -> tuple[Step, dict[str, Any]] | None:
     """One implementation's step function and facts to print (its applied parameters N; for llmfab
     also whether it computes in bf16 and its SwiGLU width); None where that peer is skipped/absent."""
-    from llmfab.training import distributed as D
-    from llmfab.training import trainer
-    from llmfab.training.batching import BatchSchedule
+    from llmfab.training.components import distributed as D
+    from llmfab.training.components.batching import BatchSchedule
+    from llmfab.training.loop import trainer
 
     world = env.world_size  # type: ignore[attr-defined]
     device = env.device  # type: ignore[attr-defined]
@@ -331,7 +331,7 @@ class InProcess:
 class Isolated:
     """An implementation in a process of its own (CPU): its own allocator state and process set-up,
     as when it runs as a program. llmfab's process is set up by ``init_distributed``, as its training
-    workload's is (threads; freed memory kept in the process: ``training/host_memory.py``); a peer's
+    workload's is (threads; freed memory kept in the process: ``training/components/host_memory.py``); a peer's
     process is plain PyTorch unless ``--peer-malloc keep`` gives it llmfab's setting too. The parent
     only tells the processes, one at a time, to run their steps, so rounds still alternate."""
 
@@ -376,8 +376,8 @@ class Isolated:
 
 
 def _isolated_main(conn: Any, argv: list[str], shape: Shape, precision: str, name: str) -> None:
-    from llmfab.training import distributed as D
-    from llmfab.training.host_memory import keep_freed_memory
+    from llmfab.training.components import distributed as D
+    from llmfab.training.components.host_memory import keep_freed_memory
 
     try:
         a = parse_args(argv)
@@ -473,8 +473,8 @@ def run_shape(a: argparse.Namespace, argv: list[str], shape: Shape, env: object,
 def report(a: argparse.Namespace, shape: Shape, precision: str, runs: dict[str, list[tuple[float, int]]],
            info: dict[str, Any], world: int, tokens_per_step: int, device: torch.device,
            say: Callable[..., None]) -> None:
-    from llmfab.training.metrics import flops_per_token, peak_flops
-    from llmfab.training.metrics import model_flops_utilization as metrics_mfu
+    from llmfab.training.components.metrics import flops_per_token, peak_flops
+    from llmfab.training.components.metrics import model_flops_utilization as metrics_mfu
 
     times = {k: [t for t, _ in v] for k, v in runs.items()}
     median = {k: tokens_per_step / statistics.median(v) for k, v in times.items()}
@@ -566,7 +566,7 @@ def main(argv: list[str] | None = None) -> None:
     if "bf16" in a.precision:
         # Measure bf16 where asked, even where llmfab's own choice for this CPU would be fp32.
         os.environ.setdefault("LLMFAB_CPU_BF16", "force")
-    from llmfab.training import distributed as D
+    from llmfab.training.components import distributed as D
 
     env = D.init_distributed(llmfab_spec(SHAPES[a.shape[0]], a.precision[0], a.compile, 1))  # type: ignore[arg-type]
     if a.device == "cpu":

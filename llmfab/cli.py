@@ -322,7 +322,7 @@ def _stage_app(stage: str, summary: str) -> typer.Typer:
 
         code = signals.main(lambda: run_stage(stage, spec, force=force))
         if stage == "train" and code:  # a failed torchrun rank (when torchrun runs this directly)
-            from llmfab.training.distributed import exit_worker
+            from llmfab.training.components.distributed import exit_worker
 
             exit_worker(code)
         sys.exit(code)

@@ -43,9 +43,9 @@ STAGES: dict[str, Stage] = {
     for s in (
         Stage("data", "llmfab.data.workload", ("Dataset",), "Dataset workload: collect, clean, dedup, filter, tokenize, split."),
         Stage("train", "llmfab.training.workload", ("TrainingRun",), "TrainingRun workload (re-launches itself under torchrun for several processes)."),
-        Stage("reward", "llmfab.training.reward_workload", ("RewardModel",), "RewardModel workload: train on preference pairs."),
+        Stage("reward", "llmfab.training.objectives.reward.objective", ("RewardModel",), "RewardModel workload: train on preference pairs."),
         Stage("eval", "llmfab.eval.workload", ("TrainingRun", "InferenceService"), "Evaluation: perplexity, BLEU/ROUGE, bias probes, report.html."),
-        Stage("quantize", "llmfab.serving.quantize_workload", ("InferenceService",), "4-bit weight-only quantization (compressed-tensors)."),
+        Stage("quantize", "llmfab.compress.quantize_workload", ("InferenceService",), "4-bit weight-only quantization (compressed-tensors)."),
         Stage("serve", "llmfab.serving.workload", ("InferenceService",), "Serve with vLLM's OpenAI server."),
     )
 }

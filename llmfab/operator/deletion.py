@@ -27,7 +27,7 @@ that mounts the same volume, a pod someone started by hand). ``llmfab delete`` c
 either (the clean-up pod's ServiceAccount may not read them, and should not), so it does not refuse;
 it renames the directory away before removing it, so a file such a writer holds open goes with the
 doomed copy, and the trainer's checkpoint save, the one writer that would open a path anew and bring
-``checkpoints/`` back, refuses once its directory is gone (training/checkpoint.py). A writer of
+``checkpoints/`` back, refuses once its directory is gone (training/components/checkpoint.py). A writer of
 another kind that opens a new path there after the clean-up can still recreate the directory.
 """
 

@@ -153,7 +153,7 @@ def wait_ready(server: ServerProcess, base: str, timeout: float) -> None:
 
 def model_to_serve(ctx: WorkloadContext) -> Path:
     """The directory vLLM loads: the 4-bit checkpoint (made now if missing/stale) or the bf16 export."""
-    from llmfab.serving.quantize_workload import ensure_quantized, source_model_dir
+    from llmfab.compress.quantize_workload import ensure_quantized, source_model_dir
 
     resource = ctx.resource
     assert isinstance(resource, InferenceService)
@@ -178,7 +178,7 @@ def start_feedback(ctx: WorkloadContext, openai_url: str) -> FeedbackApp:
 
 def run(ctx: WorkloadContext) -> None:
     """Entry point of ``llmfab serve run``: returns once the server has stopped after SIGINT/SIGTERM."""
-    from llmfab.serving.quantize import weights_size
+    from llmfab.compress.quantize import weights_size
 
     resource = ctx.resource
     assert isinstance(resource, InferenceService)

@@ -13,13 +13,14 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_mo
 
 from llmfab.api import ValidationFailed
 from llmfab.api.training_run import TrainingRun
+from llmfab.model.from_spec import model_args_from_spec
+from llmfab.model.hf import export_hf
+from llmfab.model.transformer import Transformer
 from llmfab.stages import spec_file_path
 from llmfab.store import artifact_dir, read_manifest
-from llmfab.training.checkpoint import complete_checkpoints, read_trainer_state
-from llmfab.training.checkpoint_reader import CorruptCheckpoint, load_checkpoint
-from llmfab.training.export import export_hf
-from llmfab.training.model import Transformer
-from llmfab.training.trainer import LanguageModelLoss, model_args_from_spec
+from llmfab.training.components.checkpoint import complete_checkpoints, read_trainer_state
+from llmfab.training.components.checkpoint_reader import CorruptCheckpoint, load_checkpoint
+from llmfab.training.loop.loss_module import LanguageModelLoss
 from llmfab.workload import load_spec_file
 
 

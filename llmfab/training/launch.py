@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     if "LOCAL_RANK" in os.environ:  # a torchrun worker: once torchrun is gone, nothing reaps or stops it
         signals.die_with_parent(signal.SIGKILL)
     code = signals.main(lambda: run_stage("train", args.spec, force=args.force))
-    from llmfab.training.distributed import exit_worker
+    from llmfab.training.components.distributed import exit_worker
 
     exit_worker(code)  # a failed rank must not wait for peers in the process group's destructor
     return code

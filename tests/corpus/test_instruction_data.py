@@ -15,8 +15,8 @@ import pytest
 from llmfab.api.reward_model import Preferences
 from llmfab.api.training_run import SftSpec
 from llmfab.data import instruction_data as D
-from llmfab.training.preference_pairs import read_pairs
-from llmfab.training.sft_data import read_chats
+from llmfab.training.objectives.reward.pairs import read_pairs
+from llmfab.training.objectives.sft.examples import read_chats
 
 FILES = ("sft.jsonl", "preferences.jsonl", "rl-prompts.jsonl", "manifest.json", "WORDNET-LICENSE.txt")
 

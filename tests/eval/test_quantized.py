@@ -15,7 +15,7 @@ pytest.importorskip("compressed_tensors")
 
 
 def test_compressed_tensors_4bit_model_evaluates_close_to_bf16(eval_fixture, tmp_path) -> None:
-    from llmfab.serving.quantize import QuantizeOptions, quantize_checkpoint
+    from llmfab.compress.quantize import QuantizeOptions, quantize_checkpoint
 
     out = tmp_path / "model-4bit"
     quantize_checkpoint(eval_fixture.model_dir, out, QuantizeOptions(algorithm="rtn", group_size=32), None,

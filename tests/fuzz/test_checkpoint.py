@@ -18,9 +18,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 from llmfab.api.training_run import CheckpointSpec
-from llmfab.training.checkpoint import CheckpointManager, IncompatibleCheckpoint, parameter_fingerprint
-from llmfab.training.checkpoint_reader import CorruptCheckpoint
-from llmfab.training.distributed import DistEnv
+from llmfab.training.components.checkpoint import (
+    CheckpointManager,
+    IncompatibleCheckpoint,
+    parameter_fingerprint,
+)
+from llmfab.training.components.checkpoint_reader import CorruptCheckpoint
+from llmfab.training.components.distributed import DistEnv
 
 ENV = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 FILES = (".metadata", "__0_0.distcp", "trainer.json")

@@ -133,7 +133,7 @@ def test_export_gives_a_clear_error_for_what_is_no_store_and_changes_no_file(sto
                 assert "not a llmfab feedback store" in " ".join(result.output.split()), result.output
             return
         assert store.kind == "sqlite" and store.has_store_tables, result.output
-        for line in out.read_text().splitlines():  # as the RewardModel reads it (training/jsonl_rows.py)
+        for line in out.read_text().splitlines():  # as the RewardModel reads it (training/inputs/jsonl_rows.py)
             pair = json.loads(line)
             assert set(pair) == {"prompt", "chosen", "rejected"} and all(
                 isinstance(v, str) for v in pair.values()

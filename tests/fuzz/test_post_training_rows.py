@@ -12,8 +12,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from llmfab.errors import WorkloadError
-from llmfab.training import jsonl_rows
-from llmfab.training.jsonl_rows import read_rows
+from llmfab.training.inputs import jsonl_rows
+from llmfab.training.inputs.jsonl_rows import read_rows
 
 FIELD = "spec.sft.data"
 

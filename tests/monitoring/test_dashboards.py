@@ -23,7 +23,7 @@ from llmfab.monitoring import dashboards
 from llmfab.monitoring.grafana import DATASOURCE, GRID_COLUMNS, UNITS
 from llmfab.monitoring.preview import default_values, expand
 from llmfab.operator import metrics as operator_metrics
-from llmfab.training.metrics import CUDA_GAUGES, GAUGES
+from llmfab.training.components.metrics import CUDA_GAUGES, GAUGES
 
 REPO = Path(__file__).resolve().parents[2]
 DIR = REPO / "charts" / "llmfab" / "dashboards"

@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from llmfab.serving.quantize import QuantizeOptions, load_calibration, quantize_checkpoint
+from llmfab.compress.quantize import QuantizeOptions, load_calibration, quantize_checkpoint
 
 from .tiny_models import build_llama, build_tokenizer, sample_text, write_dataset
 

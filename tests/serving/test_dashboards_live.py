@@ -31,7 +31,7 @@ import yaml
 
 from llmfab.monitoring import preview
 from llmfab.monitoring.dashboards import DASHBOARDS, TTFT_SLO_CHOICES
-from llmfab.training.metrics import CUDA_GAUGES
+from llmfab.training.components.metrics import CUDA_GAUGES
 
 from .conftest import REPO, LiveServer, TinySetup, free_port
 from .prometheus_server import api, instant, prometheus_server, requires_prometheus, wait_for, write_config
@@ -44,7 +44,7 @@ SCRAPE_SECONDS = 1.0
 STEP_SECONDS = 1.0
 TRAFFIC_SECONDS = 15  # completions from 3 clients for this long, at most MAX_REQUESTS
 MAX_REQUESTS = 240
-# Series that exist only where CUDA does (llmfab/training/metrics.py); the trainer here runs on CPU.
+# Series that exist only where CUDA does (llmfab/training/components/metrics.py); the trainer here runs on CPU.
 CUDA_ONLY = {f"llmfab_train_{name}" for name in CUDA_GAUGES}
 
 

@@ -28,7 +28,7 @@ from llmfab.api.reward_model import Preferences
 from llmfab.cli import app as cli_app
 from llmfab.serving.feedback import DB_WORKERS, CompletionsClient, FeedbackApp
 from llmfab.serving.feedback_store import FeedbackReader, FeedbackStore, NotAFeedbackStore, export_preferences
-from llmfab.training.preference_pairs import feedback_pairs, read_pairs
+from llmfab.training.objectives.reward.pairs import feedback_pairs, read_pairs
 
 from .conftest import free_port, serve_command, write_service
 from .fake_openai import FakeOpenAI, fake_text

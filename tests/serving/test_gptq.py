@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from llmfab.serving.gptq import HessianAccumulator, gptq_quantize, rtn_quantize
-from llmfab.serving.quantize import QuantizationError, _pack, choose_group_size
+from llmfab.compress.gptq import HessianAccumulator, gptq_quantize, rtn_quantize
+from llmfab.compress.quantize import QuantizationError, _pack, choose_group_size
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.serve]
 
 
 def _pruned_model(tiny: TinySetup, out: Path) -> Path:
+    from llmfab.compress.width_pruning import activation_importance, prune_width
     from llmfab.data.shards import DatasetInfo
-    from llmfab.training.export import export_hf, load_hf
-    from llmfab.training.token_data import WindowSampler
-    from llmfab.training.width_pruning import activation_importance, prune_width
+    from llmfab.data.token_windows import WindowSampler
+    from llmfab.model.hf import export_hf, load_hf
 
     model, args = load_hf(tiny.bf16)
     windows = WindowSampler(DatasetInfo.load(tiny.dataset).split("train"), 64, 0).next_batch(32, 0, 1)[:, :-1]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from llmfab.serving.quantize import QuantizationError, QuantizeOptions, load_dequantized, quantize_checkpoint
+from llmfab.compress.quantize import QuantizationError, QuantizeOptions, load_dequantized, quantize_checkpoint
 from llmfab.store import read_manifest
 from llmfab.workload import run_stage
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def test_windows(tiny: TinySetup) -> torch.Tensor:
-    from llmfab.serving.quantize import load_calibration
+    from llmfab.compress.quantize import load_calibration
 
     return load_calibration(tiny.dataset, 32, 128, split="test")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmfab.serving.gptq import rtn_quantize
-from llmfab.serving.quantize import _pack
+from llmfab.compress.gptq import rtn_quantize
+from llmfab.compress.quantize import _pack
 from llmfab.serving.vllm_plugin import dequantize, unpack_int4
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llmfab.api.training_run import BatchSpec
-from llmfab.training.batching import (
+from llmfab.training.components.batching import (
     BatchConfigError,
     BatchSchedule,
     OutOfMemoryAtSmallestBatch,

@@ -9,8 +9,12 @@ import torch
 from torch import nn
 
 from llmfab.api.training_run import CheckpointSpec
-from llmfab.training.checkpoint import CheckpointManager, IncompatibleCheckpoint, parameter_fingerprint
-from llmfab.training.distributed import DistEnv
+from llmfab.training.components.checkpoint import (
+    CheckpointManager,
+    IncompatibleCheckpoint,
+    parameter_fingerprint,
+)
+from llmfab.training.components.distributed import DistEnv
 
 ENV = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -104,8 +108,8 @@ def test_async_save_is_published_on_wait(tmp_path: Path) -> None:
 
 def test_same_shapes_but_other_heads_is_refused() -> None:
     """8 and 6 heads over hidden 192 have identical tensors; resuming one as the other is wrong."""
-    from llmfab.training.checkpoint import architecture_of, describe_mismatch
-    from llmfab.training.model import ModelArgs
+    from llmfab.model.transformer import ModelArgs
+    from llmfab.training.components.checkpoint import architecture_of, describe_mismatch
 
     eight = ModelArgs(vocab_size=64, layers=1, hidden=192, heads=8, kv_heads=8, intermediate=256, sharing_groups=1)
     six = ModelArgs(vocab_size=64, layers=1, hidden=192, heads=6, kv_heads=6, intermediate=256, sharing_groups=1)
@@ -135,7 +139,7 @@ def test_ctrl_c_during_a_save_reaches_the_caller_as_keyboard_interrupt(tmp_path:
 def test_a_failed_write_is_an_ordinary_exception_naming_the_cause(tmp_path: Path, monkeypatch) -> None:
     from torch.distributed.checkpoint import FileSystemWriter
 
-    from llmfab.training.checkpoint import CheckpointIOError
+    from llmfab.training.components.checkpoint import CheckpointIOError
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -153,7 +157,7 @@ def test_a_save_after_the_run_was_deleted_refuses_to_recreate_its_directory(tmp_
     """``llmfab delete`` removed the run under a trainer still running (issue 19, item 7): its next
     save must not bring ``checkpoints/`` back for a later run of the same name to resume from."""
     from llmfab.store import delete_artifacts
-    from llmfab.training.checkpoint import CheckpointIOError
+    from llmfab.training.components.checkpoint import CheckpointIOError
 
     model = _model()
     opt = torch.optim.AdamW(model.parameters())
@@ -172,7 +176,7 @@ def test_a_failed_save_removes_its_partial_directory_and_lets_go_of_its_lock(
     process exited; the next save forgot them."""
     from torch.distributed.checkpoint import FileSystemWriter
 
-    from llmfab.training.checkpoint import CheckpointIOError
+    from llmfab.training.components.checkpoint import CheckpointIOError
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")

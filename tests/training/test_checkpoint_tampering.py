@@ -16,9 +16,9 @@ from torch import nn
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 
 from llmfab.api.training_run import CheckpointSpec
-from llmfab.training.checkpoint import CheckpointManager, parameter_fingerprint
-from llmfab.training.checkpoint_reader import CorruptCheckpoint, _MetadataUnpickler
-from llmfab.training.distributed import DistEnv
+from llmfab.training.components.checkpoint import CheckpointManager, parameter_fingerprint
+from llmfab.training.components.checkpoint_reader import CorruptCheckpoint, _MetadataUnpickler
+from llmfab.training.components.distributed import DistEnv
 
 ENV = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from llmfab.data.shards import DatasetInfo
-from llmfab.training.distill import distillation_loss
-from llmfab.training.export import load_hf
-from llmfab.training.token_data import validation_batches
+from llmfab.data.token_windows import validation_batches
+from llmfab.model.hf import load_hf
+from llmfab.training.objectives.distill import distillation_loss
 from llmfab.workload import run_stage
 
 from .conftest import read_metrics
@@ -145,9 +145,9 @@ def test_a_missing_teacher_waits_for_it(home: Path, write_spec: Callable[..., Pa
 def _random_teacher(home: Path) -> None:
     """An exported (untrained) teacher: enough for checks that do not need a good one."""
     from llmfab.api.training_run import ModelSpec
-    from llmfab.training.export import export_hf
-    from llmfab.training.model import Transformer
-    from llmfab.training.trainer import model_args_from_spec
+    from llmfab.model.from_spec import model_args_from_spec
+    from llmfab.model.hf import export_hf
+    from llmfab.model.transformer import Transformer
 
     torch.manual_seed(7)
     args = model_args_from_spec(ModelSpec.model_validate(TEACHER), 300)

@@ -1,4 +1,4 @@
-"""CPU training keeps freed tensor memory in the process (``llmfab/training/host_memory.py``).
+"""CPU training keeps freed tensor memory in the process (``llmfab/training/components/host_memory.py``).
 
 Each case runs in a fresh interpreter: the setting is process-wide, and the point is what a new
 training process does from its start. Each "step" allocates and fills tensors of 48, 64, 40, 8 and
@@ -23,7 +23,7 @@ import sys
 import pytest
 
 from llmfab.errors import WorkloadError
-from llmfab.training import host_memory
+from llmfab.training.components import host_memory
 
 PROGRAM = """
 import json, resource, sys
@@ -31,11 +31,11 @@ import torch
 setup = sys.argv[1]
 applied = None
 if setup == "keep":
-    from llmfab.training.host_memory import keep_freed_memory
+    from llmfab.training.components.host_memory import keep_freed_memory
     applied = keep_freed_memory()
 elif setup == "init_distributed":
     from llmfab.api.training_run import TrainingRunSpec
-    from llmfab.training.distributed import init_distributed
+    from llmfab.training.components.distributed import init_distributed
     init_distributed(TrainingRunSpec.model_validate({"dataset": {"name": "d"}}))
 faults = []
 for _ in range(32):

@@ -8,7 +8,7 @@ import pytest
 
 from llmfab.api.training_run import TrainingRunSpec
 from llmfab.errors import WorkloadError
-from llmfab.training.workload import rendezvous, torchrun_command
+from llmfab.training.loop.launcher import rendezvous, torchrun_command
 
 
 def _spec(nodes: int = 1, per_node: int = 2) -> TrainingRunSpec:

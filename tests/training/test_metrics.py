@@ -8,7 +8,7 @@ import urllib.request
 from pathlib import Path
 
 from llmfab.api.training_run import MonitoringSpec
-from llmfab.training.metrics import MetricsSink, flops_per_token, peak_flops
+from llmfab.training.components.metrics import MetricsSink, flops_per_token, peak_flops
 
 
 def _free_port() -> int:

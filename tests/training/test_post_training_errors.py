@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from llmfab.api.training_run import TrainingRunSpec
-from llmfab.training.distill import check_teacher
+from llmfab.training.objectives.distill import check_teacher
 from llmfab.workload import run_stage
 
 STUDENT = {"layers": 1, "hidden": 32, "heads": 2, "contextLength": 32}

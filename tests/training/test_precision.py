@@ -22,11 +22,11 @@ import torch.multiprocessing as mp
 import yaml
 
 from llmfab.api.training_run import TrainingRun, TrainingRunSpec
+from llmfab.model.transformer import ModelArgs
 from llmfab.status import FileStatusReporter
-from llmfab.training import distributed as D
-from llmfab.training import precision as P
-from llmfab.training.model import ModelArgs
-from llmfab.training.trainer import micro_batch_key
+from llmfab.training.components import distributed as D
+from llmfab.training.components import precision as P
+from llmfab.training.loop.trainer import micro_batch_key
 from llmfab.workload import run_stage
 
 from .conftest import tiny_spec
@@ -72,8 +72,8 @@ def native(monkeypatch: pytest.MonkeyPatch) -> None:
 def _resolve(tmp_path: Path, precision: str, probe: Probe, args: ModelArgs = ARGS) -> tuple[TrainingRunSpec, list]:
     run = _run(precision)
     reporter = FileStatusReporter(run, tmp_path)
-    resolved = P.resolve(run.spec, CPU, 1, args, tmp_path / "runs" / "tiny-run", reporter, probe=probe)
-    return resolved, _events(tmp_path)
+    precision = P.resolve(run.spec.precision, CPU, 1, args, tmp_path / "runs" / "tiny-run", reporter, probe=probe)
+    return run.spec.model_copy(update={"precision": precision}), _events(tmp_path)
 
 
 def test_fp32_never_probes_and_says_nothing() -> None:
@@ -188,9 +188,9 @@ def _rank(rank: int, port: int, root: str, bf16_ms: list[float], out: str) -> No
     try:
         run = _run("auto")
         probe = Probe(40.0, bf16_ms[rank])
-        spec = P.resolve(run.spec, CPU, 2, ARGS, Path(root) / f"rank{rank}", FileStatusReporter(run, Path(root)),
-                         probe=probe)
-        Path(out, f"{rank}").write_text(spec.precision)
+        precision = P.resolve(run.spec.precision, CPU, 2, ARGS, Path(root) / f"rank{rank}",
+                              FileStatusReporter(run, Path(root)), probe=probe)
+        Path(out, f"{rank}").write_text(precision)
     finally:
         dist.destroy_process_group()
 

@@ -8,8 +8,8 @@ import urllib.request
 import pytest
 import torch
 
-from llmfab.training import metrics
-from llmfab.training.metrics import CUDA_GAUGES, PrometheusExporter
+from llmfab.training.components import metrics
+from llmfab.training.components.metrics import CUDA_GAUGES, PrometheusExporter
 
 
 def scrape(exporter: PrometheusExporter) -> dict[str, float]:

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from llmfab.api.training_run import TrainingRunSpec
-from llmfab.training.export import export_hf, load_hf
-from llmfab.training.model import ModelArgs, Transformer
-from llmfab.training.post_training_pruning import kept_channels, prune_mlp_channels, validation_loss
+from llmfab.compress.post_training_pruning import kept_channels, prune_mlp_channels, validation_loss
+from llmfab.model.hf import export_hf, load_hf
+from llmfab.model.transformer import ModelArgs, Transformer
 from llmfab.workload import run_stage
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
@@ -64,7 +64,7 @@ def test_pruned_export_is_a_smaller_llama_whose_logits_equal_llmfabs(
         torch.testing.assert_close(hf(tokens).logits, llmfab_model.logits(tokens), rtol=1e-4, atol=1e-4)
     # The reported "after" number is the exported model's.
     from llmfab.data.shards import DatasetInfo
-    from llmfab.training.token_data import validation_batches
+    from llmfab.data.token_windows import validation_batches
 
     batches = validation_batches(DatasetInfo.load(home / "datasets" / "tiny").split("val"), 32, 8, 2, 0, 1)
     assert validation_loss(llmfab_model.state_dict(), args, batches, spec) == pytest.approx(p["valLossAfter"], rel=1e-5)

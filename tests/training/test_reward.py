@@ -14,11 +14,11 @@ import pytest
 import torch
 import yaml
 
+from llmfab.model.hf import export_hf
+from llmfab.model.reward_head import ARCHITECTURE, bradley_terry_loss, load_reward_model
+from llmfab.model.transformer import ModelArgs, Transformer
 from llmfab.status import events_path, read_status
 from llmfab.store import write_manifest
-from llmfab.training.export import export_hf
-from llmfab.training.model import ModelArgs, Transformer
-from llmfab.training.reward_head import ARCHITECTURE, bradley_terry_loss, load_reward_model
 from llmfab.workload import run_stage
 from tests.serving.tiny_models import build_tokenizer
 

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from llmfab.status import read_status
-from llmfab.training.rl_workload import group_advantages, grpo_loss, response_mask, sampling_batches
+from llmfab.training.objectives.rl import group_advantages, grpo_loss, response_mask, sampling_batches
 from llmfab.workload import run_stage
 from tests.training.test_reward import (  # noqa: F401
     WORDS,

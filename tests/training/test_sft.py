@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from llmfab.status import read_status
-from llmfab.training.sft_data import IGNORE, encode, render
+from llmfab.training.objectives.sft.examples import IGNORE, encode, render
 from llmfab.workload import run_stage
 from tests.training.test_reward import CONTEXT, WORDS, base_home, base_template, write_jsonl  # noqa: F401
 
@@ -66,9 +66,9 @@ def held_out_loss(model_dir: Path, root: Path) -> float:
     from transformers import AutoTokenizer
 
     from llmfab.api.training_run import TrainingRun
-    from llmfab.training.export import load_hf
-    from llmfab.training.sft_data import instruction_files, read_chats, split_examples, to_rows
-    from llmfab.training.trainer import LanguageModelLoss, inputs_and_targets
+    from llmfab.model.hf import load_hf
+    from llmfab.training.loop.trainer import LanguageModelLoss, inputs_and_targets
+    from llmfab.training.objectives.sft.examples import instruction_files, read_chats, split_examples, to_rows
 
     spec = TrainingRun.model_validate(yaml.safe_load((root.parent / "sft.yaml").read_text())).spec
     assert spec.sft is not None

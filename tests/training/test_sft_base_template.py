@@ -8,8 +8,8 @@ import json
 import shutil
 from pathlib import Path
 
-from llmfab.training.export import CHAT_TEMPLATE_FILE
-from llmfab.training.sft_data import encode
+from llmfab.model.hf import CHAT_TEMPLATE_FILE
+from llmfab.training.objectives.sft.examples import encode
 from llmfab.workload import run_stage
 from tests.training.test_reward import CONTEXT, base_home, base_template, write_jsonl  # noqa: F401
 from tests.training.test_sft import instructions, sft_spec

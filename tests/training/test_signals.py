@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from llmfab import signals
-from llmfab.training.checkpoint import SIGTERM_SAVE_BUDGET_SECONDS
+from llmfab.training.components.checkpoint import SIGTERM_SAVE_BUDGET_SECONDS
 from llmfab.workload import run_stage
 
 from .test_checkpoint import _manager, _model, _train_step

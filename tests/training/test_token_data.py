@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llmfab.data.shards import DataFormatError, DatasetInfo
-from llmfab.training.token_data import WindowSampler, validation_batches
+from llmfab.data.token_windows import WindowSampler, validation_batches
 
 
 @pytest.fixture

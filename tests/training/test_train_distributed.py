@@ -137,7 +137,7 @@ INJECT_OOM = '''
 import os
 if os.environ.get("RANK") == "1" and os.environ.get("LLMFAB_TEST_OOM_AT"):
     import torch
-    from llmfab.training import trainer
+    from llmfab.training.loop import trainer
 
     _real, _calls = trainer.train_step, [0]
 

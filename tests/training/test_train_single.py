@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmfab.training import losses
+from llmfab.model import losses
 from llmfab.workload import run_stage
 
 from .conftest import read_metrics
@@ -105,7 +105,7 @@ def test_ctrl_c_during_a_checkpoint_save_is_reported_as_interrupted(
 def _out_of_memory_once_at(step_call: int, above: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Make the ``step_call``-th training step fail with a CUDA-style OOM while micro-batches exceed
     ``above`` sequences; return the micro-batch sizes every step call used."""
-    from llmfab.training import trainer
+    from llmfab.training.loop import trainer
 
     real, seen = trainer.train_step, []
 

@@ -26,8 +26,8 @@ def test_width_pruning_with_recovery_lowers_the_pruned_loss_and_exports_the_repo
     from transformers import AutoModelForCausalLM
 
     from llmfab.data.shards import DatasetInfo
-    from llmfab.training.losses import chunked_cross_entropy
-    from llmfab.training.token_data import validation_batches
+    from llmfab.data.token_windows import validation_batches
+    from llmfab.model.losses import chunked_cross_entropy
 
     pruning = {"enabled": True, "structure": "width", "heads": 2, "intermediate": 64, "recoverySteps": 20,
                "calibrationSamples": 16}

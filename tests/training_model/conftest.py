@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmfab.training.model import ModelArgs
+from llmfab.model.transformer import ModelArgs
 
 VOCAB = 96
 

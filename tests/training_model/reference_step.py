@@ -3,7 +3,7 @@
 RoPE from freshly built tables, ``down(silu(gate) * up)``), the loss as ``F.cross_entropy`` over the
 full fp32 logits, the global-norm clip and torch's fused AdamW over the same two decay groups.
 
-It is deliberately unoptimised and must not follow later changes to ``llmfab/training/model.py``
+It is deliberately unoptimised and must not follow later changes to ``llmfab/model/transformer.py``
 or ``losses.py``: comparing the real trainer step against it on the same CPU is what shows a speed
 change kept the numbers (golden losses recorded on one CPU would not survive AVX2 vs AVX-512
 summation orders at 1e-5). Parameter names match ``Transformer``'s so its state dict loads here.
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmfab.training.model import ModelArgs
+from llmfab.model.transformer import ModelArgs
 
 
 class RefRMSNorm(nn.Module):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmfab.training import eager_kernels as K
-from llmfab.training.model import Block, rope_tables
+from llmfab.model import kernels as K
+from llmfab.model.transformer import Block, rope_tables
 from tests.training_model.conftest import tiny_args
 
 DTYPES = {torch.float32: 1e-6, torch.bfloat16: 2e-2}

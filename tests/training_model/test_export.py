@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from llmfab.model.hf import export_hf, load_hf
+from llmfab.model.transformer import Transformer
 from llmfab.store import read_manifest
-from llmfab.training.export import export_hf, load_hf
-from llmfab.training.model import Transformer
 
 from .conftest import VOCAB, tiny_args
 

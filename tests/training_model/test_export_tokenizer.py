@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from llmfab.training.export import CHAT_TEMPLATE, CHAT_TEMPLATE_FILE, TOKENIZER_FILES, export_hf
-from llmfab.training.model import Transformer
+from llmfab.model.hf import CHAT_TEMPLATE, CHAT_TEMPLATE_FILE, TOKENIZER_FILES, export_hf
+from llmfab.model.transformer import Transformer
 
 from .conftest import tiny_args
 

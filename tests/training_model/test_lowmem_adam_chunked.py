@@ -11,8 +11,8 @@ import copy
 import pytest
 import torch
 
-from llmfab.training import lowmem_adam
-from llmfab.training.lowmem_adam import BLOCK, AdamW8bit, AdamWBF16
+from llmfab.training.components import lowmem_adam
+from llmfab.training.components.lowmem_adam import BLOCK, AdamW8bit, AdamWBF16
 
 from . import lowmem_adam_reference as reference
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from llmfab.api.training_run import ModelSpec
-from llmfab.training.model import Transformer
-from llmfab.training.trainer import model_args_from_spec
+from llmfab.model.from_spec import model_args_from_spec
+from llmfab.model.transformer import Transformer
 
 from .conftest import VOCAB, tiny_args
 

@@ -9,16 +9,21 @@ import pytest
 import torch
 
 from llmfab.api.training_run import OptimizerSpec
-from llmfab.training.losses import chunked_cross_entropy
-from llmfab.training.lowmem_adam import (
+from llmfab.model.losses import chunked_cross_entropy
+from llmfab.model.transformer import Transformer
+from llmfab.training.components.lowmem_adam import (
     dequantize_signed,
     dequantize_unsigned,
     quantize_signed,
     quantize_unsigned,
     stochastic_round_,
 )
-from llmfab.training.model import Transformer
-from llmfab.training.optim import build_optimizer, lr_multiplier, optimizer_state_bytes, param_groups
+from llmfab.training.components.optim import (
+    build_optimizer,
+    lr_multiplier,
+    optimizer_state_bytes,
+    param_groups,
+)
 
 from .conftest import VOCAB, tiny_args
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from llmfab.api.training_run import PruningSpec
-from llmfab.training.model import Transformer
-from llmfab.training.pruning import apply_masks, magnitude_mask, prune_model, sparsity
+from llmfab.compress.pruning import apply_masks, magnitude_mask, prune_model, sparsity
+from llmfab.model.transformer import Transformer
 
 from .conftest import tiny_args
 

@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from llmfab.api.training_run import TrainingRunSpec
-from llmfab.training import trainer
-from llmfab.training.batching import BatchSchedule
-from llmfab.training.distributed import DistEnv
-from llmfab.training.optim import lr_multiplier
+from llmfab.training.components.batching import BatchSchedule
+from llmfab.training.components.distributed import DistEnv
+from llmfab.training.components.optim import lr_multiplier
+from llmfab.training.loop import trainer
 from tests.training_model.reference_step import RefTransformer, ref_optimizer, ref_step
 
 REPO = Path(__file__).resolve().parents[2]

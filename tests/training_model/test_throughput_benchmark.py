@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmfab.training import trainer
-from llmfab.training.distributed import DistEnv
-from llmfab.training.metrics import flops_per_token, model_flops_utilization, peak_flops
-from llmfab.training.model import ModelArgs, Transformer
+from llmfab.model.transformer import ModelArgs, Transformer
+from llmfab.training.components.distributed import DistEnv
+from llmfab.training.components.metrics import flops_per_token, model_flops_utilization, peak_flops
+from llmfab.training.loop import trainer
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_throughput.py"
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmfab.training.export import export_hf, load_hf
-from llmfab.training.model import Transformer
-from llmfab.training.post_training_pruning import prune_mlp_channels
-from llmfab.training.width_pruning import activation_importance, prune_width, top
+from llmfab.compress.post_training_pruning import prune_mlp_channels
+from llmfab.compress.width_pruning import activation_importance, prune_width, top
+from llmfab.model.hf import export_hf, load_hf
+from llmfab.model.transformer import Transformer
 
 from .conftest import tiny_args
 

@@ -3,7 +3,7 @@
 On ``PYTHONPATH`` this runs at the start of every Python process, and does nothing unless
 ``LLMFAB_TEST_SLOW`` is set, e.g. ``build=2,step=0.2,save=3``: seconds to sleep at the start of
 the model build, of every training step and of the first checkpoint write. Each point touches
-``$LLMFAB_TEST_MARKS/<point>`` as it starts. The patches go in once ``llmfab.training.trainer`` is
+``$LLMFAB_TEST_MARKS/<point>`` as it starts. The patches go in once ``llmfab.training.loop.trainer`` is
 imported, so processes that never train are not slowed down.
 """
 
@@ -49,7 +49,7 @@ def _patch(trainer: ModuleType) -> None:
 
 class _PatchTrainerOnImport(importlib.abc.MetaPathFinder):
     def find_spec(self, name: str, path: Sequence[str] | None, target: ModuleType | None = None) -> Any:
-        if name != "llmfab.training.trainer":
+        if name != "llmfab.training.loop.trainer":
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:

@@ -2,8 +2,7 @@
 
 A pair is ``{prompt, chosen, rejected}`` (field names from ``spec.preferences``). The text a reward
 model scores is the prompt and the response in the dialogue format of the exported chat template
-(``training/export.py``): ``"User: {prompt}\\nAssistant: {response}"``, so the RL run scores its
-samples in the same format. A sequence longer than the context keeps its end (the scored token is
+(``model/reward_head.py``: ``reward_input_ids``), so the RL run scores its samples in the same format. A sequence longer than the context keeps its end (the scored token is
 the last one), i.e. the prompt is cut from the left.
 """
 
@@ -18,7 +17,8 @@ import torch
 
 from llmfab.api.reward_model import Preferences
 from llmfab.errors import DependencyNotReady, WorkloadError
-from llmfab.training.jsonl_rows import matching_files, read_rows
+from llmfab.model.reward_head import reward_input_ids
+from llmfab.training.inputs.jsonl_rows import matching_files, read_rows
 
 FIELDS = (("prompt", "promptField"), ("chosen", "chosenField"), ("rejected", "rejectedField"))
 
@@ -29,19 +29,6 @@ class PreferencePair:
     chosen: str
     rejected: str
     where: str  # "file:line", for messages
-
-
-def dialogue_text(prompt: str, response: str) -> str:
-    """What the reward model reads: the chat template's user and assistant turns."""
-    return f"User: {prompt}\nAssistant: {response}"
-
-
-def reward_input_ids(tokenizer: Any, prompt: str, response: str, context: int) -> tuple[list[int], bool]:
-    """(token ids the reward model scores, whether they were cut): the dialogue text encoded as in
-    training, cut to its last ``context`` tokens. The RL run encodes its samples with this too, so a
-    score means the same in RL as on the held-out pairs."""
-    ids: list[int] = tokenizer(dialogue_text(prompt, response))["input_ids"]
-    return ids[-context:], len(ids) > context
 
 
 def preference_files(pattern: str, resolved: Path) -> list[Path]:

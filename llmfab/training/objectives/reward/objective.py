@@ -1,7 +1,7 @@
 """``llmfab reward run --spec FILE``: one RewardModel, on one process.
 
-    base TrainingRun's model/ -> Transformer + scalar head (``training/reward_head.py``)
-    preference pairs (``training/preference_pairs.py``) -> train / held-out split
+    base TrainingRun's model/ -> Transformer + scalar head (``model/reward_head.py``)
+    preference pairs (``training/objectives/reward/pairs.py``) -> train / held-out split
     for each step: lr; the step's pairs; micro-batches (forward chosen+rejected, Bradley-Terry
                    loss, backward); clip; stop on NaN/inf; optimizer step; log; checkpoint
     held-out pairwise accuracy -> status; export LlamaForSequenceClassification; manifest last
@@ -44,7 +44,12 @@ def run(ctx: WorkloadContext) -> None:
     if not (model_dir / "config.json").is_file():
         raise WorkloadError(f"spec.base.trainingRun: TrainingRun/{spec.base.training_run} has no exported model "
                             f"in {model_dir}; rerun it with --force")
-    from llmfab.training.preference_pairs import feedback_pairs, preference_files, read_pairs, split_pairs
+    from llmfab.training.objectives.reward.pairs import (
+        feedback_pairs,
+        preference_files,
+        read_pairs,
+        split_pairs,
+    )
 
     prefs = spec.preferences
     if prefs.inference_service is not None:  # the feedback app's votes (exactly one source: API rule)
@@ -73,7 +78,7 @@ def load_base(model_dir: Path, name: str) -> tuple[Any, Any, Any, dict[str, int 
     """(Transformer, ModelArgs, tokenizer, special ids) of the base TrainingRun's export."""
     from transformers import AutoTokenizer
 
-    from llmfab.training.export import load_hf
+    from llmfab.model.hf import load_hf
 
     field = f"spec.base.trainingRun: TrainingRun/{name}"
     try:
@@ -95,25 +100,21 @@ def train_reward_model(ctx: WorkloadContext, spec: RewardModelSpec, model_dir: P
                        train_pairs: list[Any], held_out: list[Any]) -> None:
     import torch
 
-    from llmfab.api.training_run import TrainingRunSpec
-    from llmfab.training import distributed as D
-    from llmfab.training.checkpoint import (
+    from llmfab.model.reward_head import RewardScorer, bradley_terry_loss
+    from llmfab.training.components import distributed as D
+    from llmfab.training.components.checkpoint import (
         CheckpointIOError,
         CheckpointManager,
         IncompatibleCheckpoint,
         architecture_of,
         parameter_fingerprint,
     )
-    from llmfab.training.metrics import MetricsSink
-    from llmfab.training.optim import build_optimizer, lr_multiplier
-    from llmfab.training.precision import resolve as resolve_precision
-    from llmfab.training.preference_pairs import batch_indices, encode_pairs, pad_batch
-    from llmfab.training.reward_head import RewardScorer, bradley_terry_loss
+    from llmfab.training.components.metrics import MetricsSink
+    from llmfab.training.components.optim import build_optimizer, lr_multiplier
+    from llmfab.training.components.precision import resolve as resolve_precision
+    from llmfab.training.objectives.reward.pairs import batch_indices, encode_pairs, pad_batch
 
-    # The precision and device helpers read only spec.precision and spec.parallelism, which a
-    # RewardModel spec has with the same types as a TrainingRun's.
-    shared = cast(TrainingRunSpec, spec)
-    env = D.init_distributed(shared)
+    env = D.init_distributed(spec)  # reads spec.parallelism, as a TrainingRun's
     torch.manual_seed(spec.seed)
     model, args, tokenizer, ids = load_base(model_dir, spec.base.training_run)
     pad_id = int(cast(int, ids["pad_token_id"]))
@@ -124,7 +125,8 @@ def train_reward_model(ctx: WorkloadContext, spec: RewardModelSpec, model_dir: P
     if truncated := sum(p.truncated for p in train_set + val_set):
         ctx.reporter.event("PairsTruncated", f"{truncated} pairs are longer than contextLength "
                            f"{args.context_length}; their prompts are cut from the left", "Warning")
-    shared = resolve_precision(shared, env.device, env.world_size, args, ctx.out_dir, ctx.reporter)
+    spec = spec.model_copy(update={"precision": resolve_precision(
+        spec.precision, env.device, env.world_size, args, ctx.out_dir, ctx.reporter)})
     optimizer = build_optimizer(scorer, spec.optimizer, seed=spec.seed)
     fingerprint = parameter_fingerprint(scorer, spec.optimizer.type, architecture_of(args))
     checkpoints = CheckpointManager(ctx.out_dir / "checkpoints", spec.checkpoint, env, fingerprint)
@@ -148,7 +150,7 @@ def train_reward_model(ctx: WorkloadContext, spec: RewardModelSpec, model_dir: P
             return None
         scorer.eval()
         right = 0
-        with torch.no_grad(), D.autocast(shared, env):
+        with torch.no_grad(), D.autocast(spec, env):
             for i in range(0, len(encoded), micro):
                 rewards = scorer(pad_batch(encoded[i : i + micro], pad_id).to(env.device))
                 half = rewards.shape[0] // 2
@@ -165,7 +167,7 @@ def train_reward_model(ctx: WorkloadContext, spec: RewardModelSpec, model_dir: P
             step_loss, wins = 0.0, 0
             for i in range(0, pairs_per_step, micro):
                 chunk = [train_set[j] for j in chosen_idx[i : i + micro]]
-                with D.autocast(shared, env):
+                with D.autocast(spec, env):
                     rewards = scorer(pad_batch(chunk, pad_id).to(env.device))
                 half = rewards.shape[0] // 2
                 micro_loss = bradley_terry_loss(rewards[:half], rewards[half:], spec.margin)
@@ -207,7 +209,7 @@ def train_reward_model(ctx: WorkloadContext, spec: RewardModelSpec, model_dir: P
 def publish(ctx: WorkloadContext, spec: RewardModelSpec, scorer: Any, args: Any, ids: dict[str, int | None],
             base_model_dir: Path, base_dir: Path, numbers: dict[str, Any]) -> None:
     """Export ``model/`` (LlamaForSequenceClassification), report the final numbers, then the manifest."""
-    from llmfab.training.reward_head import export_reward_hf, tokenizer_sha256
+    from llmfab.model.reward_head import export_reward_hf, tokenizer_sha256
 
     out = ctx.out_dir / "model"
     state = {k: v.detach().float().cpu() for k, v in scorer.state_dict().items()}

@@ -77,7 +77,7 @@ def calibration_dataset_dir(ctx: WorkloadContext) -> Path | None:
 
 def ensure_quantized(ctx: WorkloadContext, model_dir: Path | None = None, force: bool = False) -> Path:
     """Quantize unless an up-to-date ``model-4bit/`` exists; return its path."""
-    from llmfab.serving.quantize import (
+    from llmfab.compress.quantize import (
         QuantizationError,
         QuantizeOptions,
         load_calibration,

@@ -3,7 +3,7 @@
 The reward of a sequence is ``score(h_last)``: a bias-free Linear(hidden, 1) on the final-normalised
 hidden state of the last non-pad token (the rightmost token that is not ``pad_id``), which is how
 Hugging Face's ``LlamaForSequenceClassification`` pools. The export is therefore that class
-(``num_labels=1``, ``pad_token_id`` set): ``model.*`` weights as in ``training/export.py``, no
+(``num_labels=1``, ``pad_token_id`` set): ``model.*`` weights as in ``model/hf.py``, no
 ``lm_head``, plus ``score.weight``; ``AutoModelForSequenceClassification`` loads it, and
 :func:`load_reward_model` loads it back into llmfab (what the RL run uses).
 """
@@ -21,12 +21,25 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from llmfab.model.hf import hf_config, load_hf, to_hf_state_dict
+from llmfab.model.transformer import ModelArgs, Transformer
 from llmfab.store import staged_directory, write_json_atomic, write_manifest
-from llmfab.training.export import hf_config, load_hf, to_hf_state_dict
-from llmfab.training.model import ModelArgs, Transformer
 
 ARCHITECTURE = "LlamaForSequenceClassification"
 _MODEL_FILES = ("config.json", "generation_config.json", "manifest.json", "model.safetensors.index.json")
+
+
+def dialogue_text(prompt: str, response: str) -> str:
+    """What the reward model reads: the chat template's user and assistant turns."""
+    return f"User: {prompt}\nAssistant: {response}"
+
+
+def reward_input_ids(tokenizer: Any, prompt: str, response: str, context: int) -> tuple[list[int], bool]:
+    """(token ids the reward model scores, whether they were cut): the dialogue text encoded as in
+    training, cut to its last ``context`` tokens. The RL run encodes its samples with this too, so a
+    score means the same in RL as on the held-out pairs."""
+    ids: list[int] = tokenizer(dialogue_text(prompt, response))["input_ids"]
+    return ids[-context:], len(ids) > context
 
 
 class RewardScorer(nn.Module):

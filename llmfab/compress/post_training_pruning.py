@@ -1,7 +1,7 @@
 """``spec.pruning.enabled``: prune the trained weights before the export, recover, and measure what it cost.
 
 - ``structure: mlp`` / ``width``, ``method: activation`` (their default): Minitron width pruning
-  (``training/width_pruning.py``): MLP channels (and, with ``width``, whole GQA groups of attention
+  (``compress/width_pruning.py``): MLP channels (and, with ``width``, whole GQA groups of attention
   heads) ranked by their activations on ``calibrationSamples`` sequences of the training split.
 - ``structure: mlp``, ``method: magnitude``: channel j's importance is ‖gate_j‖₂ · ‖up_j‖₂ ·
   ‖down_:,j‖₂ (the magnitude criterion of LLM-Pruner's "element" variant, Ma et al., 2023,
@@ -38,14 +38,14 @@ from typing import Any
 import torch
 
 from llmfab.api.training_run import TrainingRunSpec
+from llmfab.compress.pruning import apply_masks, prune_model, sparsity
+from llmfab.compress.width_pruning import activation_importance, prune_width, slice_block_mlp, top
+from llmfab.data.token_windows import WindowSampler, validation_batches
 from llmfab.errors import WorkloadError
-from llmfab.training import losses
-from llmfab.training.distill import distillation_loss
-from llmfab.training.export import clean_state_dict
-from llmfab.training.model import ModelArgs, Transformer
-from llmfab.training.pruning import apply_masks, prune_model, sparsity
-from llmfab.training.token_data import WindowSampler, validation_batches
-from llmfab.training.width_pruning import activation_importance, prune_width, slice_block_mlp, top
+from llmfab.model import losses
+from llmfab.model.distillation_loss import distillation_loss
+from llmfab.model.hf import clean_state_dict
+from llmfab.model.transformer import ModelArgs, Transformer
 
 CALIBRATION_BATCH = 8  # sequences per calibration forward
 # Default recovery peak LR, as a share of optimizer.lr: the pruned model starts near a minimum, so the
@@ -124,7 +124,7 @@ def check_pruning(spec: TrainingRunSpec, vocab_size: int) -> None:
     """Before training: a structured target that cannot be built fails now, not after the run."""
     if not spec.pruning.enabled or spec.pruning.structure not in ("mlp", "width"):
         return
-    from llmfab.training.trainer import model_args_from_spec
+    from llmfab.model.from_spec import model_args_from_spec
 
     target_shape(spec, model_args_from_spec(spec.model, vocab_size))
 

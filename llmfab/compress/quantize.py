@@ -2,7 +2,7 @@
 
 Why our own GPTQ and not llmcompressor: llmcompressor pins compressed-tensors and transformers
 versions that fit neither the main venv nor vLLM's (FACTS.md "vLLM on CPU"). The math is in
-:mod:`llmfab.serving.gptq`; this module walks the model, collects calibration statistics, and
+:mod:`llmfab.compress.gptq`; this module walks the model, collects calibration statistics, and
 writes the ``pack-quantized`` format with the compressed-tensors library itself (its packer and its
 config schema), which vLLM serves with ``CPUWNA16LinearKernel`` on CPU (Marlin on NVIDIA GPUs) and
 transformers loads on CPU.
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from llmfab.compress.gptq import HessianAccumulator, QuantizedWeight, gptq_quantize, rtn_quantize
 from llmfab.data.shards import DatasetInfo
-from llmfab.serving.gptq import HessianAccumulator, QuantizedWeight, gptq_quantize, rtn_quantize
 from llmfab.store import staged_directory, write_manifest
 
 BITS = 4

@@ -33,7 +33,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from llmfab.training.model import Block, ModelArgs, Transformer
+from llmfab.model.transformer import Block, ModelArgs, Transformer
 
 Hook = Callable[[nn.Module, tuple[torch.Tensor, ...]], None]
 

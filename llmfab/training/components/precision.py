@@ -40,11 +40,10 @@ from typing import Any, Literal
 import torch
 
 from llmfab.api.common import utc_now
-from llmfab.api.training_run import TrainingRunSpec
+from llmfab.model import losses
+from llmfab.model.transformer import Block, ModelArgs, rope_tables
 from llmfab.status import StatusReporter
 from llmfab.store import write_json_atomic
-from llmfab.training import losses
-from llmfab.training.model import Block, ModelArgs, rope_tables
 
 PROBE_FILE = "precision-probe.json"
 PROBE_VERSION = 1  # part of the cache key: a changed probe measures again
@@ -322,14 +321,14 @@ def message(decision: Decision, cache_file: Path | None = None) -> tuple[str, st
     return ("PrecisionChosen", f"precision {d.requested}: {d.precision} ({because})", "Normal")
 
 
-def resolve(spec: TrainingRunSpec, device: torch.device, world_size: int, args: ModelArgs, run_dir: Path,
-            reporter: StatusReporter, probe: Callable[[ModelArgs], ProbeResult] = run_probe) -> TrainingRunSpec:
-    """``spec`` with ``precision`` settled to bf16 or fp32 for this run, after one event saying why.
+def resolve(requested: str, device: torch.device, world_size: int, args: ModelArgs, run_dir: Path,
+            reporter: StatusReporter, probe: Callable[[ModelArgs], ProbeResult] = run_probe) -> Concrete:
+    """``spec.precision`` (``requested``) settled to bf16 or fp32 for this run, after one event saying why.
 
-    Every rank calls it (it is collective under torchrun). A RewardModel's spec comes cast to a
-    TrainingRun's (``reward_workload``): only ``precision`` is read.
+    Every rank calls it (it is collective under torchrun). TrainingRuns and RewardModels alike: it
+    reads only the requested precision, the model's shape and where to cache the probe.
     """
-    requested = str(spec.precision)
+    requested = str(requested)
     key = cache_key(args)
 
     def measured() -> tuple[ProbeResult, bool]:
@@ -344,7 +343,7 @@ def resolve(spec: TrainingRunSpec, device: torch.device, world_size: int, args: 
     decision = agree(decision, world_size, lambda values: _all_reduce_max(values, device))
     if (event := message(decision, run_dir / PROBE_FILE)) is not None:
         reporter.event(*event)
-    return spec.model_copy(update={"precision": decision.precision})
+    return decision.precision
 
 
 def _all_reduce_max(values: list[float], device: torch.device) -> list[float]:

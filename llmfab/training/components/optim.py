@@ -28,7 +28,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from llmfab.api.training_run import OptimizerSpec
-from llmfab.training.lowmem_adam import AdamW8bit, AdamWBF16
+from llmfab.training.components.lowmem_adam import AdamW8bit, AdamWBF16
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -34,7 +34,8 @@ import yaml
 from llmfab.api.training_run import RlSpec, TrainingRunSpec
 from llmfab.errors import StageNotSupported, WorkloadError
 from llmfab.store import MANIFEST, write_manifest
-from llmfab.training.jsonl_rows import matching_files, read_rows
+from llmfab.training.inputs.base_model import load_base, refuse_pruning, shape_of
+from llmfab.training.inputs.jsonl_rows import matching_files, read_rows
 from llmfab.workload import WorkloadContext
 
 EPS = 1e-4
@@ -44,6 +45,7 @@ SAMPLE_ROWS = 256  # completions sampled in one batch (prompts of one length sha
 def refuse_unsupported(spec: TrainingRunSpec) -> None:
     rl = spec.rl
     assert rl is not None  # API rule
+    refuse_pruning(spec)
     if spec.parallelism.nodes * spec.parallelism.processes_per_node > 1:
         raise StageNotSupported("spec.parallelism: objective rl runs on one process; set nodes: 1 and "
                                 "processesPerNode: 1")
@@ -97,8 +99,7 @@ class Setup:
 def prepare(ctx: WorkloadContext, spec: TrainingRunSpec) -> Setup:
     """Every input checked before training starts; each bad one is an error naming its field."""
 
-    from llmfab.training.reward_head import tokenizer_sha256
-    from llmfab.training.sft_workload import load_base, shape_of
+    from llmfab.model.reward_head import tokenizer_sha256
 
     rl = spec.rl
     assert rl is not None
@@ -183,10 +184,10 @@ def decode_responses(tokenizer: Any, completions: Any, mask: Any, eos: int) -> l
 
 def score_responses(scorer: Any, tokenizer: Any, prompt: str, responses: list[str]) -> Any:
     """Reward-model scores [len(responses)] of each response to ``prompt``, encoded as the RewardModel
-    was trained (``preference_pairs.reward_input_ids``). The caller sets no_grad and autocast."""
+    was trained (``reward_head.reward_input_ids``). The caller sets no_grad and autocast."""
     import torch
 
-    from llmfab.training.preference_pairs import reward_input_ids
+    from llmfab.model.reward_head import reward_input_ids
 
     context = scorer.model.args.context_length
     rows = [reward_input_ids(tokenizer, prompt, text.strip(), context)[0] for text in responses]
@@ -241,23 +242,24 @@ def train_rl(ctx: WorkloadContext, setup: Setup) -> None:
 
     import torch
 
-    from llmfab.training import distributed as D
-    from llmfab.training.checkpoint import (
+    from llmfab.model.reward_head import load_reward_model
+    from llmfab.training.components import distributed as D
+    from llmfab.training.components.checkpoint import (
         CheckpointIOError,
         CheckpointManager,
         IncompatibleCheckpoint,
         architecture_of,
         parameter_fingerprint,
     )
-    from llmfab.training.metrics import MetricsSink
-    from llmfab.training.optim import build_optimizer, lr_multiplier
-    from llmfab.training.precision import resolve as resolve_precision
-    from llmfab.training.reward_head import load_reward_model
+    from llmfab.training.components.metrics import MetricsSink
+    from llmfab.training.components.optim import build_optimizer, lr_multiplier
+    from llmfab.training.components.precision import resolve as resolve_precision
 
     spec, rl = setup.spec, setup.spec.rl
     assert rl is not None
     env = D.init_distributed(spec)
-    spec = resolve_precision(spec, env.device, env.world_size, setup.args, ctx.out_dir, ctx.reporter)
+    spec = spec.model_copy(update={"precision": resolve_precision(
+        spec.precision, env.device, env.world_size, setup.args, ctx.out_dir, ctx.reporter)})
     device = env.device
     torch.manual_seed(spec.seed)
     policy = setup.policy.to(device).train()
@@ -370,7 +372,7 @@ def train_rl(ctx: WorkloadContext, setup: Setup) -> None:
 def publish(ctx: WorkloadContext, setup: Setup, policy: Any, steps: int, tokens: int, parameters: int,
             values: dict[str, Any]) -> None:
     """Export ``model/`` with the base tokenizer and chat template, report the final numbers, then the manifest."""
-    from llmfab.training.export import export_hf
+    from llmfab.model.hf import export_hf
 
     spec, rl = setup.spec, setup.spec.rl
     assert rl is not None

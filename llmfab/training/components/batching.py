@@ -29,7 +29,7 @@ import torch
 
 from llmfab.api.training_run import BatchSpec
 from llmfab.store import write_json_atomic
-from llmfab.training.lowmem_adam import BLOCK
+from llmfab.training.components.lowmem_adam import BLOCK
 
 CAP_FILE = "micro-batch.json"
 
@@ -172,7 +172,7 @@ def fit_micro_batch(try_size: Callable[[int], None], largest: int) -> int:
             size = max(1, size // 2)
 
 
-# Bytes per parameter of optimizer state (llmfab/training/optim.py): AdamW's two fp32 moments;
+# Bytes per parameter of optimizer state (llmfab/training/components/optim.py): AdamW's two fp32 moments;
 # AdamWBF16's two bf16 ones; AdamW8bit's two 8-bit ones plus two fp32 scales per BLOCK elements;
 # Adafactor's factored second moment (a row and a column vector per matrix, no first moment): ~0.
 OPTIMIZER_STATE_BYTES: dict[str, float] = {

@@ -1,6 +1,6 @@
 """Group-wise 4-bit weight quantization: round-to-nearest and GPTQ (Frantar et al., 2022).
 
-Pure tensor math, no model or file handling (that is :mod:`llmfab.serving.quantize`). The integer
+Pure tensor math, no model or file handling (that is :mod:`llmfab.compress.quantize`). The integer
 convention is the one compressed-tensors uses, so its packer re-derives exactly our integers:
 
     q = clamp(round(w / scale) + zero_point, -2**(b-1), 2**(b-1) - 1),   w_hat = (q - zero_point) * scale

@@ -5,7 +5,7 @@ Layout: ``<run>/checkpoints/step-00000042/`` holds DCP's shard files and ``.meta
 is written as ``step-….tmp-save`` (rank 0 holds its lock, :mod:`llmfab.temporaries`) and renamed
 once every rank has finished, so a directory without ``.tmp-`` in its name is complete; a
 temporary whose writer is gone is removed, a live one never. Checkpoints are read through
-:mod:`llmfab.training.checkpoint_reader`, which does not execute what a tampered one holds.
+:mod:`llmfab.training.components.checkpoint_reader`, which does not execute what a tampered one holds.
 
 DCP stores each tensor with its global shape and the shards' offsets, so a checkpoint written by N
 processes loads into M (resharding), and one written with FSDP loads without it.
@@ -53,8 +53,8 @@ from llmfab.temporaries import (
     remove_dead_temporaries,
     remove_tree,
 )
-from llmfab.training.checkpoint_reader import CorruptCheckpoint, load_checkpoint
-from llmfab.training.distributed import DistEnv, broadcast_flag
+from llmfab.training.components.checkpoint_reader import CorruptCheckpoint, load_checkpoint
+from llmfab.training.components.distributed import DistEnv, broadcast_flag
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 TRAINER_STATE = "trainer.json"

@@ -6,6 +6,8 @@
                    all-reduce; clip; stop on NaN/inf; optimizer step; log; validate; checkpoint
 
 Every rank runs this; rank 0 alone writes metrics, status and the trainer part of checkpoints.
+What is trained for (the data, the loss module, extra metrics and reports) comes from an
+``objective.Objective``; this module imports no objective.
 """
 
 from __future__ import annotations
@@ -16,18 +18,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from llmfab.api.training_run import ModelSpec, TrainingRunSpec
-from llmfab.data.shards import DatasetInfo
+from llmfab.api.training_run import TrainingRunSpec
+from llmfab.model.from_spec import model_args_from_spec
+from llmfab.model.transformer import ModelArgs, Transformer
 from llmfab.signals import hold_sigterm
 from llmfab.status import StatusReporter
-from llmfab.training import distributed as D
-from llmfab.training import losses
-from llmfab.training.batching import (
+from llmfab.training.components import distributed as D
+from llmfab.training.components.batching import (
     CAP_FILE,
     SMALLEST_BATCH_FIX,
     BatchSchedule,
@@ -40,52 +42,26 @@ from llmfab.training.batching import (
     read_cap,
     write_cap,
 )
-from llmfab.training.checkpoint import (
+from llmfab.training.components.checkpoint import (
     SIGTERM_SAVE_BUDGET_SECONDS,
     CheckpointManager,
     architecture_of,
     parameter_fingerprint,
 )
-from llmfab.training.metrics import MetricsSink, flops_per_token, model_flops_utilization, peak_flops
-from llmfab.training.model import ModelArgs, Transformer
-from llmfab.training.optim import build_optimizer, lr_multiplier
-from llmfab.training.precision import resolve as resolve_precision
-from llmfab.training.token_data import WindowSampler, validation_batches
-
-if TYPE_CHECKING:
-    from llmfab.training.sft_workload import InstructionSource
+from llmfab.training.components.metrics import (
+    MetricsSink,
+    flops_per_token,
+    model_flops_utilization,
+    peak_flops,
+)
+from llmfab.training.components.optim import build_optimizer, lr_multiplier
+from llmfab.training.components.precision import resolve as resolve_precision
+from llmfab.training.loop.loss_module import LanguageModelLoss
+from llmfab.training.loop.objective import Objective, TrainResult
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss or gradient norm became NaN/inf; the optimizer step was not taken."""
-
-
-@dataclass
-class TrainResult:
-    steps: int
-    tokens: int
-    loss: float | None
-    val_loss: float | None
-    test_loss: float | None
-    parameters: int
-    last_checkpoint: str | None
-    state_dict: dict[str, torch.Tensor] | None  # full weights on rank 0, for the export
-    args: ModelArgs
-
-
-class LanguageModelLoss(nn.Module):
-    """Model + chunked loss as one module, so FSDP2's root unshards the head weight for the loss."""
-
-    def __init__(self, model: Transformer, label_smoothing: float, chunk_tokens: int) -> None:
-        super().__init__()
-        self.model, self.label_smoothing, self.chunk_tokens = model, label_smoothing, chunk_tokens
-
-    def forward(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        hidden = self.model(tokens)
-        return losses.chunked_cross_entropy(
-            hidden, self.model.output.weight, targets,
-            label_smoothing=self.label_smoothing, chunk_tokens=self.chunk_tokens,
-        )
 
 
 def total_steps(spec: TrainingRunSpec, schedule: BatchSchedule) -> int:
@@ -138,16 +114,10 @@ def _over_ranks(value: int, env: D.DistEnv, op: Any) -> int:
 
 def inputs_and_targets(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets) of a batch: token windows ``[B, T + 1]``, or SFT's ``[B, 2, T + 1]`` of ids and
-    labels (-100 where no loss is taken; ``sft_data.py``)."""
+    labels (-100 where no loss is taken; ``objectives/sft/examples.py``)."""
     if batch.dim() == 3:
         return batch[:, 0, :-1], batch[:, 1, 1:]
     return batch[:, :-1], batch[:, 1:]
-
-
-def _windows(data: DatasetInfo | None) -> DatasetInfo:
-    if data is None:
-        raise ValueError("train: pass the Dataset (data) or an SFT source")
-    return data
 
 
 @torch.no_grad()
@@ -183,36 +153,17 @@ class Parts:
     fingerprint: dict[str, Any]
 
 
-def model_args_from_spec(spec: ModelSpec, vocab_size: int) -> ModelArgs:
-    """The API's ``spec.model`` as the model's own arguments (the model does not know the API)."""
-    return ModelArgs(
-        vocab_size=vocab_size,
-        layers=spec.layers,
-        hidden=spec.hidden,
-        heads=spec.heads,
-        kv_heads=spec.kv_heads if spec.kv_heads is not None else spec.heads,
-        intermediate=spec.intermediate_size(),
-        context_length=spec.context_length,
-        rope_theta=spec.rope_theta,
-        norm_eps=spec.norm_eps,
-        tie_embeddings=spec.tie_embeddings,
-        dropout=spec.dropout,
-        init_std=spec.init_std,
-        sharing_groups=spec.sharing.groups if spec.sharing.groups is not None else spec.layers,
-    )
-
-
-def build(spec: TrainingRunSpec, vocab_size: int, env: D.DistEnv, teacher: Transformer | None = None) -> Parts:
+def build(spec: TrainingRunSpec, vocab_size: int, env: D.DistEnv,
+          loss_module: Callable[[Transformer], LanguageModelLoss] | None = None) -> Parts:
+    """The model (seeded: identical on every rank), the loss module around it (default: plain
+    next-token loss; an objective's ``loss_module``), parallelized, and the optimizer."""
     torch.manual_seed(spec.seed)  # identical initial weights on every rank
     args = model_args_from_spec(spec.model, vocab_size)
     model = Transformer(args).to(env.device)
     parameters = sum(p.numel() for p in model.parameters())
     fingerprint = parameter_fingerprint(model, spec.optimizer.type, architecture_of(args))
-    module = LanguageModelLoss(model, spec.label_smoothing, spec.loss_chunk_tokens)
-    if teacher is not None:  # objective distill (training/distill.py)
-        from llmfab.training.distill import DistillationLoss
-
-        module = DistillationLoss(model, teacher, spec)
+    module = (loss_module(model) if loss_module is not None
+              else LanguageModelLoss(model, spec.label_smoothing, spec.loss_chunk_tokens))
     D.parallelize(model, spec, env, root=module)
     optimizer = build_optimizer(module, spec.optimizer, seed=spec.seed)
     return Parts(args, model, module, optimizer, parameters, fingerprint)
@@ -256,24 +207,20 @@ class Throughput:
                 "eta_seconds": (self.schedule.tokens_until(self.steps) - done) / rate}
 
 
-def train(spec: TrainingRunSpec, run_dir: Path, data: DatasetInfo | None, reporter: StatusReporter,
-          env: D.DistEnv, run_name: str, source: InstructionSource | None = None) -> TrainResult:
-    """``source``: objective sft's examples and initial weights (``sft_workload.py``) instead of ``data``."""
+def train(spec: TrainingRunSpec, run_dir: Path, objective: Objective, reporter: StatusReporter,
+          env: D.DistEnv, run_name: str) -> TrainResult:
+    """Train ``objective`` to ``spec.maxSteps``/``maxTokens``, resuming from the latest checkpoint."""
     T = spec.model.context_length
-    from llmfab.training import distill  # imports this module (DistillationLoss extends LanguageModelLoss)
-
-    vocab_size = source.vocab_size if source else _windows(data).vocab_size
-    # auto/bf16 -> the faster here, measured (training/precision.py); all below sees the concrete choice.
-    spec = resolve_precision(spec, env.device, env.world_size, model_args_from_spec(spec.model, vocab_size),
-                             run_dir, reporter)
-    teacher = distill.load_teacher(spec, run_dir, env) if spec.objective == "distill" else None
-    parts = build(spec, vocab_size, env, teacher)
-    if source is not None:
-        source.load_initial_weights(parts.module)
+    vocab_size = objective.vocab_size
+    # auto/bf16 -> the faster here, measured (components/precision.py); all below sees the concrete choice.
+    spec = spec.model_copy(update={"precision": resolve_precision(
+        spec.precision, env.device, env.world_size, model_args_from_spec(spec.model, vocab_size), run_dir, reporter)})
+    parts = build(spec, vocab_size, env, lambda model: objective.loss_module(model, spec, env))
+    objective.load_initial_weights(parts.module)
     module, optimizer = parts.module, parts.optimizer
     schedule = BatchSchedule(spec.batch, T, env.world_size)
     steps = total_steps(spec, schedule)
-    sampler = source.sampler if source else WindowSampler(_windows(data).split("train"), T, spec.seed)
+    sampler = objective.sampler(T, spec.seed)
     checkpoints = CheckpointManager(run_dir / "checkpoints", spec.checkpoint, env, parts.fingerprint)
     step, last_checkpoint = 0, None
     if (latest := checkpoints.latest()) is not None:
@@ -287,9 +234,8 @@ def train(spec: TrainingRunSpec, run_dir: Path, data: DatasetInfo | None, report
     if cap is not None:
         reporter.event("MicroBatchCapped", f"micro-batch {micro}: an earlier out-of-memory capped it at {cap} "
                        f"(delete {run_dir / CAP_FILE} to probe again)")
-    val_batches = (source.val_batches(micro, env.rank, env.world_size) if source else
-                   validation_batches(_windows(data).split("val"), T, micro, spec.eval_batches, env.rank, env.world_size))
-    distill.report_start(module, val_batches, spec, env, reporter, parts.parameters)
+    val_batches = objective.val_batches(micro, T, spec.eval_batches, env.rank, env.world_size)
+    objective.on_start(module, val_batches, spec, env, reporter, parts.parameters)
     mfu = mfu_function(parts, T, env)
     sink = MetricsSink(run_dir, spec.monitoring, run_name, env.is_main, spec.model_dump(mode="json", by_alias=True))
     reporter.progress(totalSteps=steps, parameters=parts.parameters, step=step)
@@ -352,7 +298,7 @@ def train(spec: TrainingRunSpec, run_dir: Path, data: DatasetInfo | None, report
             meter.add(plan.global_sequences * T)
 
             values: dict[str, Any] = {"loss": loss, "lr": lr, "grad_norm": grad_norm}
-            values.update(distill.step_metrics(module, env))
+            values.update(objective.step_metrics(module, env))
             if spec.eval_every_steps and (step % spec.eval_every_steps == 0 or step == steps):
                 val_loss = values["val_loss"] = evaluate(module, val_batches, spec, env)
             if checkpoints.due(step) or step == steps:
@@ -370,11 +316,9 @@ def train(spec: TrainingRunSpec, run_dir: Path, data: DatasetInfo | None, report
         sigterm.release()  # one that came during the last step stops the run here
         if val_loss is None:
             val_loss = evaluate(module, val_batches, spec, env)
-        test_loss = None
-        if data is not None and "test" in data.manifest.get("splits", {}):
-            test = validation_batches(data.split("test"), T, micro, spec.eval_batches, env.rank, env.world_size)
-            test_loss = evaluate(module, test, spec, env)
-        distill.report_final(module, val_loss, reporter, parts.parameters)
+        test = objective.test_batches(micro, T, spec.eval_batches, env.rank, env.world_size)
+        test_loss = evaluate(module, test, spec, env) if test else None
+        objective.on_end(module, val_loss, reporter, parts.parameters)
         weights = full_state_dict(module)
     finally:
         sigterm.close()

@@ -13,13 +13,25 @@ import datetime
 import os
 import sys
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from llmfab.api.training_run import TrainingRunSpec
-from llmfab.training.host_memory import keep_freed_memory
+from llmfab.api.training_run import ParallelismSpec, TrainingRunSpec
+from llmfab.training.components.host_memory import keep_freed_memory
+
+
+class ComputeSpec(Protocol):
+    """The part of a spec the process group and precision helpers read: a TrainingRun's and a
+    RewardModel's both have it, with the same types."""
+
+    @property
+    def precision(self) -> str: ...
+
+    @property
+    def parallelism(self) -> ParallelismSpec: ...
 
 
 @dataclass(frozen=True)
@@ -38,7 +50,7 @@ class DistEnv:
         return self.world_size > 1
 
 
-def init_distributed(spec: TrainingRunSpec) -> DistEnv:
+def init_distributed(spec: ComputeSpec) -> DistEnv:
     """Join the torchrun job (or be a world of one); pin this process's device and threads, and on CPU
     keep freed tensor memory in the process (``host_memory``)."""
     rank = int(os.environ.get("RANK", "0"))
@@ -107,20 +119,20 @@ def broadcast_flag(flag: bool, env: DistEnv) -> bool:
     return bool(t.item())
 
 
-def uses_fsdp(spec: TrainingRunSpec, env: DistEnv) -> bool:
+def uses_fsdp(spec: ComputeSpec, env: DistEnv) -> bool:
     return env.distributed and spec.parallelism.fsdp
 
 
-def uses_bf16(spec: TrainingRunSpec, env: DistEnv) -> bool:
+def uses_bf16(spec: ComputeSpec, env: DistEnv) -> bool:
     """Whether this run computes in bf16. ``spec.precision`` must be the concrete choice that
-    ``training.precision.resolve`` made (auto and bf16 become whichever is faster here)."""
+    ``components.precision.resolve`` made (auto and bf16 become whichever is faster here)."""
     if spec.precision not in ("bf16", "fp32"):
-        raise ValueError(f"spec.precision: {spec.precision!r} is not resolved yet; training.precision.resolve "
+        raise ValueError(f"spec.precision: {spec.precision!r} is not resolved yet; components.precision.resolve "
                          "turns it into bf16 or fp32 before the model is built")
     return spec.precision == "bf16"
 
 
-def autocast(spec: TrainingRunSpec, env: DistEnv) -> contextlib.AbstractContextManager[None]:
+def autocast(spec: ComputeSpec, env: DistEnv) -> contextlib.AbstractContextManager[None]:
     """bf16 autocast for the forward. Under FSDP2 the mixed-precision policy already casts parameters
     to bf16, so autocast stays off there (as in torchtitan)."""
     if not uses_bf16(spec, env) or uses_fsdp(spec, env):
@@ -167,13 +179,13 @@ def parallelize(model: nn.Module, spec: TrainingRunSpec, env: DistEnv, root: nn.
     return root if root is not None else model
 
 
-def set_gradient_sync(model: nn.Module, syncing: bool, spec: TrainingRunSpec, env: DistEnv) -> None:
+def set_gradient_sync(model: nn.Module, syncing: bool, spec: ComputeSpec, env: DistEnv) -> None:
     """FSDP2 reduce-scatters only on the last micro-batch of a step; the others accumulate locally."""
     if uses_fsdp(spec, env):
         model.set_requires_gradient_sync(syncing)  # type: ignore[operator]
 
 
-def average_gradients(model: nn.Module, spec: TrainingRunSpec, env: DistEnv) -> None:
+def average_gradients(model: nn.Module, spec: ComputeSpec, env: DistEnv) -> None:
     """Data parallelism without FSDP (``parallelism.fsdp: false``): one flat all-reduce of all grads."""
     if not env.distributed or uses_fsdp(spec, env):
         return

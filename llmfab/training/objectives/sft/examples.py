@@ -28,7 +28,7 @@ import torch
 
 from llmfab.api.training_run import SftSpec
 from llmfab.errors import WorkloadError
-from llmfab.training.jsonl_rows import matching_files, read_rows
+from llmfab.training.inputs.jsonl_rows import matching_files, read_rows
 
 IGNORE = -100
 ROLES = ("system", "user", "assistant")

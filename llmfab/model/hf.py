@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from llmfab.model.transformer import ModelArgs, Transformer
 from llmfab.store import staged_directory, write_json_atomic, write_manifest
-from llmfab.training.model import ModelArgs, Transformer
 
 # A plain-text dialogue format; the SFT objective formats its (prompt, response) pairs the same way.
 CHAT_TEMPLATE = (

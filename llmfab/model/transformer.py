@@ -9,7 +9,7 @@ export splits them by rows. With ALBERT-style sharing, ``blocks`` holds ``sharin
 blocks and layer ``i`` applies ``blocks[i % sharing_groups]``.
 
 The model knows nothing of FSDP, precision, activation checkpointing or compile: those are applied
-from outside (``training/distributed.py``) to ``blocks`` and the root. ``forward`` returns the final
+from outside (``training/components/distributed.py``) to ``blocks`` and the root. ``forward`` returns the final
 normalised hidden states, not logits, so the loss can project through ``output`` chunk by chunk.
 """
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmfab.training import eager_kernels
+from llmfab.model import kernels
 
 
 @dataclass
@@ -69,7 +69,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return eager_kernels.rms_norm(x, self.weight, self.eps)  # one fused pass pair in eager mode
+        return kernels.rms_norm(x, self.weight, self.eps)  # one fused pass pair in eager mode
 
 
 def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +101,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
         # q and k rotated, v split off, [B, T, heads, d]; backward writes one grad for the qkv matmul.
-        q, k, v = eager_kernels.qkv_rope(self.qkv(x), cos, sin, self.heads, self.kv_heads, self.head_dim)
+        q, k, v = kernels.qkv_rope(self.qkv(x), cos, sin, self.heads, self.kv_heads, self.head_dim)
         y = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.kv_heads != self.heads,
@@ -119,7 +119,7 @@ class MLP(nn.Module):
         self.down = nn.Linear(args.intermediate, args.hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.down(eager_kernels.swiglu(self.gate_up(x)))
+        out: torch.Tensor = self.down(kernels.swiglu(self.gate_up(x)))
         return out
 
 

@@ -1,0 +1,1 @@
+"""``objective: sft``: :mod:`objective` (the objective) and :mod:`examples` (chats to token rows)."""
