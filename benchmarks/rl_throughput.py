@@ -13,7 +13,7 @@ answers continue a word chain). Both optimise the same GRPO objective: k samples
 each response's token mean then the mean over responses (TRL ``loss_type="grpo"``), one inner epoch,
 AdamW (β 0.9/0.95, no weight decay) at a constant learning rate, gradient clip 1.0, temperature and
 top-p sampling up to ``maxNewTokens`` or EOS. TRL's reward function is llmfab's own scoring
-(``rl_workload.score_responses``), so both are rewarded by the same numbers.
+(``training/objectives/rl.py``: ``score_responses``), so both are rewarded by the same numbers.
 
 Each side runs as its own process, with one CPU thread (``OMP_NUM_THREADS=1``):
 llmfab as its real entrypoint (``python -m llmfab train run --spec``, from the repo's ``.venv``),

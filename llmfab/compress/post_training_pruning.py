@@ -17,7 +17,7 @@ Structured pruning keeps the same counts in every block, so the export is an ord
 quantizer's groups align. ``check_pruning`` validates it against ``spec.model`` before training.
 
 Recovery (``recoverySteps`` > 0): distillation from the unpruned model (the trained weights, in
-memory, frozen) into the pruned one on the training split, with ``distill.distillation_loss`` at
+memory, frozen) into the pruned one on the training split, with ``model/distillation_loss.py`` at
 α = 1 and T = 1: logit-only forward KL without the cross-entropy term, which Sreenivas et al. (2024)
 found best for retraining pruned models. It runs on one process (rank 0, after training, before the
 export; bf16 autocast on CUDA, fp32 on CPU): AdamW at ``recoveryLr`` (default a tenth of
@@ -208,7 +208,7 @@ def recover(state: dict[str, torch.Tensor], args: ModelArgs, teacher_state: dict
     p, o = spec.pruning, spec.optimizer
     device = _device()
     # bf16 autocast on CUDA unless the run asked for fp32; fp32 on CPU (where bf16 is only sometimes
-    # faster, and a short recovery is not worth training.precision's probe).
+    # faster, and a short recovery is not worth components.precision's probe).
     bf16 = device.type == "cuda" and spec.precision != "fp32" and torch.cuda.is_bf16_supported()
     student = _model(state, args, device).train()
     teacher = _model(teacher_state, teacher_args, device)

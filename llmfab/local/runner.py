@@ -45,7 +45,7 @@ from llmfab.store import artifact_dir, artifact_root, read_manifest, write_json_
 STOP_GRACE_SECONDS = 30.0
 """How long a stopped child's process group may take to exit before SIGKILL: Kubernetes' default
 ``terminationGracePeriodSeconds``, which the workloads are built to stop within (a SIGTERM
-checkpoint takes at most ``training.checkpoint.SIGTERM_SAVE_BUDGET_SECONDS``)."""
+checkpoint takes at most ``training.components.checkpoint.SIGTERM_SAVE_BUDGET_SECONDS``)."""
 SERVE_READY_TIMEOUT = float(os.environ.get("LLMFAB_SERVE_READY_TIMEOUT", "600"))
 
 

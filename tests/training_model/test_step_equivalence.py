@@ -99,7 +99,7 @@ def _eager_and_compiled_losses() -> dict[bool, list[float]]:
 
 def test_compiled_blocks_on_cpu_give_the_same_losses(tmp_path: Path) -> None:
     """``compile: true`` is honoured on CPU (inductor's C++ kernels, the plain formulation of
-    ``eager_kernels``): the same fixed-seed steps as the eager trainer within 1e-5.
+    ``model/kernels.py``): the same fixed-seed steps as the eager trainer within 1e-5.
 
     Compiled in a fresh process with its own inductor cache, as a trainer compiles: inside the
     suite's long-lived process, after hundreds of other tests, inductor twice emitted AVX-512
