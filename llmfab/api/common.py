@@ -239,6 +239,8 @@ class Resource(BaseModel):
     STAGE: ClassVar[str] = ""  # the workload entrypoint: `llmfab <STAGE> run`
     ARTIFACT_DIR: ClassVar[str] = ""  # top-level folder in the artifact store
     PRINTER_COLUMNS: ClassVar[tuple[dict[str, str], ...]] = ()
+    # The CRD's /scale subresource (specReplicasPath, statusReplicasPath, labelSelectorPath), or None.
+    SCALE_SUBRESOURCE: ClassVar[dict[str, str] | None] = None
 
     api_version: Literal["llmfab.dev/v1alpha1"] = Field(
         default="llmfab.dev/v1alpha1", description="Always llmfab.dev/v1alpha1."

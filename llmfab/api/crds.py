@@ -134,7 +134,8 @@ def build_crd(cls: type[Resource]) -> JSON:
                     "name": API_VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": {"status": {}, **({"scale": dict(cls.SCALE_SUBRESOURCE)}
+                                                      if cls.SCALE_SUBRESOURCE else {})},
                     "additionalPrinterColumns": printer_columns(cls),
                     "schema": {"openAPIV3Schema": openapi_schema(cls)},
                 }

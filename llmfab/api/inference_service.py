@@ -185,7 +185,13 @@ def _token_env_not_reserved(s: Any) -> str | None:
 
 
 def _one_feedback_writer(s: Any) -> str | None:
-    if s.feedback.enabled and s.replicas > 1:
+    if s.feedback.enabled and s.autoscaling is not None and s.autoscaling.max_replicas > 1:
+        return (
+            f"spec.autoscaling.maxReplicas: {s.autoscaling.max_replicas} replicas with spec.feedback.enabled would "
+            "each write the one feedback store (SQLite, one writer); use maxReplicas: 1 for a service that "
+            "collects feedback"
+        )
+    if s.feedback.enabled and s.replicas is not None and s.replicas > 1:
         return (
             f"spec.replicas: {s.replicas} replicas with spec.feedback.enabled would each write the one "
             "feedback store (SQLite, one writer); use replicas: 1 for a service that collects feedback"
@@ -193,12 +199,77 @@ def _one_feedback_writer(s: Any) -> str | None:
     return None
 
 
+def _replicas_or_autoscaling(s: Any) -> str | None:
+    if s.autoscaling is not None and s.replicas is not None:
+        return (
+            f"spec.replicas: {s.replicas} with spec.autoscaling: the autoscaler sets the number of replicas "
+            "(minReplicas to maxReplicas); remove spec.replicas, or remove spec.autoscaling for a fixed count"
+        )
+    return None
+
+
+def _min_not_above_max(a: Any) -> str | None:
+    if a.min_replicas > a.max_replicas:
+        return (
+            f"spec.autoscaling.minReplicas: {a.min_replicas} is above maxReplicas {a.max_replicas}; "
+            "lower minReplicas or raise maxReplicas"
+        )
+    return None
+
+
+class Autoscaling(Spec):
+    """Replicas that follow demand: down to ``minReplicas`` (0: no server and no GPU held) after
+    ``idleSeconds`` without a request, woken by the next request, and up to ``maxReplicas`` while
+    more than ``targetInFlight`` requests per replica are running or waiting in vLLM.
+
+    On a cluster KEDA does it (a ScaledObject on vLLM's queue metrics; from zero, the KEDA HTTP
+    add-on's interceptor holds requests while a pod starts; ``status.url`` is then the
+    interceptor's). ``llmfab up`` does the same on one machine: it holds the service's port itself,
+    starts vLLM on the first request and stops it when idle.
+    """
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            cel="self.minReplicas <= self.maxReplicas",
+            message="spec.autoscaling.minReplicas must not be above maxReplicas",
+            check=_min_not_above_max,
+        ),
+    )
+
+    min_replicas: int = Field(
+        default=0, ge=0, le=64,
+        description="Replicas when idle; 0 scales to zero (a cluster needs KEDA and its HTTP add-on).",
+    )
+    max_replicas: int = Field(default=1, ge=1, le=64, description="Most replicas under load.")
+    target_in_flight: int = Field(
+        default=16, ge=1, le=4096,
+        description="Requests per replica (running + waiting in vLLM) above which another replica starts.",
+    )
+    idle_seconds: int = Field(
+        default=300, ge=1, le=86400,
+        description="With no request for this long, scale down to minReplicas (KEDA's cooldownPeriod; "
+        "locally vLLM stops and its memory is freed).",
+    )
+    cold_start_timeout_seconds: int = Field(
+        default=600, ge=1, le=3600,
+        description="How long a request waits for a sleeping server to wake before it is answered 503 with "
+        "Retry-After.",
+    )
+
+
 class InferenceServiceSpec(Spec):
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule(
-            cel="!self.feedback.enabled || self.replicas <= 1",
-            message="spec.feedback.enabled needs replicas <= 1 (the feedback store has one writer)",
+            cel="!self.feedback.enabled || (has(self.autoscaling) ? self.autoscaling.maxReplicas <= 1 "
+            ": (!has(self.replicas) || self.replicas <= 1))",
+            message="spec.feedback.enabled needs one replica at most (replicas or autoscaling.maxReplicas <= 1: "
+            "the feedback store has one writer)",
             check=_one_feedback_writer,
+        ),
+        CelRule(
+            cel="!(has(self.autoscaling) && has(self.replicas))",
+            message="spec.replicas and spec.autoscaling exclude each other: the autoscaler sets the replicas",
+            check=_replicas_or_autoscaling,
         ),
         CelRule(
             cel="!self.feedback.enabled || self.feedback.port != self.server.port",
@@ -231,18 +302,49 @@ class InferenceServiceSpec(Spec):
     quantization: Quantization = Field(default_factory=Quantization)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     server: ServerSpec = Field(default_factory=ServerSpec)
-    replicas: int = Field(description="Server pods (cluster only).", default=1, ge=0, le=64)
+    replicas: int | None = Field(
+        default=None, ge=0, le=64,
+        description="Server pods (cluster only); default 1. What `kubectl scale` sets (the /scale subresource). "
+        "Exclusive with autoscaling.",
+    )
+    autoscaling: Autoscaling | None = Field(
+        default=None, description="Replicas that follow demand, down to zero; exclusive with replicas."
+    )
     feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
     storage: Storage = Field(default_factory=Storage)
     pod: PodSettings = Field(default_factory=PodSettings)
     deletion_policy: DeletionPolicy = Field(default="Retain", description=DELETION_POLICY_DESCRIPTION)
 
+    def fixed_replicas(self) -> int | None:
+        """The server pods to keep, or None where the autoscaler decides (``autoscaling``)."""
+        if self.autoscaling is not None:
+            return None
+        return 1 if self.replicas is None else self.replicas
+
+
+class ScaleStatus(Spec):
+    """Where an autoscaled service stands (``spec.autoscaling``)."""
+
+    state: Literal["Idle", "Waking", "Ready"] = Field(
+        description="Idle: scaled to zero, the next request wakes it; Waking: a server is starting and requests "
+        "are held; Ready: serving."
+    )
+    since: str | None = Field(default=None, description="When it entered this state (RFC 3339).")
+    last_cold_start_time: str | None = Field(default=None, description="When the last wake from zero began.")
+    last_cold_start_seconds: float | None = Field(
+        default=None, description="How long the last wake took, request to ready."
+    )
+    cold_starts: int = Field(default=0, ge=0, description="Wakes from zero so far.")
+
 
 class InferenceServiceStatus(StatusBase):
     url: str | None = Field(default=None, description="OpenAI API base URL.")
     feedback_url: str | None = Field(default=None, description="Human-feedback app URL (spec.feedback).")
+    replicas: int | None = Field(default=None, description="Server pods now (the /scale subresource's status).")
     ready_replicas: int | None = None
+    selector: str | None = Field(default=None, description="Label selector of the server pods (for /scale).")
+    scale: ScaleStatus | None = Field(default=None, description="Idle, Waking or Ready (spec.autoscaling).")
     model_size_bytes: int | None = Field(default=None, description="Served weights on disk.")
     quantized_path: str | None = None
     eval: EvalResults | None = Field(default=None, description="Quantized model's evaluation.")
@@ -261,7 +363,13 @@ class InferenceService(Resource):
     PRINTER_COLUMNS: ClassVar[tuple[dict[str, str], ...]] = (
         {"name": "URL", "type": "string", "jsonPath": ".status.url"},
         {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+        {"name": "State", "type": "string", "jsonPath": ".status.scale.state"},
     )
+    SCALE_SUBRESOURCE: ClassVar[dict[str, str] | None] = {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
 
     kind: Literal["InferenceService"] = "InferenceService"
     spec: InferenceServiceSpec

@@ -36,6 +36,7 @@ from llmfab.operator.builders.inference import (
     build_service,
     build_service_monitor,
     feedback_url,
+    server_selector,
     service_url,
     uses_service_monitor,
 )
@@ -300,13 +301,16 @@ def _serve(d: Decision, res: Resource, observed: Observed, settings: OperatorSet
     dep_status = (observed.deployment or {}).get("status") or {}
     ready = int(dep_status.get("readyReplicas") or 0)
     url = service_url(res)
-    if res.spec.replicas == 0:
+    wanted = res.spec.fixed_replicas()
+    if wanted == 0:
         phase, reason, message = Phase.PENDING, "ScaledToZero", "replicas: 0"
     elif ready:
-        phase, reason, message = Phase.RUNNING, "Serving", f"serving {url} ({ready}/{res.spec.replicas} ready)"
+        phase, reason, message = Phase.RUNNING, "Serving", f"serving {url} ({ready}/{wanted or ready} ready)"
     else:
         phase, reason, message = Phase.RUNNING, "Starting", "waiting for the vLLM server to answer /health"
-    extra: dict[str, Any] = {"url": url, "readyReplicas": ready}
+    # replicas and selector are what the CRD's /scale subresource reads (kubectl scale, an HPA).
+    extra: dict[str, Any] = {"url": url, "readyReplicas": ready, "replicas": int(dep_status.get("replicas") or 0),
+                             "selector": server_selector(res)}
     if res.spec.feedback.enabled:
         extra["feedbackUrl"] = feedback_url(res)
     _set_phase(d, res, observed, phase, reason, message, "serve", ready=ready > 0, extra=extra)

@@ -137,6 +137,23 @@ CASES = [  # (kind, spec patch that is valid, spec patch that breaks exactly one
         {"model": {"path": "/m"}, "feedback": {"enabled": True, "allowAnonymous": True}},
         {"model": {"path": "/m"}, "feedback": {"enabled": True, "allowAnonymous": True}, "replicas": 2},
     ),
+    (  # issue 21: one feedback writer under autoscaling too
+        "InferenceService",
+        {"model": {"path": "/m"}, "feedback": {"enabled": True, "allowAnonymous": True},
+         "autoscaling": {"maxReplicas": 1}},
+        {"model": {"path": "/m"}, "feedback": {"enabled": True, "allowAnonymous": True},
+         "autoscaling": {"maxReplicas": 2}},
+    ),
+    (  # issue 21: replicas and autoscaling exclude each other
+        "InferenceService",
+        {"model": {"path": "/m"}, "autoscaling": {"minReplicas": 0}},
+        {"model": {"path": "/m"}, "autoscaling": {"minReplicas": 0}, "replicas": 1},
+    ),
+    (
+        "InferenceService",
+        {"model": {"path": "/m"}, "autoscaling": {"minReplicas": 2, "maxReplicas": 2}},
+        {"model": {"path": "/m"}, "autoscaling": {"minReplicas": 3, "maxReplicas": 2}},
+    ),
     # Cluster-only rules (issue 19): the CRD refuses an open feedback app and a plain-text token.
     (
         "InferenceService",

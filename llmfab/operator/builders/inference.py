@@ -33,6 +33,12 @@ FEEDBACK_PORT_NAME = "feedback"
 STARTUP_SECONDS = 1200
 
 
+def server_selector(res: InferenceService) -> str:
+    """The server pods' label selector as one string: ``status.selector``, which the CRD's /scale
+    subresource hands to an HPA or ``kubectl scale``."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(res, COMPONENT).items()))
+
+
 def service_name(res: InferenceService) -> str:
     return child_name(res)
 
@@ -75,16 +81,19 @@ def build_deployment(res: InferenceService, settings: OperatorSettings, use_serv
     # vLLM's engine gets SIGTERM from `llmfab serve run` and needs a moment to drain requests.
     spec["terminationGracePeriodSeconds"] = 60
     # Any change of what the pods run rolls them (the server block too, which the output hash omits).
-    served = res.spec.model_dump(mode="json", by_alias=True, exclude={"replicas", "deletion_policy"})
+    served = res.spec.model_dump(mode="json", by_alias=True, exclude={"replicas", "autoscaling", "deletion_policy"})
     annotations = {SPEC_HASH_ANNOTATION: hashlib.sha256(json.dumps(served, sort_keys=True).encode()).hexdigest()[:16]}
     if not use_service_monitor:
         annotations |= scrape_annotations(port)
+    # Under spec.autoscaling the autoscaler owns the replicas: the manifest leaves them out, so a
+    # create starts one and a patch never fights what the autoscaler set.
+    replicas = res.spec.fixed_replicas()
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata(res, child_name(res), COMPONENT, with_revision=False),
         "spec": {
-            "replicas": res.spec.replicas,
+            **({"replicas": replicas} if replicas is not None else {}),
             "selector": {"matchLabels": selector_labels(res, COMPONENT)},
             "strategy": _strategy(res),
             "template": {
