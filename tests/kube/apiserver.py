@@ -26,7 +26,7 @@ import attrs
 import kmock
 import yaml
 
-from . import openapi, statuses, tables
+from . import openapi, scale, statuses, tables
 from .job_controller import JobController, pod_status
 from .objectstore import ObjectStore
 from .patches import APPLY_PATCH, apply_patch
@@ -38,6 +38,11 @@ from .watches import WatchEvent
 JSON = dict[str, Any]
 REPO = Path(__file__).resolve().parents[2]
 CHART_CRDS = sorted((REPO / "charts" / "llmfab" / "crds").glob("*.yaml"))
+# KEDA's published CRDs, vendored unmodified (third_party/README.md): what `helm install kedacore/keda`
+# and `kedacore/keda-add-ons-http` install, for admitting the objects the operator builds for them.
+THIRD_PARTY = Path(__file__).resolve().parent / "third_party"
+KEDA_CRD = THIRD_PARTY / "keda-v2.20.2" / "keda.sh_scaledobjects.yaml"
+HTTP_ADD_ON_CRD = THIRD_PARTY / "http-add-on-v0.15.0" / "http.keda.sh_interceptorroutes.yaml"
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 CRD_KEY = ("apiextensions.k8s.io", "customresourcedefinitions")
 
@@ -267,6 +272,8 @@ class KubeAPIServer(kmock.KubernetesEmulator):
             raise statuses.method_not_allowed(verb)
         namespace = route.namespace if rt.namespaced else None
         dry_run = params.get("dryRun") == "All"
+        if route.subresource == "scale" and rt.scale is not None:
+            return self._serve_scale(request, rt, route, namespace, verb, dry_run)
         if verb in ("list", "watch", "deletecollection"):
             try:
                 matches = _selection(rt, params, route.name)
@@ -339,6 +346,27 @@ class KubeAPIServer(kmock.KubernetesEmulator):
         return _json_response(
             {"apiVersion": rt.api_version, "kind": f"{rt.kind}List", "metadata": {}, "items": items}
         )
+
+    def _serve_scale(
+        self, request: kmock.Request, rt: ResourceType, route: Route, namespace: str | None, verb: str,
+        dry_run: bool,
+    ) -> aiohttp.web.StreamResponse:
+        """``/scale`` of a custom resource (scale.py): GET, PUT and PATCH of an autoscaling/v1 Scale."""
+        assert rt.scale is not None
+        name = route.name or ""
+        if verb == "get":
+            return _json_response(scale.read(self.store.get(rt, namespace, name), rt.scale))
+        if verb not in ("update", "patch"):
+            raise statuses.method_not_allowed(verb)
+        with self.store.lock:
+            current = self.store.get(rt, namespace, name)
+            if verb == "update":
+                wanted = _body(request)
+            else:
+                wanted = scale.patched(current, rt.scale, request.headers.get("Content-Type", ""), request.body)
+            obj, warnings = self.store.update(rt, namespace, name, scale.updated_object(current, rt.scale, wanted),
+                                              dry_run=dry_run)
+        return _json_response(scale.read(obj, rt.scale), 200, warnings)
 
     def _serve_patch(
         self,

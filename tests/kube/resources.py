@@ -27,6 +27,7 @@ class ResourceType:
     verbs: tuple[str, ...] = ALL_VERBS
     subresources: frozenset[str] = frozenset()
     schema: JSON | None = None  # a CRD's openAPIV3Schema
+    scale: JSON | None = None  # a CRD's subresources.scale: specReplicasPath, statusReplicasPath, labelSelectorPath
     printer_columns: list[JSON] | None = None  # a CRD's additionalPrinterColumns
     crd_name: str | None = None
 
@@ -65,15 +66,16 @@ class ResourceType:
         ]
         for sub in sorted(self.subresources):
             verbs = ["get", "patch", "update"] if sub in ("status", "scale") else ["get", "create"]
-            entries.append(
-                {
-                    "name": f"{self.plural}/{sub}",
-                    "singularName": "",
-                    "namespaced": self.namespaced,
-                    "kind": self.kind if sub == "status" else "Scale" if sub == "scale" else self.kind,
-                    "verbs": verbs,
-                }
-            )
+            entry = {
+                "name": f"{self.plural}/{sub}",
+                "singularName": "",
+                "namespaced": self.namespaced,
+                "kind": "Scale" if sub == "scale" else self.kind,
+                "verbs": verbs,
+            }
+            if sub == "scale":  # served as autoscaling/v1, whatever the parent's group (kubectl scale reads it)
+                entry |= {"group": "autoscaling", "version": "v1"}
+            entries.append(entry)
         return entries
 
 
@@ -137,6 +139,7 @@ def from_crd(crd: JSON) -> list[ResourceType]:
                 short_names=tuple(names.get("shortNames") or ()),
                 categories=tuple(names.get("categories") or ()),
                 subresources=frozenset((version.get("subresources") or {}).keys()),
+                scale=(version.get("subresources") or {}).get("scale"),
                 schema=(version.get("schema") or {}).get("openAPIV3Schema")
                 or {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
                 printer_columns=version.get("additionalPrinterColumns")

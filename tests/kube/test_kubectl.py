@@ -171,3 +171,31 @@ def test_apply_of_builtin_kinds_and_the_job_controller(
     assert "Completed Indexes:  0,1" in kubectl("describe", "job", "ranks").stdout
     kubectl("delete", "job", "ranks")  # kubectl deletes with propagationPolicy=Background
     assert kube_apiserver.items("pods") == []
+
+
+SCALED = """\
+apiVersion: llmfab.dev/v1alpha1
+kind: InferenceService
+metadata: {name: chat}
+spec: {model: {path: /models/tiny}, replicas: 2}
+---
+apiVersion: llmfab.dev/v1alpha1
+kind: InferenceService
+metadata: {name: auto}
+spec: {model: {path: /models/tiny}, autoscaling: {minReplicas: 0, maxReplicas: 2}}
+"""
+
+
+def test_kubectl_scale_writes_spec_replicas_through_the_scale_subresource(
+    kube_apiserver: KubeAPIServer, kubectl: Kubectl, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "services.yaml"
+    manifest.write_text(SCALED)
+    kubectl("apply", "-f", str(manifest))
+    assert kubectl("scale", "lis", "chat", "--replicas=0").stdout.strip() == "inferenceservice.llmfab.dev/chat scaled"
+    assert kube_apiserver.read("lis", "chat")["spec"]["replicas"] == 0
+    assert any(r.subresource == "scale" and r.verb == "patch" and r.code == 200 for r in kube_apiserver.request_log)
+    refused = kubectl("scale", "lis", "auto", "--replicas=0", check=False)
+    assert refused.returncode != 0
+    assert "spec.replicas and spec.autoscaling exclude each other" in refused.stderr, refused.stderr
+    assert "replicas" not in kube_apiserver.read("lis", "auto")["spec"]
