@@ -201,10 +201,9 @@ def test_an_inference_service_serves_through_a_deployment_and_service(
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     s = status(kube_apiserver, "inferenceservices", "chat")
     assert s["phase"] == "Running" and conditions(s)["Ready"][0] == "False"
-    deployments = kube_apiserver.resource_type("deployments")  # the Deployment controller's part
-    live = kube_apiserver.read("deployments", "chat")
-    kube_apiserver.store.update(deployments, "default", "chat", {**live, "status": {"readyReplicas": 1}},
-                                subresource="status")
+    # The Deployment controller made its pod; its kubelet reports it ready.
+    [pod] = wait_for(lambda: kube_apiserver.items("pods", labels="app.kubernetes.io/component=serve"), 10, "the pod")
+    kube_apiserver.set_pod_phase(pod, "Running")
     s = wait_for(lambda: (x := status(kube_apiserver, "inferenceservices", "chat")).get("readyReplicas") == 1 and x,
                  15, "ready")
     assert s["url"] == "http://chat.default.svc:8000/v1"

@@ -3,7 +3,8 @@
 No kube-apiserver binary can be had here (FACTS.md, "Kubernetes without a cluster"), so this
 subclass of ``kmock.KubernetesEmulator`` serves the API itself: the storage rules are in
 objectstore.py, CRD schemas in crd_schema.py, built-in defaulting in admission.py, the Job
-controller in job_controller.py, server-side printing in tables.py, OpenAPI v3 in openapi.py.
+controller in job_controller.py, a Deployment controller in deployment_controller.py, the ``/scale``
+subresource of CRDs in scale.py, server-side printing in tables.py, OpenAPI v3 in openapi.py.
 
 kmock's DSL still works on top: a reaction declared on the server (``server['patch', ...] << 500``)
 answers before the emulated API does. ``server.objects`` is kmock's per-object history, and
@@ -27,6 +28,7 @@ import kmock
 import yaml
 
 from . import openapi, scale, statuses, tables
+from .deployment_controller import DeploymentController
 from .job_controller import JobController, pod_status
 from .objectstore import ObjectStore
 from .patches import APPLY_PATCH, apply_patch
@@ -70,7 +72,7 @@ class KubeAPIServer(kmock.KubernetesEmulator):
         self.store = ObjectStore(self._objects)
         for rt in bundled():
             self._register(rt)
-        self.store.controllers += [self._crd_controller, JobController(self.store)]
+        self.store.controllers += [self._crd_controller, JobController(self.store), DeploymentController(self.store)]
         for namespace in SYSTEM_NAMESPACES:
             self.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
         for crd in self.crds:

@@ -397,3 +397,55 @@ def test_foreground_deletion_of_a_job_lasts_until_its_pods_are_gone(
     assert api.get(f"{JOBS}/a").status_code == 404
     deleted = [(ev.key[1], ev.obj["metadata"]["name"]) for ev in kube_apiserver.store.events if ev.type == "DELETED"]
     assert deleted == [("pods", name), ("jobs", "a")]
+
+
+# --- the Deployment controller stand-in ("Deployments": scaling, status) -------------------------
+
+DEPLOYMENTS = "/apis/apps/v1/namespaces/default/deployments"
+
+
+def deployment(name: str, image: str = "llmfab:test", **spec: Any) -> dict[str, Any]:
+    labels = {"app": name}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"selector": {"matchLabels": labels}, **spec,
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"containers": [{"name": "main", "image": image}]}}}}
+
+
+def server_pods(kube_apiserver: KubeAPIServer, name: str = "d") -> list[dict[str, Any]]:
+    return [p for p in kube_apiserver.items("pods", labels=f"app={name}") if not p["metadata"].get("deletionTimestamp")]
+
+
+def test_a_deployment_keeps_its_replicas_and_reports_the_ready_ones(kube_apiserver: KubeAPIServer,
+                                                                     api: KubeHTTP) -> None:
+    api.post(DEPLOYMENTS, deployment("d"))  # no replicas: the server defaults 1
+    [first] = server_pods(kube_apiserver)
+    assert first["metadata"]["labels"]["pod-template-hash"] and first["metadata"]["ownerReferences"][0]["kind"] == "Deployment"
+    assert api.get(f"{DEPLOYMENTS}/d").json()["status"] == {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1}
+    api.patch(f"{DEPLOYMENTS}/d", {"spec": {"replicas": 3}})
+    pods = server_pods(kube_apiserver)
+    assert len(pods) == 3
+    for p in pods[:2]:
+        kube_apiserver.set_pod_phase(p, "Running")
+    status = api.get(f"{DEPLOYMENTS}/d").json()["status"]
+    assert status == {"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "readyReplicas": 2,
+                      "availableReplicas": 2}
+    api.patch(f"{DEPLOYMENTS}/d", {"spec": {"replicas": 2}})  # the pod that is not ready goes first
+    assert sorted(p["metadata"]["name"] for p in server_pods(kube_apiserver)) == sorted(
+        p["metadata"]["name"] for p in pods[:2])
+    api.patch(f"{DEPLOYMENTS}/d", {"spec": {"replicas": 0}})
+    assert server_pods(kube_apiserver) == []
+    assert api.get(f"{DEPLOYMENTS}/d").json()["status"] == {"observedGeneration": 4}
+
+
+def test_a_new_template_replaces_the_pods_and_deleting_the_deployment_collects_them(
+    kube_apiserver: KubeAPIServer, api: KubeHTTP
+) -> None:
+    api.post(DEPLOYMENTS, deployment("d", replicas=2))
+    old = {p["metadata"]["name"] for p in server_pods(kube_apiserver)}
+    api.patch(f"{DEPLOYMENTS}/d", {"spec": {"template": deployment("d", image="llmfab:new")["spec"]["template"]}})
+    new = server_pods(kube_apiserver)
+    assert len(new) == 2 and not old & {p["metadata"]["name"] for p in new}
+    assert {p["spec"]["containers"][0]["image"] for p in new} == {"llmfab:new"}
+    api.delete(f"{DEPLOYMENTS}/d")
+    assert kube_apiserver.items("pods", labels="app=d") == []
