@@ -13,9 +13,17 @@ import kopf
 
 from llmfab.api import KINDS, ValidationFailed, parse_resource
 from llmfab.api.common import API_GROUP, API_VERSION, Phase, Resource
+from llmfab.api.inference_service import InferenceService
 from llmfab.operator import metrics
+from llmfab.operator.builders.autoscaling import (
+    INTERCEPTOR_ROUTE,
+    SCALED_OBJECT,
+    KedaApis,
+    proxy_service_name,
+)
 from llmfab.operator.builders.cleanup import build_cleanup_job, cleanup_job_name
-from llmfab.operator.builders.common import REVISION_LABEL, STAGE_LABEL, child_name, revision
+from llmfab.operator.builders.common import REVISION_LABEL, STAGE_LABEL, child_name, revision, selector_labels
+from llmfab.operator.builders.inference import COMPONENT as SERVE
 from llmfab.operator.builders.refusals import pod_policy_problems
 from llmfab.operator.deletion import DeletionStep, decide_deletion, is_cleanup, selector
 from llmfab.operator.kube import MERGE_PATCH, Kube, connection_info, path_for
@@ -50,11 +58,35 @@ def observe(res: Resource, kube: Kube, status: dict[str, Any]) -> Observed:
                 observed.stale.append(child)
             elif kind != "ConfigMap" and labels.get(STAGE_LABEL, labels.get("app.kubernetes.io/component")):
                 observed.jobs[labels.get(STAGE_LABEL) or labels["app.kubernetes.io/component"]] = child
-    if res.KIND == "InferenceService":
+    if isinstance(res, InferenceService):
         observed.deployment = kube.get("apps/v1", "Deployment", ns, child_name(res))
+        if res.spec.autoscaling is not None or status.get("scale"):
+            _observe_autoscaler(res, kube, observed)
     for kind, name in res.references():
         observed.dependencies[f"{kind}/{name}"] = kube.get(f"{API_GROUP}/{API_VERSION}", kind, ns, name)
     return observed
+
+
+def _observe_autoscaler(res: InferenceService, kube: Kube, observed: Observed) -> None:
+    """Which KEDA kinds the cluster serves (discovery, on every look: KEDA may be installed after
+    the operator started), KEDA's objects that exist for ``res``, and its server pods."""
+    ns = res.metadata.namespace
+    served = {api_version: kube.resources_served(api_version) for api_version in (SCALED_OBJECT[0], INTERCEPTOR_ROUTE[0])}
+    observed.keda = KedaApis(scaled_objects="scaledobjects" in served[SCALED_OBJECT[0]],
+                             interceptor_routes="interceptorroutes" in served[INTERCEPTOR_ROUTE[0]])
+    kinds = [("v1", "Service", proxy_service_name(res))]
+    kinds += [(*SCALED_OBJECT, child_name(res))] if observed.keda.scaled_objects else []
+    kinds += [(*INTERCEPTOR_ROUTE, child_name(res))] if observed.keda.interceptor_routes else []
+    for api_version, kind, name in kinds:
+        child = kube.get(api_version, kind, ns, name)
+        if child is not None and _owned_by(child, res):
+            observed.autoscaler.append({"apiVersion": api_version, "kind": kind, **child})
+    if res.spec.autoscaling is not None:
+        observed.server_pods = kube.list("v1", "Pod", ns, selector_labels(res, SERVE))
+
+
+def _owned_by(child: dict[str, Any], res: Resource) -> bool:
+    return any(ref.get("uid") == res.metadata.uid for ref in child["metadata"].get("ownerReferences") or [])
 
 
 def carry_out(decision: Decision, res: Resource, body: Any, kube: Kube) -> None:
@@ -80,9 +112,12 @@ def reconcile(body: Any, status: Any, kube: Kube, settings: OperatorSettings, lo
         except ValidationFailed as e:
             _invalid(body, dict(status or {}), e, kube)
             raise kopf.PermanentError(str(e)) from None
-        decision = decide(res, observe(res, kube, dict(status or {})), settings)
+        observed = observe(res, kube, dict(status or {}))
+        decision = decide(res, observed, settings)
         carry_out(decision, res, body, kube)
         metrics.observe_phase(res.metadata.uid or res.name, kind, decision.status.get("phase", (status or {}).get("phase")))
+        if isinstance(res, InferenceService):
+            metrics.observe_serving(res.metadata.namespace, res.name, observed.deployment, decision.cold_start_seconds)
         if kind == "Dataset":
             metrics.observe_dataset(res.metadata.namespace, res.name, (status or {}).get("steps"))
     except (kopf.PermanentError, kopf.TemporaryError):
@@ -190,6 +225,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: 
             metrics.observe_phase(meta.get("uid", ""), str(body.get("kind")), None)
             if body.get("kind") == "Dataset":
                 metrics.observe_dataset(meta.get("namespace", ""), meta.get("name", ""), None)
+            if body.get("kind") == "InferenceService":
+                metrics.forget_serving(meta.get("namespace", ""), meta.get("name", ""))
             delete_artifacts(body, kube, settings)
 
         kopf.on.resume(*args, registry=registry)(on_change)

@@ -31,6 +31,8 @@ PLURALS: dict[tuple[str, str], str] = {
     ("apps/v1", "Deployment"): "deployments",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
     ("ray.io/v1", "RayJob"): "rayjobs",
+    ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
+    ("http.keda.sh/v1beta1", "InterceptorRoute"): "interceptorroutes",
     **{("llmfab.dev/v1alpha1", cls.KIND): cls.PLURAL for cls in KINDS.values()},
 }
 # Named per generation and never changed once created (a Job's pod template is immutable).
@@ -163,6 +165,14 @@ class Kube:
         path = path_for(res.api_version, res.KIND, res.metadata.namespace, res.name) + "/status"
         status, data = self.request("PATCH", path, {"status": fields}, content_type=MERGE_PATCH)
         self._ok(status, data, f"patch {res.key}/status")
+
+    def resources_served(self, api_version: str) -> set[str]:
+        """Discovery: the resources (plurals, subresources as ``plural/sub``) of e.g.
+        ``keda.sh/v1alpha1``; empty where the cluster does not serve that group version."""
+        status, data = self.request("GET", f"/apis/{api_version}")
+        if status != 200 or not isinstance(data, dict):
+            return set()
+        return {str(r.get("name")) for r in data.get("resources") or []}
 
     def group_version_served(self, api_version: str) -> bool:
         """Discovery: whether the cluster serves e.g. ``monitoring.coreos.com/v1``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
@@ -57,3 +58,41 @@ def observe_dataset(namespace: str, dataset: str, steps: list[dict[str, Any]] | 
                 DATASET_REMOVED.labels(*series[-1][1]).set(float(count))
         if series:
             _dataset_series[(namespace, dataset)] = series
+
+
+# InferenceServices: replicas (what KEDA or spec.replicas asked for, and what is ready) and the
+# wakes from zero of autoscaled ones. Labelled resource_namespace/resource, not namespace: a
+# ServiceMonitor's target labels (namespace, service, pod) would rename those to exported_*.
+SERVING = ("resource_namespace", "resource")
+REPLICAS = Gauge("llmfab_inference_replicas", "Server replicas of each InferenceService: desired and ready.",
+                 [*SERVING, "state"], registry=REGISTRY)
+COLD_STARTS = Counter("llmfab_inference_cold_starts", "Wakes from zero that completed (spec.autoscaling).",
+                      SERVING, registry=REGISTRY)
+COLD_START_SECONDS = Histogram("llmfab_inference_cold_start_seconds",
+                               "A wake from zero: first new pod created to first pod ready.", SERVING,
+                               registry=REGISTRY, buckets=(1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200))
+LAST_COLD_START = Gauge("llmfab_inference_last_cold_start_seconds", "The last wake from zero of each service.",
+                        SERVING, registry=REGISTRY)
+
+
+def observe_serving(namespace: str, name: str, deployment: dict[str, Any] | None,
+                    cold_start_seconds: float | None) -> None:
+    """Export a service's replicas from its Deployment, and a wake from zero that just completed."""
+    spec, status = (deployment or {}).get("spec") or {}, (deployment or {}).get("status") or {}
+    with _lock:
+        REPLICAS.labels(namespace, name, "desired").set(float(spec.get("replicas", 0 if deployment is None else 1)))
+        REPLICAS.labels(namespace, name, "ready").set(float(status.get("readyReplicas") or 0))
+        if cold_start_seconds is not None:
+            COLD_STARTS.labels(namespace, name).inc()
+            COLD_START_SECONDS.labels(namespace, name).observe(cold_start_seconds)
+            LAST_COLD_START.labels(namespace, name).set(cold_start_seconds)
+
+
+def forget_serving(namespace: str, name: str) -> None:
+    """A deleted InferenceService: drop its series."""
+    with _lock:
+        for metric, labels in ((REPLICAS, (namespace, name, "desired")), (REPLICAS, (namespace, name, "ready")),
+                               (COLD_STARTS, (namespace, name)), (COLD_START_SECONDS, (namespace, name)),
+                               (LAST_COLD_START, (namespace, name))):
+            with contextlib.suppress(KeyError):  # never observed
+                metric.remove(*labels)

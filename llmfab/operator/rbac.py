@@ -19,8 +19,9 @@ PLURALS = sorted(cls.PLURAL for cls in KINDS.values())
 
 
 def operator_rules() -> list[Rule]:
-    """The operator: its four kinds (and their status), the children it creates, events, and what
-    kopf reads to run (namespaces for namespace patterns, CRDs to find the kinds)."""
+    """The operator: its four kinds (and their status), the children it creates (KEDA's objects
+    included), events, and what kopf reads to run (namespaces for namespace patterns, CRDs to find
+    the kinds)."""
     return [
         {"apiGroups": [API_GROUP], "resources": PLURALS, "verbs": [*READ, "patch", "update"]},
         {"apiGroups": [API_GROUP], "resources": [f"{p}/status" for p in PLURALS], "verbs": ["get", "patch", "update"]},
@@ -34,6 +35,11 @@ def operator_rules() -> list[Rule]:
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": READ},
         {"apiGroups": ["monitoring.coreos.com"], "resources": ["servicemonitors"], "verbs": OWN},
         {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": OWN},
+        # spec.autoscaling: KEDA's ScaledObject and the HTTP add-on's InterceptorRoute. Whether the
+        # cluster serves them is asked of API discovery (/apis/<group>/<version>), which the
+        # built-in system:discovery role grants every authenticated user: no rule here.
+        {"apiGroups": ["keda.sh"], "resources": ["scaledobjects"], "verbs": OWN},
+        {"apiGroups": ["http.keda.sh"], "resources": ["interceptorroutes"], "verbs": OWN},
     ]
 
 

@@ -29,6 +29,13 @@ from llmfab.api.common import Phase, Resource, utc_now
 from llmfab.api.dataset import Dataset
 from llmfab.api.inference_service import InferenceService
 from llmfab.api.training_run import TrainingRun
+from llmfab.operator.builders.autoscaling import (
+    KedaApis,
+    autoscaling_problems,
+    build_autoscaler,
+    proxy_url,
+    uses_interceptor,
+)
 from llmfab.operator.builders.common import Manifest, build_spec_config_map, generation, revision
 from llmfab.operator.builders.dataset import build_dataset_children, uses_ray_job
 from llmfab.operator.builders.inference import (
@@ -41,7 +48,8 @@ from llmfab.operator.builders.inference import (
     uses_service_monitor,
 )
 from llmfab.operator.builders.jobs import build_headless_service, build_stage_job, pods_and_processes
-from llmfab.operator.builders.refusals import refusals
+from llmfab.operator.builders.refusals import Refusal, refusals
+from llmfab.operator.scale_state import IDLE, WAKING, next_scale
 from llmfab.operator.settings import OperatorSettings
 from llmfab.stages import is_primary, owns_phase, stages_for
 from llmfab.status import conditions_for
@@ -67,6 +75,11 @@ class Observed:
     deployment: dict[str, Any] | None = None
     dependencies: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # "Kind/name" -> object
     stale: list[dict[str, Any]] = field(default_factory=list)  # children of older revisions
+    # An InferenceService with spec.autoscaling (or one that had it): which KEDA kinds the cluster
+    # serves, KEDA's objects that exist for it, and its server pods (when a wake began and ended).
+    keda: KedaApis = field(default_factory=KedaApis)
+    autoscaler: list[dict[str, Any]] = field(default_factory=list)
+    server_pods: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -77,6 +90,7 @@ class Decision:
     status: dict[str, Any] = field(default_factory=dict)  # merge patch of .status; {} = unchanged
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     waiting: str | None = None  # the handler retries later (kopf.TemporaryError)
+    cold_start_seconds: float | None = None  # a wake from zero completed (the operator's metrics)
 
 
 # --- reading children ----------------------------------------------------------------------------
@@ -142,10 +156,13 @@ def dependency_problem(key: str, obj: dict[str, Any] | None) -> str | None:
 def decide(res: Resource, observed: Observed, settings: OperatorSettings) -> Decision:
     d = Decision()
     refused = refusals(res, settings)
+    if isinstance(res, InferenceService):
+        refused += [Refusal("AutoscalingUnavailable", p) for p in autoscaling_problems(res, settings, observed.keda)]
     if refused:
         message = "; ".join(r.message for r in refused)
         _set_phase(d, res, observed, Phase.FAILED, refused[0].reason, message, stage=None)
         _stop(d, observed, message)
+        d.delete.extend(c for c in observed.autoscaler if not c["metadata"].get("deletionTimestamp"))
         return d
     if not observed.jobs and observed.deployment is None:
         problems = [p for key in _refs(res) if (p := dependency_problem(key, observed.dependencies.get(key)))]
@@ -298,22 +315,55 @@ def _serve(d: Decision, res: Resource, observed: Observed, settings: OperatorSet
     d.apply += [build_spec_config_map(res), build_deployment(res, settings, monitor), build_service(res)]
     if monitor:
         d.apply.append(build_service_monitor(res, settings.service_monitor_labels))
+    autoscaler = build_autoscaler(res, settings, observed.keda) if res.spec.autoscaling is not None else []
+    d.apply += autoscaler
+    wanted_children = {(m["kind"], m["metadata"]["name"]) for m in autoscaler}
+    d.delete += [c for c in observed.autoscaler if (c["kind"], c["metadata"]["name"]) not in wanted_children
+                 and not c["metadata"].get("deletionTimestamp")]
     dep_status = (observed.deployment or {}).get("status") or {}
     ready = int(dep_status.get("readyReplicas") or 0)
-    url = service_url(res)
-    wanted = res.spec.fixed_replicas()
-    if wanted == 0:
-        phase, reason, message = Phase.PENDING, "ScaledToZero", "replicas: 0"
-    elif ready:
-        phase, reason, message = Phase.RUNNING, "Serving", f"serving {url} ({ready}/{wanted or ready} ready)"
-    else:
-        phase, reason, message = Phase.RUNNING, "Starting", "waiting for the vLLM server to answer /health"
     # replicas and selector are what the CRD's /scale subresource reads (kubectl scale, an HPA).
-    extra: dict[str, Any] = {"url": url, "readyReplicas": ready, "replicas": int(dep_status.get("replicas") or 0),
-                             "selector": server_selector(res)}
+    extra: dict[str, Any] = {"readyReplicas": ready, "replicas": int(dep_status.get("replicas") or 0),
+                             "selector": server_selector(res), "scale": None}
     if res.spec.feedback.enabled:
         extra["feedbackUrl"] = feedback_url(res)
-    _set_phase(d, res, observed, phase, reason, message, "serve", ready=ready > 0, extra=extra)
+    if res.spec.autoscaling is not None:
+        phase, reason, message, is_ready = _autoscaled(d, res, observed, settings, extra)
+    else:
+        extra["url"] = url = service_url(res)
+        wanted = res.spec.fixed_replicas()
+        is_ready = ready > 0
+        if wanted == 0:
+            phase, reason, message = Phase.PENDING, "ScaledToZero", "replicas: 0"
+        elif ready:
+            phase, reason, message = Phase.RUNNING, "Serving", f"serving {url} ({ready}/{wanted or ready} ready)"
+        else:
+            phase, reason, message = Phase.RUNNING, "Starting", "waiting for the vLLM server to answer /health"
+    _set_phase(d, res, observed, phase, reason, message, "serve", ready=is_ready, extra=extra)
+
+
+def _autoscaled(d: Decision, res: InferenceService, observed: Observed, settings: OperatorSettings,
+                extra: dict[str, Any]) -> tuple[Phase, str, str, bool]:
+    """Phase, reason, message and readiness of an autoscaled service from its scale state
+    (scale_state.py). Idle counts as ready: the route exists and a request wakes a server, as a
+    KServe service scaled to zero stays Ready; Waking does not, so ``kubectl wait`` after an apply
+    waits until the model has loaded once."""
+    assert res.spec.autoscaling is not None
+    interceptor = uses_interceptor(observed.keda)
+    extra["url"] = url = proxy_url(res, settings) if interceptor else service_url(res)
+    step = next_scale(observed.status.get("scale"), observed.deployment, observed.server_pods, utc_now())
+    extra["scale"] = step.scale
+    d.cold_start_seconds = step.cold_start_seconds
+    state = step.scale["state"]
+    if state == IDLE:
+        return Phase.RUNNING, "Idle", f"idle at 0 replicas; the next request to {url} wakes a server", True
+    if state == WAKING:
+        held = (f"; requests to {url} are held for up to {res.spec.autoscaling.cold_start_timeout_seconds} s"
+                if interceptor else "")
+        return Phase.RUNNING, "Waking", f"starting a server (vLLM loads the model){held}", False
+    woke = (f"; woke from zero in {step.cold_start_seconds:.0f} s (cold start {step.scale['coldStarts']})"
+            if step.cold_start_seconds is not None else "")
+    return Phase.RUNNING, "Serving", f"serving {url} ({step.ready}/{step.desired} ready){woke}", True
 
 
 def _set_phase(

@@ -57,6 +57,26 @@ class OperatorSettings(BaseModel):
         description="The chart's artifacts.accessMode: the feedback store (SQLite, WAL) is refused on "
         "ReadWriteMany, where pods on two nodes could open it.",
     )
+    # The chart's autoscaling.keda: how an InferenceService's spec.autoscaling reaches KEDA and its
+    # HTTP add-on (the kedacore/keda and kedacore/keda-add-ons-http charts' default names).
+    keda_enabled: bool = Field(
+        default=True, description="spec.autoscaling is served by KEDA; false: the operator refuses it.",
+    )
+    keda_interceptor_service: str = Field(
+        default="keda-add-ons-http-interceptor-proxy", description="The HTTP add-on's interceptor proxy Service.",
+    )
+    keda_interceptor_namespace: str = Field(default="keda", description="Namespace of the add-on's Services.")
+    keda_interceptor_port: int = Field(default=8080, ge=1, le=65535, description="The interceptor proxy's port.")
+    keda_scaler_address: str = Field(
+        default="keda-add-ons-http-external-scaler.keda:9090",
+        description="host:port of the add-on's external scaler (the external-push trigger's scalerAddress).",
+    )
+    keda_prometheus_address: str = Field(
+        default="",
+        description="Prometheus that scrapes vLLM (e.g. http://prometheus-operated.monitoring.svc:9090): a "
+        "prometheus trigger on vLLM's queue; empty: none.",
+    )
+    cluster_domain: str = Field(default="cluster.local", description="The cluster's DNS domain.")
     # The chart's podPolicy: what a resource's author may choose in spec.pod / spec.storage. Each is
     # a list of shell-style patterns (fnmatch); ["*"] (the default) restricts nothing. The chart's
     # own images, runtime class and claim are always allowed.

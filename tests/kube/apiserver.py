@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import copy
 import functools
 import json
 from collections.abc import AsyncIterator, Sequence
@@ -111,6 +112,10 @@ class KubeAPIServer(kmock.KubernetesEmulator):
             or ("default" if rt.namespaced else None)
         )
         return self.store.create(rt, ns, manifest)[0]
+
+    def install_crd(self, path: Path) -> JSON:
+        """Install a CRD from a manifest file, as ``kubectl apply -f`` of it would."""
+        return self.create(copy.deepcopy(_manifest(str(path))))
 
     def read(self, resource: str, name: str, namespace: str | None = "default") -> JSON:
         return self.store.get(self.resource_type(resource), namespace, name)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .apiserver import HTTP_ADD_ON_CRD, KEDA_CRD, KubeAPIServer, _manifest
+from .apiserver import HTTP_ADD_ON_CRD, KEDA_CRD, KubeAPIServer
 from .conftest import KubeHTTP
 
 SO = "/apis/keda.sh/v1alpha1/namespaces/default/scaledobjects"
@@ -28,7 +28,7 @@ ROUTE = {
 
 def install_keda(server: KubeAPIServer) -> None:
     for crd in (KEDA_CRD, HTTP_ADD_ON_CRD):
-        server.create(copy.deepcopy(_manifest(str(crd))))
+        server.install_crd(crd)
 
 
 def with_spec(obj: dict[str, Any], **changes: Any) -> dict[str, Any]:
