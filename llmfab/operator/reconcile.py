@@ -15,9 +15,12 @@ events). Keeping the decision pure is what lets every rule below be tested on pl
   change the artifact); a change of them starts new Jobs and removes the old revision's, never
   mutating a running one;
 - ``spec.suspend`` suspends the running Job (its pods go, checkpoints stay) and resumes it later;
+- the ``serve`` stage is a Deployment and Service, and KEDA's objects under ``spec.autoscaling``
+  (``serving.py``); a cluster that cannot autoscale (no KEDA, chart setting) refuses the resource;
 - the operator owns ``phase``, ``conditions``, ``message``, ``observedGeneration``, ``stage``,
-  times and, for an InferenceService, ``url``/``readyReplicas``; progress (step, loss, documents,
-  ...) belongs to the workload, which patches it from its pod, and is never written here.
+  times and, for an InferenceService, ``url``/``readyReplicas``/``replicas``/``selector``/``scale``;
+  progress (step, loss, documents, ...) belongs to the workload, which patches it from its pod, and
+  is never written here.
 """
 
 from __future__ import annotations
@@ -29,27 +32,12 @@ from llmfab.api.common import Phase, Resource, utc_now
 from llmfab.api.dataset import Dataset
 from llmfab.api.inference_service import InferenceService
 from llmfab.api.training_run import TrainingRun
-from llmfab.operator.builders.autoscaling import (
-    KedaApis,
-    autoscaling_problems,
-    build_autoscaler,
-    proxy_url,
-    uses_interceptor,
-)
+from llmfab.operator.builders.autoscaling import KedaApis, autoscaling_problems
 from llmfab.operator.builders.common import Manifest, build_spec_config_map, generation, revision
 from llmfab.operator.builders.dataset import build_dataset_children, uses_ray_job
-from llmfab.operator.builders.inference import (
-    build_deployment,
-    build_service,
-    build_service_monitor,
-    feedback_url,
-    server_selector,
-    service_url,
-    uses_service_monitor,
-)
 from llmfab.operator.builders.jobs import build_headless_service, build_stage_job, pods_and_processes
 from llmfab.operator.builders.refusals import Refusal, refusals
-from llmfab.operator.scale_state import IDLE, WAKING, next_scale
+from llmfab.operator.serving import Seen, plan_serving
 from llmfab.operator.settings import OperatorSettings
 from llmfab.stages import is_primary, owns_phase, stages_for
 from llmfab.status import conditions_for
@@ -311,59 +299,13 @@ def _running(d: Decision, res: Resource, observed: Observed, stage: str, st: Chi
 
 def _serve(d: Decision, res: Resource, observed: Observed, settings: OperatorSettings) -> None:
     assert isinstance(res, InferenceService)
-    monitor = uses_service_monitor(res, settings)
-    d.apply += [build_spec_config_map(res), build_deployment(res, settings, monitor), build_service(res)]
-    if monitor:
-        d.apply.append(build_service_monitor(res, settings.service_monitor_labels))
-    autoscaler = build_autoscaler(res, settings, observed.keda) if res.spec.autoscaling is not None else []
-    d.apply += autoscaler
-    wanted_children = {(m["kind"], m["metadata"]["name"]) for m in autoscaler}
-    d.delete += [c for c in observed.autoscaler if (c["kind"], c["metadata"]["name"]) not in wanted_children
-                 and not c["metadata"].get("deletionTimestamp")]
-    dep_status = (observed.deployment or {}).get("status") or {}
-    ready = int(dep_status.get("readyReplicas") or 0)
-    # replicas and selector are what the CRD's /scale subresource reads (kubectl scale, an HPA).
-    extra: dict[str, Any] = {"readyReplicas": ready, "replicas": int(dep_status.get("replicas") or 0),
-                             "selector": server_selector(res), "scale": None}
-    if res.spec.feedback.enabled:
-        extra["feedbackUrl"] = feedback_url(res)
-    if res.spec.autoscaling is not None:
-        phase, reason, message, is_ready = _autoscaled(d, res, observed, settings, extra)
-    else:
-        extra["url"] = url = service_url(res)
-        wanted = res.spec.fixed_replicas()
-        is_ready = ready > 0
-        if wanted == 0:
-            phase, reason, message = Phase.PENDING, "ScaledToZero", "replicas: 0"
-        elif ready:
-            phase, reason, message = Phase.RUNNING, "Serving", f"serving {url} ({ready}/{wanted or ready} ready)"
-        else:
-            phase, reason, message = Phase.RUNNING, "Starting", "waiting for the vLLM server to answer /health"
-    _set_phase(d, res, observed, phase, reason, message, "serve", ready=is_ready, extra=extra)
-
-
-def _autoscaled(d: Decision, res: InferenceService, observed: Observed, settings: OperatorSettings,
-                extra: dict[str, Any]) -> tuple[Phase, str, str, bool]:
-    """Phase, reason, message and readiness of an autoscaled service from its scale state
-    (scale_state.py). Idle counts as ready: the route exists and a request wakes a server, as a
-    KServe service scaled to zero stays Ready; Waking does not, so ``kubectl wait`` after an apply
-    waits until the model has loaded once."""
-    assert res.spec.autoscaling is not None
-    interceptor = uses_interceptor(observed.keda)
-    extra["url"] = url = proxy_url(res, settings) if interceptor else service_url(res)
-    step = next_scale(observed.status.get("scale"), observed.deployment, observed.server_pods, utc_now())
-    extra["scale"] = step.scale
-    d.cold_start_seconds = step.cold_start_seconds
-    state = step.scale["state"]
-    if state == IDLE:
-        return Phase.RUNNING, "Idle", f"idle at 0 replicas; the next request to {url} wakes a server", True
-    if state == WAKING:
-        held = (f"; requests to {url} are held for up to {res.spec.autoscaling.cold_start_timeout_seconds} s"
-                if interceptor else "")
-        return Phase.RUNNING, "Waking", f"starting a server (vLLM loads the model){held}", False
-    woke = (f"; woke from zero in {step.cold_start_seconds:.0f} s (cold start {step.scale['coldStarts']})"
-            if step.cold_start_seconds is not None else "")
-    return Phase.RUNNING, "Serving", f"serving {url} ({step.ready}/{step.desired} ready){woke}", True
+    seen = Seen(observed.deployment, observed.status.get("scale"), observed.keda, tuple(observed.autoscaler),
+                tuple(observed.server_pods))
+    s = plan_serving(res, settings, seen)
+    d.apply += s.children
+    d.delete += s.remove
+    d.cold_start_seconds = s.cold_start_seconds
+    _set_phase(d, res, observed, s.phase, s.reason, s.message, "serve", ready=s.ready, extra=s.status)
 
 
 def _set_phase(
