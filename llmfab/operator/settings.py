@@ -71,10 +71,10 @@ class OperatorSettings(BaseModel):
         default="keda-add-ons-http-external-scaler.keda:9090",
         description="host:port of the add-on's external scaler (the external-push trigger's scalerAddress).",
     )
-    keda_prometheus_address: str = Field(
-        default="",
+    keda_prometheus_address: str | None = Field(
+        default=None,
         description="Prometheus that scrapes vLLM (e.g. http://prometheus-operated.monitoring.svc:9090): a "
-        "prometheus trigger on vLLM's queue; empty: none.",
+        "prometheus trigger on vLLM's queue; none: no such trigger.",
     )
     cluster_domain: str = Field(default="cluster.local", description="The cluster's DNS domain.")
     # The chart's podPolicy: what a resource's author may choose in spec.pod / spec.storage. Each is

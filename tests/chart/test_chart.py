@@ -213,3 +213,23 @@ def test_the_chart_creates_a_feedback_token_secret_in_each_workload_namespace() 
         kubernetes_validate.validate(copy.deepcopy(secret), K8S_VERSION, strict=True)
     given = by_kind(render("--set", "feedbackToken.create=true", "--set", "feedbackToken.token=s3cret"), "Secret")
     assert base64.b64decode(given[0]["data"]["token"]) == b"s3cret"
+
+
+def test_the_keda_values_reach_the_operator() -> None:
+    """Issue 21: autoscaling.keda.* become the operator's settings; the defaults are the names the
+    kedacore/keda-add-ons-http chart gives its Services in namespace keda."""
+    default = OperatorSettings.from_env(operator_env(render()))
+    assert default.keda_enabled and default.keda_prometheus_address is None
+    assert (default.keda_interceptor_service, default.keda_interceptor_namespace, default.keda_interceptor_port) == (
+        "keda-add-ons-http-interceptor-proxy", "keda", 8080)
+    assert default.keda_scaler_address == "keda-add-ons-http-external-scaler.keda:9090"
+    set_ = render("--set", "autoscaling.keda.enabled=false", "--set", "autoscaling.keda.interceptor.namespace=http",
+                  "--set", "autoscaling.keda.interceptor.port=9080",
+                  "--set", "autoscaling.keda.prometheusAddress=http://prometheus-operated.monitoring.svc:9090",
+                  "--set", "autoscaling.keda.clusterDomain=homelab.internal")
+    settings = OperatorSettings.from_env(operator_env(set_))
+    assert not settings.keda_enabled and settings.keda_interceptor_namespace == "http"
+    assert settings.keda_interceptor_port == 9080 and settings.cluster_domain == "homelab.internal"
+    assert settings.keda_prometheus_address == "http://prometheus-operated.monitoring.svc:9090"
+    out = helm("template", "x", str(CHART), "--set", "autoscaling.keda.scalerAddress=scaler.keda", check=False)
+    assert out.returncode != 0 and "scalerAddress" in out.stderr  # host:port
