@@ -1,6 +1,7 @@
 """The Grafana dashboards in ``charts/llmfab/dashboards/``: Inference latency (vLLM's V1 metrics),
-Training (``llmfab_train_*``, rank 0 of each TrainingRun) and Pipeline (``llmfab_operator_*`` and
-the Dataset step counts the operator exports).
+Training (``llmfab_train_*``, rank 0 of each TrainingRun), Pipeline (``llmfab_operator_*`` and
+the Dataset step counts the operator exports) and Autoscaling (``llmfab_inference_*`` from the
+operator, and the KEDA HTTP add-on interceptor's in-flight requests).
 
 Generated so the JSON is reproducible and reviewable in one place:
 
@@ -229,7 +230,74 @@ def pipeline() -> Dashboard:
     )
 
 
-DASHBOARDS = {"inference-latency": inference_latency, "training": training, "pipeline": pipeline}
+REPLICAS = "llmfab_inference_replicas"  # {resource_namespace, resource, state="desired"|"ready"}
+COLD_STARTS = "llmfab_inference_cold_starts_total"
+COLD_START_SECONDS = "llmfab_inference_cold_start_seconds"
+LAST_COLD_START = "llmfab_inference_last_cold_start_seconds"
+# The KEDA HTTP add-on interceptor's in-flight requests per InterceptorRoute (v0.14+; was
+# interceptor_pending_requests): the operator names each route after its InferenceService.
+INTERCEPTOR_CONCURRENCY = "interceptor_request_concurrency"
+ROUTE = 'route_namespace=~"$resource_namespace", route_name=~"$resource"'
+
+
+def autoscaling() -> Dashboard:
+    sel = matchers("job", "instance", "resource_namespace", "resource")
+    per_service = "sum by (resource_namespace, resource)"
+
+    def replicas(state: str) -> str:
+        return selector(REPLICAS, sel, f'state="{state}"')
+
+    held = f"{INTERCEPTOR_CONCURRENCY}{{{ROUTE}}}"
+    return Dashboard(
+        uid="llmfab-autoscaling",
+        title="llmfab / Autoscaling",
+        description="InferenceServices with spec.autoscaling (KEDA): replicas, wakes from zero and their "
+        "duration, requests held at the KEDA HTTP interceptor.",
+        tags=("llmfab", "keda"),
+        variables=(
+            *job_and_instance(REPLICAS),
+            query_variable("resource_namespace", "Namespace", REPLICAS, after=("job", "instance")),
+            query_variable("resource", "InferenceService", REPLICAS, after=("job", "instance", "resource_namespace")),
+        ),
+        rows=(
+            (stat("Ready replicas", "short", f"sum({replicas('ready')})", "Server pods answering /health, all "
+                  "selected services (the operator's view of each Deployment)."),
+             stat("Desired replicas", "short", f"sum({replicas('desired')})",
+                  "Replicas KEDA (or spec.replicas) asks of the server Deployments."),
+             stat("Scaled to zero", "short", f"count({per_service} ({replicas('desired')}) == 0)"
+                  " or vector(0)", "Services idle at 0 replicas: no GPU held; the next request wakes one."),
+             stat("Requests at the interceptor", "short", f"sum({held})",
+                  "Requests in flight at the KEDA HTTP add-on's interceptor for the selected services "
+                  f"({INTERCEPTOR_CONCURRENCY}); held there while a service wakes."),
+             stat("Last cold start", "s", f"max({selector(LAST_COLD_START, sel)})",
+                  "The longest of the selected services' last wake from zero: first pod created to first pod ready."),
+             stat("Cold starts", "short", f"sum({selector(COLD_STARTS, sel)})",
+                  "Wakes from zero the operator has recorded since it started.")),
+            (Panel("Replicas by service", "timeseries", "short", (
+                Target(f"{per_service} ({replicas('desired')})", "{{resource}} desired"),
+                Target(f"{per_service} ({replicas('ready')})", "{{resource}} ready"),
+            ), "Desired (what KEDA set on the Deployment) and ready server replicas of each service; a ready line "
+               "lagging a desired one is a server starting."),
+             Panel("Requests held at the interceptor", "timeseries", "short", (
+                 Target(f"sum by (route_namespace, route_name) ({held})", "{{route_name}}"),
+             ), "Requests in flight at the KEDA interceptor per service (its InterceptorRoute): while the service "
+                "has no ready replica (Waking) every one of them is held, for up to coldStartTimeoutSeconds.")),
+            (Panel("Cold starts", "timeseries", "short", (
+                Target(f"{per_service} (increase({selector(COLD_STARTS, sel)}[$__rate_interval]))",
+                       "{{resource}}"),
+            ), "Wakes from zero completed per interval, per service."),
+             Panel("Cold start duration", "timeseries", "s", latency_targets(COLD_START_SECONDS, sel),
+                   "A wake from zero, first pod created to first pod ready: p50, p90, p99 and the mean of the "
+                   "wakes in each interval (no line where none completed).")),
+            (Panel("Last cold start by service", "timeseries", "s", (
+                Target(f"max by (resource_namespace, resource) ({selector(LAST_COLD_START, sel)})", "{{resource}}"),
+            ), "The duration of each service's last wake from zero (status.scale.lastColdStartSeconds).", width=24),),
+        ),
+    )
+
+
+DASHBOARDS = {"inference-latency": inference_latency, "training": training, "pipeline": pipeline,
+              "autoscaling": autoscaling}
 
 
 def render() -> dict[str, str]:

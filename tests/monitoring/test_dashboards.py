@@ -30,8 +30,11 @@ DIR = REPO / "charts" / "llmfab" / "dashboards"
 BUILT = {name: build().to_json() for name, build in dashboards.DASHBOARDS.items()}
 # Variables each dashboard's selectors must filter by.
 FILTERS = {"inference-latency": ("job", "model_name", "instance"), "training": ("job", "instance", "run"),
-           "pipeline": ("job", "instance")}
-SELECTOR = re.compile(r"\b((?:vllm:|llmfab_)[a-z0-9_:]+)\{([^}]*)\}")
+           "pipeline": ("job", "instance"), "autoscaling": ("job", "instance", "resource_namespace", "resource")}
+SELECTOR = re.compile(r"\b((?:vllm:|llmfab_|interceptor_)[a-z0-9_:]+)\{([^}]*)\}")
+# The KEDA interceptor's series are its own target's (no job/instance of the operator): they are
+# filtered by the route, which the operator names after the InferenceService.
+ROUTE_FILTERS = ('route_namespace=~"$resource_namespace"', 'route_name=~"$resource"')
 # Names vLLM's V0 engine or older releases exported, which V1 (vllm 0.32) no longer serves.
 GONE_FROM_VLLM = {"vllm:gpu_cache_usage_perc", "vllm:cpu_cache_usage_perc", "vllm:time_per_output_token_seconds",
                   "vllm:avg_prompt_throughput_toks_per_s", "vllm:avg_generation_throughput_toks_per_s",
@@ -125,8 +128,10 @@ def test_every_selector_filters_by_the_dashboard_variables(name: str) -> None:
         selectors = SELECTOR.findall(expr)
         assert selectors, f"no metric selector in {expr}"
         for metric, matchers in selectors:
-            for variable in FILTERS[name]:
-                assert f'{variable}=~"${variable}"' in matchers, f"{metric} in {expr} ignores ${variable}"
+            wanted = ROUTE_FILTERS if metric.startswith("interceptor_") else tuple(
+                f'{variable}=~"${variable}"' for variable in FILTERS[name])
+            for matcher in wanted:
+                assert matcher in matchers, f"{metric} in {expr} ignores {matcher}"
 
 
 SUM = r"sum(?: by \([\w, ]+\) )?\("  # sum( or sum by (a, b) (
@@ -171,6 +176,19 @@ def test_the_dashboards_query_what_issue_11_lists() -> None:
     assert {f"llmfab_train_{n}" for n in ("loss", "val_loss", "tokens_per_second", "mfu", "step_seconds")} | {
         f"llmfab_train_{n}" for n in CUDA_GAUGES} <= metric_names("training")
     assert {"llmfab_operator_resources", dashboards.DATASET_DOCUMENTS} <= metric_names("pipeline")
+
+
+def test_the_autoscaling_dashboard_shows_replicas_cold_starts_and_held_requests() -> None:
+    """Issue 21: replicas over time, wakes from zero and how long they took (the operator's
+    metrics), and the requests the KEDA HTTP add-on's interceptor holds meanwhile."""
+    assert {dashboards.REPLICAS, dashboards.COLD_STARTS, dashboards.LAST_COLD_START,
+            f"{dashboards.COLD_START_SECONDS}_bucket", dashboards.INTERCEPTOR_CONCURRENCY} <= metric_names("autoscaling")
+    titles = {p["title"]: p for p in panels("autoscaling")}
+    assert [t["legendFormat"] for t in titles["Cold start duration"]["targets"]] == ["p50", "p90", "p99", "mean"]
+    assert [t["legendFormat"] for t in titles["Replicas by service"]["targets"]] == [
+        "{{resource}} desired", "{{resource}} ready"]
+    # The add-on renamed interceptor_pending_requests in v0.14; the old name would draw nothing.
+    assert "interceptor_pending_requests" not in " ".join(exprs("autoscaling"))
 
 
 def test_no_dashboard_uses_a_vllm_name_that_v1_removed() -> None:

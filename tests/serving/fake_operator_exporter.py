@@ -2,7 +2,10 @@
 
 Serves ``llmfab.operator.metrics.REGISTRY`` (the operator's own counters, histogram and phase
 gauge, fed through its own ``observe_phase``) plus the Dataset step gauges the Pipeline dashboard
-queries, with the names and labels the operator is to export. Run: ``python fake_operator_exporter.py PORT``.
+queries, with the names and labels the operator is to export, and an autoscaled InferenceService
+that sleeps and wakes (``observe_serving``). On a second port it stands in for the KEDA HTTP
+add-on's interceptor (``interceptor_request_concurrency`` per route, as its OTel Prometheus
+exporter writes it), which needs a cluster. Run: ``python fake_operator_exporter.py PORT INTERCEPTOR_PORT``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import random
 import sys
 import time
 
-from prometheus_client import Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from llmfab.operator import metrics
 
@@ -31,7 +34,22 @@ STEPS = [("normalise", 1200, 1188, {"empty": 12}), ("gopher_quality", 1188, 1010
          ("exact_dedup", 1010, 930, {"duplicate": 80}), ("near_dedup", 930, 874, {"near_duplicate": 56})]
 
 
-def main(port: int) -> None:
+INTERCEPTOR = CollectorRegistry()
+IN_FLIGHT = Gauge("interceptor_request_concurrency", "Concurrent requests at the interceptor proxy",
+                  ["route_name", "route_namespace"], registry=INTERCEPTOR)
+
+
+def sleep_and_wake(tick: int, rng: random.Random) -> None:
+    """An autoscaled service's cycle of 8 ticks: idle, woken (requests held), ready, busy."""
+    phase = tick % 8
+    desired, ready = (0, 0) if phase < 2 else (1, 0) if phase < 4 else (2, 2)
+    replicas = {"spec": {"replicas": desired}, "status": {"readyReplicas": ready}}
+    woke = rng.uniform(20, 60) if phase == 4 else None
+    metrics.observe_serving("default", "svc", replicas, woke)
+    IN_FLIGHT.labels(route_name="svc", route_namespace="default").set(0 if phase < 2 else rng.randint(1, 6))
+
+
+def main(port: int, interceptor_port: int) -> None:
     for uid, (kind, phase) in RESOURCES.items():
         metrics.observe_phase(uid, kind, phase)
     for step, documents_in, documents_out, removed in STEPS:
@@ -40,8 +58,12 @@ def main(port: int) -> None:
         for reason, n in removed.items():
             REMOVED.labels(namespace="default", dataset="tinyds", step=step, reason=reason).set(n)
     start_http_server(port, addr="127.0.0.1", registry=metrics.REGISTRY)
+    start_http_server(interceptor_port, addr="127.0.0.1", registry=INTERCEPTOR)
     rng = random.Random(0)
+    tick = 0
     while True:  # the test terminates this process
+        sleep_and_wake(tick, rng)
+        tick += 1
         for kind, _ in RESOURCES.values():
             metrics.RECONCILES.labels(kind=kind).inc()
             with metrics.SECONDS.labels(kind=kind).time():
@@ -52,4 +74,4 @@ def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), int(sys.argv[2]))

@@ -1,9 +1,9 @@
 """Every panel of every shipped dashboard, queried against a real Prometheus scraping real parts.
 
 Prometheus (Debian's 2.42, scrape interval 1 s) scrapes the session's vLLM server (the tiny GPTQ
-model), a real ``llmfab train run`` on a copy of the tiny Dataset (its rank-0 exporter), and a
-stand-in for the operator's endpoint (``fake_operator_exporter.py``: the operator's own metrics
-module, fed by hand, because the operator needs an API server). After a burst of completions each
+model), a real ``llmfab train run`` on a copy of the tiny Dataset (its rank-0 exporter), and
+stand-ins for the operator's endpoint and the KEDA interceptor's (``fake_operator_exporter.py``:
+the operator's own metrics module, fed by hand, because the operator needs an API server). After a burst of completions each
 panel's queries go through ``/api/v1/query_range`` with the dashboard's variables expanded as
 Grafana expands them on opening it; a panel that draws nothing fails. Each dashboard is drawn into
 a PNG under ``$LLMFAB_TEST_ARTIFACTS`` (else the test's temporary directory) for a person to look at.
@@ -114,7 +114,7 @@ def stack(vllm_server: LiveServer, tiny: TinySetup, tmp_path_factory: pytest.Tem
     work = tmp_path_factory.mktemp("dashboards")
     home = work / "home"
     shutil.copytree(tiny.dataset, home / "datasets" / "tinyds")
-    train_port, operator_port = free_port(), free_port()
+    train_port, operator_port, interceptor_port = free_port(), free_port(), free_port()
     env = {**os.environ, "LLMFAB_HOME": str(home), "OMP_NUM_THREADS": "1",
            "LLMFAB_PEAK_FLOPS": "1.27e11"}  # this machine kind's measured sgemm peak, so MFU is reported
     with (work / "train.log").open("w") as train_log, (work / "operator.log").open("w") as operator_log:
@@ -122,10 +122,11 @@ def stack(vllm_server: LiveServer, tiny: TinySetup, tmp_path_factory: pytest.Tem
                                     str(training_spec(work / "train.yaml", train_port))],
                                    env=env, cwd=work, stdout=train_log, stderr=subprocess.STDOUT)
         operator = subprocess.Popen([sys.executable, str(Path(__file__).with_name("fake_operator_exporter.py")),
-                                     str(operator_port)], stdout=operator_log, stderr=subprocess.STDOUT)
+                                     str(operator_port), str(interceptor_port)],
+                                    stdout=operator_log, stderr=subprocess.STDOUT)
     vllm_target = vllm_server.url.removeprefix("http://").removesuffix("/v1")
     jobs = {"vllm": vllm_target, "llmfab-train": f"127.0.0.1:{train_port}",
-            "llmfab-operator": f"127.0.0.1:{operator_port}"}
+            "llmfab-operator": f"127.0.0.1:{operator_port}", "keda-interceptor": f"127.0.0.1:{interceptor_port}"}
     config = write_config(work / "prometheus.yml", jobs, SCRAPE_SECONDS, [RULES])
     try:
         with prometheus_server(config, work / "tsdb") as url:
