@@ -156,7 +156,7 @@ def test_autoscaling_on_a_cluster_without_keda_fails_naming_the_installs_then_ru
 
 
 def test_status_scale_follows_the_deployment_idle_waking_ready_and_times_the_wake(
-    kube_apiserver: KubeAPIServer, keda_operator: Any
+    kube_apiserver: KubeAPIServer, keda_operator: Any, kubectl: Any
 ) -> None:
     install_keda(kube_apiserver)
     kube_apiserver.create(service("wake"))
@@ -178,6 +178,11 @@ def test_status_scale_follows_the_deployment_idle_waking_ready_and_times_the_wak
     s = wait_for(lambda: scale_state(kube_apiserver, "wake", "Ready"), 15, "Ready after the wake")
     assert s["scale"]["coldStarts"] == 1 and s["scale"]["lastColdStartSeconds"] >= 0
     assert "woke from zero in" in s["message"]
+    table = kubectl("get", "lis", "wake").stdout
+    print(table)
+    header, row = table.splitlines()
+    assert header.split() == ["NAME", "PHASE", "URL", "READY", "STATE", "AGE"]
+    assert row.split()[:5] == ["wake", "Running", "http://wake-proxy.default.svc:8080/v1", "1", "Ready"]
 
     def reasons() -> list[str]:
         return [e["reason"] for e in sorted(kube_apiserver.items("events"), key=lambda e: e["metadata"]["name"])

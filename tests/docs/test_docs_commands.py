@@ -71,6 +71,25 @@ COVERAGE: dict[str, tuple[str, str, str]] = {
         "helm cannot install into the test API server; tests/chart/test_chart.py renders the chart with the "
         "real helm (`helm install llmfab ... --dry-run=client`) and applies the result with kubectl",
     ),
+    # KEDA for spec.autoscaling (docs/cluster.md): charts from the internet into a real cluster.
+    "helm repo add kedacore https://kedacore.github.io/charts": (
+        "cluster",
+        "",
+        "a chart repository on the internet; tests/cluster/test_autoscaling.py installs the two CRDs those "
+        "charts add (vendored unmodified in tests/kube/third_party/) into the test API server instead",
+    ),
+    "helm install keda kedacore/keda --namespace keda --create-namespace": (
+        "cluster",
+        "",
+        "KEDA's operator runs on a real cluster; tests/cluster/test_autoscaling.py installs its ScaledObject CRD "
+        "into the test API server and plays its part (scaling the Deployment)",
+    ),
+    "helm install http-add-on kedacore/keda-add-ons-http --namespace keda": (
+        "cluster",
+        "",
+        "the add-on's interceptor and scaler run on a real cluster; tests/cluster/test_autoscaling.py installs its "
+        "InterceptorRoute CRD into the test API server and checks what the operator builds for it",
+    ),
     "kubectl -n llmfab apply -f examples/cluster/": (
         "cluster",
         "",
