@@ -77,11 +77,17 @@ LAST_COLD_START = Gauge("llmfab_inference_last_cold_start_seconds", "The last wa
 
 def observe_serving(namespace: str, name: str, deployment: dict[str, Any] | None,
                     cold_start_seconds: float | None) -> None:
-    """Export a service's replicas from its Deployment, and a wake from zero that just completed."""
-    spec, status = (deployment or {}).get("spec") or {}, (deployment or {}).get("status") or {}
+    """Export a service's replicas from its Deployment (none yet, or stopped: no series), and a wake
+    from zero that just completed."""
     with _lock:
-        REPLICAS.labels(namespace, name, "desired").set(float(spec.get("replicas", 0 if deployment is None else 1)))
-        REPLICAS.labels(namespace, name, "ready").set(float(status.get("readyReplicas") or 0))
+        if deployment is None:
+            for state in ("desired", "ready"):
+                with contextlib.suppress(KeyError):  # never observed
+                    REPLICAS.remove(namespace, name, state)
+        else:
+            desired = (deployment.get("spec") or {}).get("replicas", 1)  # the API server's default
+            REPLICAS.labels(namespace, name, "desired").set(float(desired))
+            REPLICAS.labels(namespace, name, "ready").set(float((deployment.get("status") or {}).get("readyReplicas") or 0))
         if cold_start_seconds is not None:
             COLD_STARTS.labels(namespace, name).inc()
             COLD_START_SECONDS.labels(namespace, name).observe(cold_start_seconds)

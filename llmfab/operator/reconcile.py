@@ -131,7 +131,10 @@ def dependency_problem(key: str, obj: dict[str, Any] | None) -> str | None:
         return f"{key} does not exist"
     status = obj.get("status") or {}
     if key.startswith("InferenceService/"):
-        return None if (status.get("readyReplicas") or 0) >= 1 else f"{key} is not serving yet"
+        # Scaled to zero by its autoscaler counts as serving: a request wakes it, and its feedback
+        # store is on the volume either way.
+        idle = (status.get("scale") or {}).get("state") == "Idle"
+        return None if (status.get("readyReplicas") or 0) >= 1 or idle else f"{key} is not serving yet"
     gen = (obj.get("metadata") or {}).get("generation")
     if status.get("phase") == Phase.SUCCEEDED and (gen is None or status.get("observedGeneration") in (None, gen)):
         return None

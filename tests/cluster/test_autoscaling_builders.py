@@ -8,7 +8,9 @@ import copy
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
+from llmfab.operator import metrics
 from llmfab.operator.builders.autoscaling import (
     KedaApis,
     autoscaling_problems,
@@ -16,7 +18,7 @@ from llmfab.operator.builders.autoscaling import (
     queue_query,
 )
 from llmfab.operator.builders.inference import build_deployment
-from llmfab.operator.reconcile import Observed, decide
+from llmfab.operator.reconcile import Observed, decide, dependency_problem
 from llmfab.operator.scale_state import next_scale
 from llmfab.operator.settings import OperatorSettings
 from tests.cluster.test_builders import assert_child_conventions, assert_valid, resource
@@ -210,3 +212,19 @@ def test_autoscaling_without_keda_fails_with_the_reason_and_runs_nothing() -> No
     assert {c["type"]: c["reason"] for c in d.status["conditions"]}["Failed"] == "AutoscalingUnavailable"
     assert "helm install keda kedacore/keda" in d.status["message"]
     assert [c["kind"] for c in d.delete] == ["Deployment"]
+
+
+def test_an_idle_service_is_a_usable_dependency_and_a_waking_one_is_not() -> None:
+    """A RewardModel reading a service's feedback store need not wake it."""
+    idle = {"status": {"readyReplicas": 0, "scale": {"state": "Idle"}}}
+    waking = {"status": {"readyReplicas": 0, "scale": {"state": "Waking"}}}
+    assert dependency_problem("InferenceService/chat", idle) is None
+    assert dependency_problem("InferenceService/chat", waking) == "InferenceService/chat is not serving yet"
+
+
+def test_the_operators_replica_series_exist_only_while_a_deployment_does() -> None:
+    metrics.observe_serving("ml", "gauged", deployment(2, ready=1), None)
+    exported = generate_latest(metrics.REGISTRY).decode()
+    assert 'llmfab_inference_replicas{resource="gauged",resource_namespace="ml",state="desired"} 2.0' in exported
+    metrics.observe_serving("ml", "gauged", None, None)  # stopped (refused) or not serving yet
+    assert 'resource="gauged"' not in generate_latest(metrics.REGISTRY).decode()

@@ -100,38 +100,33 @@ def _triggers(res: InferenceService, settings: OperatorSettings, interceptor: bo
     return triggers
 
 
+def _owned(res: InferenceService, type_: tuple[str, str], spec: dict[str, Any]) -> Manifest:
+    """One of KEDA's objects for ``res``, named as its Deployment, owned and labelled like every child."""
+    api_version, kind = type_
+    return {"apiVersion": api_version, "kind": kind,
+            "metadata": metadata(res, child_name(res), COMPONENT, with_revision=False), "spec": spec}
+
+
 def build_scaled_object(res: InferenceService, settings: OperatorSettings, interceptor: bool) -> Manifest:
     a = autoscaling(res)
-    api_version, kind = SCALED_OBJECT
-    return {
-        "apiVersion": api_version,
-        "kind": kind,
-        "metadata": metadata(res, child_name(res), COMPONENT, with_revision=False),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": child_name(res)},
-            "minReplicaCount": a.min_replicas,
-            "maxReplicaCount": a.max_replicas,
-            "cooldownPeriod": a.idle_seconds,
-            "initialCooldownPeriod": a.idle_seconds,
-            "triggers": _triggers(res, settings, interceptor),
-        },
-    }
+    return _owned(res, SCALED_OBJECT, {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": child_name(res)},
+        "minReplicaCount": a.min_replicas,
+        "maxReplicaCount": a.max_replicas,
+        "cooldownPeriod": a.idle_seconds,
+        "initialCooldownPeriod": a.idle_seconds,
+        "triggers": _triggers(res, settings, interceptor),
+    })
 
 
 def build_interceptor_route(res: InferenceService, settings: OperatorSettings) -> Manifest:
     a = autoscaling(res)
-    api_version, kind = INTERCEPTOR_ROUTE
-    return {
-        "apiVersion": api_version,
-        "kind": kind,
-        "metadata": metadata(res, child_name(res), COMPONENT, with_revision=False),
-        "spec": {
-            "target": {"service": service_name(res), "port": res.spec.server.port},
-            "rules": [{"hosts": proxy_hosts(res, settings)}],
-            "scalingMetric": {"concurrency": {"targetValue": a.target_in_flight}},
-            "timeouts": {"readiness": f"{a.cold_start_timeout_seconds}s"},
-        },
-    }
+    return _owned(res, INTERCEPTOR_ROUTE, {
+        "target": {"service": service_name(res), "port": res.spec.server.port},
+        "rules": [{"hosts": proxy_hosts(res, settings)}],
+        "scalingMetric": {"concurrency": {"targetValue": a.target_in_flight}},
+        "timeouts": {"readiness": f"{a.cold_start_timeout_seconds}s"},
+    })
 
 
 def build_proxy_service(res: InferenceService, settings: OperatorSettings) -> Manifest:
