@@ -5,9 +5,13 @@ the scale state from what the cluster shows, and the reconcile decision around t
 from __future__ import annotations
 
 import copy
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import generate_latest
 
 from llmfab.operator import metrics
@@ -228,3 +232,15 @@ def test_the_operators_replica_series_exist_only_while_a_deployment_does() -> No
     assert 'llmfab_inference_replicas{resource="gauged",resource_namespace="ml",state="desired"} 2.0' in exported
     metrics.observe_serving("ml", "gauged", None, None)  # stopped (refused) or not serving yet
     assert 'resource="gauged"' not in generate_latest(metrics.REGISTRY).decode()
+
+
+def test_the_queue_query_parses_as_promql(tmp_path: Path) -> None:
+    """promtool has no offline query parser, but it parses a rule file's expressions."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not on PATH: run scripts/install_prometheus.sh")
+    rules = tmp_path / "queue.rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": [{"name": "keda", "rules": [
+        {"record": "llmfab:check:queue", "expr": queue_query(autoscaled())}]}]}))
+    check = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
