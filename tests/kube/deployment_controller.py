@@ -75,7 +75,8 @@ class DeploymentController:
         wanted = int(deployment["spec"].get("replicas", 1))
         if len(pods) > wanted:
             # Not ready first, then the newest (ReplicaSet's ActivePods ordering, shortened).
-            doomed = sorted(pods, key=lambda p: (is_ready(p), p["metadata"]["creationTimestamp"]))
+            newest_first = sorted(pods, key=lambda p: p["metadata"]["creationTimestamp"], reverse=True)
+            doomed = sorted(newest_first, key=is_ready)  # stable: newest first among equally ready
             for pod in doomed[: len(pods) - wanted]:
                 self.store.delete(pods_rt, pod["metadata"]["namespace"], pod["metadata"]["name"])
         for _ in range(wanted - len(pods)):
