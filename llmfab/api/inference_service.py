@@ -252,8 +252,8 @@ class Autoscaling(Spec):
     )
     cold_start_timeout_seconds: int = Field(
         default=600, ge=1, le=3600,
-        description="How long a request waits for a sleeping server to wake before it is answered 503 with "
-        "Retry-After.",
+        description="How long a request waits for a sleeping server to wake: then `llmfab up` answers 503 with "
+        "Retry-After, and on a cluster the KEDA interceptor 504 (its readiness timeout, set from this field).",
     )
 
 
