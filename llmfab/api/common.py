@@ -136,6 +136,8 @@ class Phase(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SUSPENDED = "Suspended"  # spec.suspend: pods deleted, checkpoints kept (cluster only)
+    QUEUED = "Queued"  # spec.scheduling.queueName: waiting for Kueue to admit its Jobs (cluster only)
+    PREEMPTED = "Preempted"  # suspended by Kueue after running: checkpoint kept, waits to be admitted again
 
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
@@ -167,10 +169,62 @@ class Condition(Spec):
     )
 
 
+class Scheduling(Spec):
+    """Where the resource's pods wait for the cluster's shared GPUs: a Kueue queue and priority.
+
+    With ``queueName`` the operator creates the resource's Jobs suspended and labelled for Kueue
+    (``kueue.x-k8s.io/queue-name``, ``kueue.x-k8s.io/priority-class``); Kueue admits them (a
+    multi-pod TrainingRun as one workload) and may suspend them again to preempt them for a more
+    important workload. Ignored by ``llmfab up``.
+    """
+
+    queue_name: str | None = Field(
+        default=None, max_length=63, pattern=DNS1123_LABEL,
+        description="A Kueue LocalQueue in the resource's namespace; unset: the Jobs run at once (no Kueue).",
+    )
+    priority_class_name: str | None = Field(
+        default=None, max_length=253, pattern=DNS1123_SUBDOMAIN,
+        description="A Kueue WorkloadPriorityClass: what is admitted first and what may be preempted for what.",
+    )
+
+
+class CostInputs(Spec):
+    """What an estimate of energy and cost used, so a reader can check it."""
+
+    energy: Literal["measured", "estimated"] | None = Field(
+        default=None, description="measured: NVML's counter; estimated: wattsPerGpu x GPU time."
+    )
+    watts_per_gpu: float | None = Field(default=None, ge=0, description="Configured draw of one GPU, where no counter exists.")
+    price_per_kwh: float | None = Field(default=None, ge=0, description="Configured price of a kWh.")
+    price_per_gpu_hour: float | None = Field(default=None, ge=0, description="Configured price of a GPU hour.")
+
+
+class Usage(Spec):
+    """What a resource used, over all its pods (or local processes) and all attempts, preempted ones
+    included; cost only where a price was given, with the inputs named."""
+
+    wall_seconds: float = Field(default=0.0, ge=0, description="Time its workloads ran, summed over attempts.")
+    cpu_seconds: float | None = Field(default=None, ge=0, description="CPU time used (locally) or reserved (pods' CPU requests x time).")
+    gpu_seconds: float = Field(default=0.0, ge=0, description="GPUs x time, over all pods and attempts.")
+    gpu_energy_joules: float | None = Field(
+        default=None, ge=0, description="GPU energy from NVML's total-energy counter; absent where none was read."
+    )
+    attempts: int = Field(default=0, ge=0, description="Runs of its workloads (a preempted and re-admitted run counts twice).")
+    energy_kwh: float | None = Field(
+        default=None, ge=0, description="GPU energy in kWh: measured, else estimated from the configured watts per GPU."
+    )
+    cost: float | None = Field(default=None, ge=0, description="Estimated cost; only where a price is configured.")
+    currency: str | None = Field(default=None, description="Currency of cost, as configured.")
+    cost_inputs: CostInputs | None = Field(default=None, description="What the energy and cost figures used.")
+
+
 class StatusBase(Spec):
     """Status fields every kind has; kinds add their own progress and artifact fields."""
 
-    phase: Phase = Field(default=Phase.PENDING, description="Pending, Waiting, Running, Succeeded or Failed.")
+    phase: Phase = Field(
+        default=Phase.PENDING,
+        description="Pending, Waiting, Queued, Running, Preempted, Suspended, Succeeded or Failed.",
+    )
     conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Failed.")
     observed_generation: int | None = Field(default=None, description="metadata.generation last acted on.")
     start_time: str | None = Field(default=None, description="When the workload started (RFC 3339).")
@@ -186,6 +240,7 @@ class StatusBase(Spec):
         default_factory=dict,
         description="Cluster: stage -> Pending, Running, Suspended, Succeeded or Failed, this generation.",
     )
+    usage: Usage | None = Field(default=None, description="Compute used, and its cost where a price is given.")
 
 
 class ObjectMeta(BaseModel):
@@ -213,7 +268,7 @@ class ObjectMeta(BaseModel):
 
 
 # Spec fields that say where or whether a workload runs, never what it produces.
-NOT_OUTPUT_FIELDS = frozenset({"pod", "suspend", "deletion_policy"})
+NOT_OUTPUT_FIELDS = frozenset({"pod", "suspend", "deletion_policy", "scheduling"})
 
 DeletionPolicy = Literal["Retain", "Delete"]
 DELETION_POLICY_DESCRIPTION = (

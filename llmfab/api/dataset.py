@@ -18,6 +18,7 @@ from llmfab.api.common import (
     DeletionPolicy,
     Resource,
     ResourceRef,
+    Scheduling,
     Spec,
     StatusBase,
 )
@@ -433,6 +434,7 @@ class DatasetSpec(Spec):
     engine: Engine = Field(default_factory=Engine)
     storage: Storage = Field(default_factory=Storage)
     pod: PodSettings = Field(default_factory=PodSettings)
+    scheduling: Scheduling = Field(default_factory=Scheduling)
     suspend: bool = Field(
         default=False, description="Cluster only: true deletes the Dataset's pods; false runs it again."
     )

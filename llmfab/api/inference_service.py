@@ -13,6 +13,7 @@ from llmfab.api.common import (
     CelRule,
     DeletionPolicy,
     Resource,
+    Scheduling,
     Spec,
     StatusBase,
 )
@@ -314,6 +315,7 @@ class InferenceServiceSpec(Spec):
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
     storage: Storage = Field(default_factory=Storage)
     pod: PodSettings = Field(default_factory=PodSettings)
+    scheduling: Scheduling = Field(default_factory=Scheduling)
     deletion_policy: DeletionPolicy = Field(default="Retain", description=DELETION_POLICY_DESCRIPTION)
 
     def fixed_replicas(self) -> int | None:

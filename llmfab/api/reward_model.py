@@ -12,6 +12,7 @@ from llmfab.api.common import (
     CelRule,
     DeletionPolicy,
     Resource,
+    Scheduling,
     Spec,
     StatusBase,
 )
@@ -79,6 +80,7 @@ class RewardModelSpec(Spec):
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
     storage: Storage = Field(default_factory=Storage)
     pod: PodSettings = Field(default_factory=PodSettings)
+    scheduling: Scheduling = Field(default_factory=Scheduling)
     deletion_policy: DeletionPolicy = Field(default="Retain", description=DELETION_POLICY_DESCRIPTION)
 
 

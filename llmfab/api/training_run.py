@@ -20,6 +20,7 @@ from llmfab.api.common import (
     DeletionPolicy,
     Resource,
     ResourceRef,
+    Scheduling,
     Spec,
     StatusBase,
 )
@@ -479,6 +480,7 @@ class TrainingRunSpec(Spec):
     pruning: PruningSpec = Field(default_factory=PruningSpec)
     storage: Storage = Field(default_factory=Storage)
     pod: PodSettings = Field(default_factory=PodSettings)
+    scheduling: Scheduling = Field(default_factory=Scheduling)
     suspend: bool = Field(
         default=False,
         description="Cluster only: true deletes the training pods and keeps the checkpoints; false "
