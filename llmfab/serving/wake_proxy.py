@@ -27,6 +27,7 @@ from concurrent.futures import Future
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDictProxy
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from yarl import URL
 
@@ -38,6 +39,12 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
                         "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length"})  # fmt: skip
 MAX_BODY = 64 * 2**20  # a request body read before forwarding; prompts are far smaller
 log = logging.getLogger(__name__)
+
+
+def end_to_end(headers: CIMultiDictProxy[str]) -> list[tuple[str, str]]:
+    """The fields a proxy passes on: all but the hop-by-hop ones and those ``Connection`` names."""
+    named = {token.strip().lower() for value in headers.getall("Connection", []) for token in value.split(",")}
+    return [(k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP | named]
 
 
 def openai_error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -143,7 +150,7 @@ class WakeProxy:
     async def _relay(self, request: web.Request, base: str) -> web.StreamResponse:
         assert self._session is not None
         body = await request.read()
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        headers = end_to_end(request.headers)
         url = URL(base + request.raw_path, encoded=True)
         response: web.StreamResponse | None = None
         try:
@@ -151,9 +158,8 @@ class WakeProxy:
                                              allow_redirects=False) as upstream:  # fmt: skip
                 self.metrics.proxied(upstream.status)
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-                for key, value in upstream.headers.items():
-                    if key.lower() not in HOP_BY_HOP:
-                        response.headers.add(key, value)
+                for key, value in end_to_end(upstream.headers):
+                    response.headers.add(key, value)
                 if upstream.content_length is not None:
                     response.content_length = upstream.content_length
                 await response.prepare(request)
