@@ -9,6 +9,11 @@ error message. vLLM's output is teed into ``services/<name>/server.log`` and our
 With ``spec.feedback.enabled`` the human-feedback app (``feedback.py``) runs on a thread beside it,
 from ready until the server stops, and ``feedbackUrl`` is reported.
 
+With ``spec.autoscaling.minReplicas: 0`` (outside a cluster's server pod) the service scales to
+zero here instead: the wake proxy (``wake_proxy.py``) holds the port from the start, vLLM runs on
+a free loopback port only between a request and ``idleSeconds`` without one (``on_demand.py``),
+the feedback app calls vLLM through the proxy, and ``status.scale`` follows Idle/Waking/Ready.
+
 The serving interpreter: ``LLMFAB_SERVE_PYTHON``, else ``<repo>/.venv-serve/bin/python`` (the local
 serving venv, ``scripts/setup_serve_venv.sh``), else this interpreter (the serving image, where vLLM
 is installed beside llmfab).
@@ -196,13 +201,18 @@ def start_feedback(ctx: WorkloadContext, openai_url: str, completion_timeout: fl
     return app
 
 
+def in_server_pod() -> bool:
+    """Whether this is one of a cluster's server pods, which the operator starts with
+    ``LLMFAB_STATUS=off`` (several replicas, none reporting). There KEDA scales the Deployment and
+    holds requests, and the operator writes ``status.replicas`` and ``status.scale``."""
+    return os.environ.get("LLMFAB_STATUS") == "off"
+
+
 def scales_to_zero_here(resource: InferenceService) -> bool:
     """Whether this process scales the service to zero itself: ``spec.autoscaling.minReplicas: 0``
-    outside a cluster's server pod. The operator starts those with ``LLMFAB_STATUS=off`` (several
-    replicas, none reporting), and there KEDA scales the Deployment and holds requests, so the pod
-    serves at once like any other."""
+    anywhere but in a cluster's server pod, which serves at once like any other."""
     a = resource.spec.autoscaling
-    return a is not None and a.min_replicas == 0 and os.environ.get("LLMFAB_STATUS") != "off"
+    return a is not None and a.min_replicas == 0 and not in_server_pod()
 
 
 @contextlib.contextmanager
@@ -238,7 +248,9 @@ def run(ctx: WorkloadContext) -> None:
     resource = ctx.resource
     assert isinstance(resource, InferenceService)
     server_spec = resource.spec.server
-    ctx.reporter.progress(scale=None, replicas=None)  # a previous run's, until this one says otherwise
+    local = not in_server_pod()
+    if local:  # a previous run's, until this one says otherwise
+        ctx.reporter.progress(scale=None, replicas=None)
     model_dir = model_to_serve(ctx)
     gpu = has_gpu()
     problem = unservable_reason(model_dir, gpu)
@@ -248,7 +260,7 @@ def run(ctx: WorkloadContext) -> None:
     if resource.spec.feedback.enabled:
         check_port_free(server_spec.host, resource.spec.feedback.port)
     autoscaling = resource.spec.autoscaling
-    if autoscaling is not None and autoscaling.max_replicas > 1 and os.environ.get("LLMFAB_STATUS") != "off":
+    if autoscaling is not None and autoscaling.max_replicas > 1 and local:
         note = (f"spec.autoscaling.maxReplicas: {autoscaling.max_replicas} has no effect here: one machine runs "
                 "one vLLM server (a cluster runs up to maxReplicas)")  # fmt: skip
         print(f"{resource.key}: {note}", flush=True)
@@ -289,7 +301,7 @@ def serve_always_on(ctx: WorkloadContext, model_dir: Path, gpu: bool) -> None:
                 feedback = start_feedback(ctx, plan.url)
             # Under spec.autoscaling with minReplicas >= 1 a local server never scales: always Ready.
             scale = ({"scale": ScaleStatus(state="Ready", since=utc_now()).model_dump(mode="json", by_alias=True,
-                      exclude_none=True), "replicas": 1} if resource.spec.autoscaling is not None else {})  # fmt: skip
+                      exclude_none=True), "replicas": 1} if resource.spec.autoscaling and not in_server_pod() else {})  # fmt: skip
             ctx.reporter.phase(
                 Phase.RUNNING, "Serving", f"serving {plan.url}",
                 url=plan.url, readyReplicas=1, modelSizeBytes=size, quantizedPath=str(model_dir)

@@ -20,10 +20,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psutil
 import pytest
 
-from .conftest import TinySetup, free_port, write_service
+from .conftest import TinySetup
 from .wake_service import COLD_START_BOUND, Service, call, gone, metric, start_service, stop, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.serve]
@@ -161,25 +160,3 @@ def test_a_wake_longer_than_cold_start_timeout_gets_503_with_retry_after_and_sig
         assert stop(svc, signal.SIGINT) == 0, svc.output()
     assert gone(vllm), [p.pid for p in vllm]
     assert "server stopped (SIGINT)" in svc.output()
-
-
-def test_up_detach_returns_with_the_service_asleep_and_down_stops_it(tiny: TinySetup, tmp_path: Path) -> None:
-    """``llmfab up`` waits for a service to accept requests: asleep, that is the proxy holding its port."""
-    port = free_port()
-    spec = {"model": {"path": str(tiny.bf16)}, "quantization": {"method": "none"}, "eval": {"enabled": False},
-            "server": {"port": port, "maxModelLen": 128}, "autoscaling": {"minReplicas": 0, "maxReplicas": 2}}  # fmt: skip
-    pipeline = write_service(tmp_path / "svc.yaml", "napper", spec)
-    env = {**os.environ, "LLMFAB_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
-    up = subprocess.run([sys.executable, "-m", "llmfab", "up", "-f", str(pipeline), "--detach"], env=env,
-                        capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert up.returncode == 0, up.stdout + up.stderr
-    assert f"serving InferenceService/napper at http://127.0.0.1:{port}/v1 (scaled to zero" in up.stdout
-    pid = json.loads((tmp_path / "home" / "services" / "detached.json").read_text())["napper"]
-    assert psutil.Process(pid).children(recursive=True) == []  # no vLLM
-    log = (tmp_path / "home" / "services" / "napper.log").read_text()
-    assert "spec.autoscaling.maxReplicas: 2 has no effect here" in log
-    get = subprocess.run([sys.executable, "-m", "llmfab", "get"], env=env, capture_output=True, text=True, timeout=120)
-    assert "State=Idle" in get.stdout and "Ready=0" in get.stdout, get.stdout
-    down = subprocess.run([sys.executable, "-m", "llmfab", "down"], env=env, capture_output=True, text=True, timeout=120)
-    assert down.returncode == 0 and "stopped napper" in down.stdout
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

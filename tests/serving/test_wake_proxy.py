@@ -11,13 +11,10 @@ import http.client
 import json
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
@@ -30,6 +27,8 @@ from llmfab.serving.wake_proxy import WakeProxy
 from llmfab.serving.workload import ServerProcess
 
 from .conftest import free_port
+from .wake_service import call
+from .wake_service import metric_value as metric
 
 UPSTREAM = Path(__file__).with_name("gated_upstream.py")
 
@@ -87,22 +86,6 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Proxied]]:
     yield make
     for proxy in proxies:
         proxy.stop()
-
-
-def call(url: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
-         timeout: float = 60) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data, {"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, dict(r.headers), r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
-
-
-def metric(url: str, name: str) -> float:
-    text = call(f"{url}/metrics")[2].decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 
 def test_a_request_wakes_the_server_and_idle_stops_its_whole_process_group(start: Callable[..., Proxied]) -> None:

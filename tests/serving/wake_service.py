@@ -115,9 +115,11 @@ def stop(service: Service, sig: int = signal.SIGTERM) -> int:
         pytest.fail(f"llmfab serve run did not stop within 90 s of {signal.Signals(sig).name}")
 
 
-def call(url: str, body: dict[str, Any] | None = None, timeout: float = COLD_START_BOUND) -> tuple[int, dict[str, str], bytes]:
+def call(url: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+         timeout: float = COLD_START_BOUND) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
+    """(status, headers, body) of a request; JSON ``body`` makes it a POST."""
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data, {"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, dict(r.headers), r.read()
@@ -125,7 +127,12 @@ def call(url: str, body: dict[str, Any] | None = None, timeout: float = COLD_STA
         return e.code, dict(e.headers), e.read()
 
 
-def metric(service: Service, name: str) -> float:
-    text = call(service.url.removesuffix("/v1") + "/metrics", timeout=30)[2].decode()
+def metric_value(base: str, name: str) -> float:
+    """The sum of a metric's series on ``base``/metrics (NaN when it has none)."""
+    text = call(f"{base}/metrics", timeout=30)[2].decode()
     values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")]
     return sum(values) if values else float("nan")
+
+
+def metric(service: Service, name: str) -> float:
+    return metric_value(service.url.removesuffix("/v1"), name)
