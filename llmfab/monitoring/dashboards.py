@@ -135,7 +135,6 @@ def inference_latency() -> Dashboard:
 
 def scale_to_zero(sel: str) -> tuple[tuple[Panel, ...], ...]:
     """Services with spec.autoscaling.minReplicas 0 under llmfab up: the wake proxy's series."""
-    by_model = ("model_name",)
     return (
         (Panel("Replicas and requests held while waking", "timeseries", "short", (
             Target(f"sum by (model_name) ({selector(REPLICAS, sel)})", "{{model_name}} replicas"),

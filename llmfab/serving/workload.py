@@ -343,12 +343,17 @@ def serve_on_demand(ctx: WorkloadContext, model_dir: Path, gpu: bool) -> None:
 
     url = f"http://{client_host(server_spec.host)}:{server_spec.port}/v1"
 
+    # The proxy's thread reports each transition while this one reports the start: one writer at a
+    # time, or a read-modify-write of the status file could undo the other's.
+    reporting = threading.Lock()
+
     def on_change(scale: ScaleStatus, reason: str, message: str, warning: bool) -> None:
-        ctx.reporter.progress(
-            scale=scale.model_dump(mode="json", by_alias=True, exclude_none=True), message=message,
-            replicas=0 if scale.state == "Idle" else 1, readyReplicas=1 if scale.state == "Ready" else 0,
-        )  # fmt: skip
-        ctx.reporter.event(reason, message, "Warning" if warning else "Normal")
+        with reporting:
+            ctx.reporter.progress(
+                scale=scale.model_dump(mode="json", by_alias=True, exclude_none=True), message=message,
+                replicas=0 if scale.state == "Idle" else 1, readyReplicas=1 if scale.state == "Ready" else 0,
+            )  # fmt: skip
+            ctx.reporter.event(reason, message, "Warning" if warning else "Normal")
         print(f"{resource.key}: {scale.state}: {message}", flush=True)
 
     metrics = ScaleMetrics(served_name)
@@ -359,17 +364,21 @@ def serve_on_demand(ctx: WorkloadContext, model_dir: Path, gpu: bool) -> None:
     feedback = None
     try:
         with stop_signals(lambda _sig: stopped.set()) as stop_requested:
-            proxy.start()
-            if feedback_spec.enabled:  # its completions go through the proxy, so they wake the server too
-                feedback = start_feedback(ctx, url, completion_timeout=autoscaling.cold_start_timeout_seconds + 120)
-            message = f"serving {url}: scaled to zero, the first request starts vLLM"
             ctx.reporter.phase(
-                Phase.RUNNING, "Serving", message,
-                url=url, replicas=0, readyReplicas=0, modelSizeBytes=weights_size(model_dir),
+                Phase.RUNNING, "Serving", f"serving {url}: scaled to zero, the first request starts vLLM",
+                replicas=0, readyReplicas=0, modelSizeBytes=weights_size(model_dir),
                 quantizedPath=str(model_dir) if detect_quantization(model_dir) else None,
                 scale=server.status.model_dump(mode="json", by_alias=True, exclude_none=True),
-                **({"feedbackUrl": feedback.url} if feedback else {}),
             )  # fmt: skip
+            try:
+                proxy.start()
+            except OSError as e:
+                raise WorkloadError(f"spec.server.port: the wake proxy cannot listen on {server_spec.host}:"
+                                    f"{server_spec.port} ({e.strerror or e}); choose another port") from e  # fmt: skip
+            if feedback_spec.enabled:  # its completions go through the proxy, so they wake the server too
+                feedback = start_feedback(ctx, url, completion_timeout=autoscaling.cold_start_timeout_seconds + 120)
+            with reporting:  # the URL once the proxy holds the port: what `llmfab up` waits for
+                ctx.reporter.progress(url=url, **({"feedbackUrl": feedback.url} if feedback else {}))
             print_ready(resource, url, f"scaled to zero: vLLM starts on the first request and stops after "
                                        f"{autoscaling.idle_seconds} s without one")  # fmt: skip
             while not stopped.wait(0.5):

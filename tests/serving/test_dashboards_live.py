@@ -148,7 +148,8 @@ def stack(vllm_server: LiveServer, tiny: TinySetup, tmp_path_factory: pytest.Tem
             assert code == 200, raw
             wait_for(url, f'sum(vllm:request_success_total{{job="vllm"}}) >= {done_before + sent}',
                      "vLLM's finished requests in Prometheus", timeout=60)
-            wait_for(url, 'sum(llmfab_serve_proxied_requests_total{job="wake"}) >= 1',
+            # A few samples after the wake, so that the window's last steps have rates over it.
+            wait_for(url, 'count_over_time(llmfab_serve_proxied_requests_total{job="wake"}[1m]) >= 4',
                      "the wake proxy's cold start and request in Prometheus", timeout=60)
             artifacts = Path(os.environ.get("LLMFAB_TEST_ARTIFACTS", work / "artifacts"))
             yield Stack(prometheus=url, start=start, end=time.time(), artifacts=artifacts)
