@@ -155,8 +155,9 @@ class OnDemandServer:
         except Exception as e:
             await self._stop_server()
             failure = e if isinstance(e, WakeFailed) else WakeFailed(f"starting vLLM failed: {type(e).__name__}: {e}")
-            stopping = self._closed and failure.status == 503
-            self._change("Idle", "WakeFailed", str(failure), warning=not stopping)
+            self._change("Idle", "WakeFailed", str(failure), warning=not self._closed)
+            if failure is e:
+                raise
             raise failure from e
         finally:
             self._waking = None
