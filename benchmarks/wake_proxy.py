@@ -173,7 +173,8 @@ def warm_latency(proxy_port: int, vllm_port: int, model: str, requests: int) -> 
 def burst(url: str, model: str, n: int, timeout: float) -> dict[str, Any]:
     def one(i: int) -> tuple[int, int]:
         stream = i % 2 == 0
-        body = {"model": model, "prompt": f"{PROMPT} {i}", "max_tokens": 8, "temperature": 0, "stream": stream}
+        body = {"model": model, "prompt": f"{PROMPT} {i}", "max_tokens": 8, "temperature": 0, "ignore_eos": True,
+                "stream": stream, **({"stream_options": {"include_usage": True}} if stream else {})}  # fmt: skip
         req = urllib.request.Request(f"{url}/completions", json.dumps(body).encode(),
                                      {"Content-Type": "application/json"})  # fmt: skip
         try:
@@ -182,9 +183,9 @@ def burst(url: str, model: str, n: int, timeout: float) -> dict[str, Any]:
                 code = r.status
         except urllib.error.HTTPError as e:
             return e.code, 0
-        if stream:
-            events = [line for line in raw.splitlines() if line.startswith("data: ")]
-            return code, len(events) - 1 if events and events[-1] == "data: [DONE]" else 0
+        if stream:  # the usage is in the last event before [DONE]
+            events = [line.removeprefix("data: ") for line in raw.splitlines() if line.startswith("data: ")]
+            return code, int(json.loads(events[-2])["usage"]["completion_tokens"]) if events[-1:] == ["[DONE]"] else 0
         return code, int(json.loads(raw)["usage"]["completion_tokens"])
 
     start = time.perf_counter()

@@ -32,18 +32,20 @@ BURST = 16
 
 
 def complete(service: Service, i: int = 0, stream: bool = False) -> tuple[int, bytes]:
-    body = {"model": "tiny", "prompt": f"The river {i}", "max_tokens": 8, "temperature": 0, "stream": stream}
+    body = {"model": "tiny", "prompt": f"The river {i}", "max_tokens": 8, "temperature": 0, "ignore_eos": True,
+            "stream": stream, **({"stream_options": {"include_usage": True}} if stream else {})}  # fmt: skip
     code, _, raw = call(f"{service.url}/completions", body)
     return code, raw
 
 
 def served_tokens(raw: bytes, stream: bool) -> int:
-    """Completion tokens in an answer: ``usage`` of a JSON body; the token events of an SSE stream."""
+    """Completion tokens in an answer: its ``usage`` (a streamed one's is in its last event before
+    ``[DONE]``; the events themselves may be fewer than the tokens, as the detokenizer holds bytes)."""
     if not stream:
         return int(json.loads(raw)["usage"]["completion_tokens"])
-    events = [line for line in raw.decode().splitlines() if line.startswith("data: ")]
-    assert events[-1] == "data: [DONE]", events[-3:]
-    return len(events) - 1
+    events = [line.removeprefix("data: ") for line in raw.decode().splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]", events[-3:]
+    return int(json.loads(events[-2])["usage"]["completion_tokens"])
 
 
 def llmfab_get(service: Service) -> str:
