@@ -38,7 +38,7 @@ from llmfab.stages import (
     stages_for,
     write_spec_file,
 )
-from llmfab.status import FileStatusReporter, log_path, read_status
+from llmfab.status import FileStatusReporter, accepts_requests, asleep, log_path, read_status
 from llmfab.store import artifact_dir, artifact_root, read_manifest, write_json_atomic
 
 STOP_GRACE_SECONDS = 30.0
@@ -133,12 +133,6 @@ def _start(res: Resource, stage: str, spec_file: Path, force: bool, root: Path) 
         )
 
 
-def accepting_requests(status: dict[str, object]) -> bool:
-    """A ready replica, or a service scaled to zero whose wake proxy holds the port (``status.scale``)."""
-    ready = status.get("readyReplicas")
-    return (isinstance(ready, int) and ready >= 1) or (isinstance(status.get("scale"), dict) and bool(status.get("url")))
-
-
 def _wait_serving(res: Resource, proc: subprocess.Popen[bytes], root: Path, live: Live) -> bool:
     """Wait until the server accepts requests (or dies)."""
     deadline = time.monotonic() + SERVE_READY_TIMEOUT
@@ -147,7 +141,7 @@ def _wait_serving(res: Resource, proc: subprocess.Popen[bytes], root: Path, live
         live.update(_status_table([(res.key, "serve", status)]))
         if proc.poll() is not None:
             return False
-        if accepting_requests(status):
+        if accepts_requests(status):
             return True
         time.sleep(0.5)
     return False
@@ -170,9 +164,8 @@ def _run_stage(
                     outcome.servers.append((res, proc))
                     status = read_status(res.ARTIFACT_DIR, res.name, root)
                     url = status.get("url", "")
-                    idle = "scale" in status and not status.get("readyReplicas")
                     console.print(f"[green]serving[/green] {res.key} at {url}"
-                                  + (" (scaled to zero: the first request starts vLLM)" if idle else ""))
+                                  + (" (scaled to zero: the first request starts vLLM)" if asleep(status) else ""))
                     console.print(
                         f"  curl {url}/completions -H 'Content-Type: application/json' "
                         f'-d \'{{"model": "{res.name}", "prompt": "Once upon a time", '

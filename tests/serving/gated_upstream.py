@@ -5,6 +5,7 @@
   process's pid and its grandchild's, as JSON;
 - ``POST /v1/completions``: ``stream: true`` sends one server-sent event, then waits until
   ``POST /gate`` opens the gate, then the rest and ``data: [DONE]``; else a JSON completion;
+- ``GET /v1/models`` and a streamed ``POST /v1/chat/completions`` (for ``llmfab chat``);
 - ``GET /metrics``: one series, ``fake_upstream_up 1``.
 
 ``--exit-at-start CODE`` prints a line and exits (a server that dies during start-up);
@@ -60,6 +61,18 @@ def main() -> None:
         await response.write_eof()
         return response
 
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for piece in ("hello ", "from fake"):
+            await response.write(f'data: {{"choices": [{{"delta": {{"content": "{piece}"}}}}]}}\n\n'.encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
     async def open_gate(request: web.Request) -> web.Response:
         gate.set()
         return web.Response(text="open")
@@ -72,6 +85,8 @@ def main() -> None:
     app.router.add_route("*", "/echo{tail:.*}", echo)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/gate", open_gate)
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/metrics", metrics)
     print(f"fake vLLM on 127.0.0.1:{args.port}", flush=True)
     web.run_app(app, host="127.0.0.1", port=args.port, print=None)

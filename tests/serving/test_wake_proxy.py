@@ -8,6 +8,7 @@ same against the real vLLM through ``llmfab serve run``. Waits poll a condition 
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import sys
 import time
@@ -19,12 +20,16 @@ from pathlib import Path
 import psutil
 import pytest
 
+from llmfab.api import parse_resource
+from llmfab.api.common import Phase
 from llmfab.api.inference_service import ScaleStatus
+from llmfab.serving.chat import ChatError, chat_loop, service_url
 from llmfab.serving.on_demand import OnDemandServer, WakeSettings
 from llmfab.serving.scale_metrics import ScaleMetrics
 from llmfab.serving.vllm_args import LaunchPlan
 from llmfab.serving.wake_proxy import WakeProxy
 from llmfab.serving.workload import ServerProcess
+from llmfab.status import FileStatusReporter
 
 from .conftest import free_port
 from .wake_service import call
@@ -205,3 +210,19 @@ def test_stopping_the_proxy_stops_the_server(start: Callable[..., Proxied]) -> N
     p.proxy.stop()
     assert not p.proxy.alive()
     assert not alive(pids["pid"]) and not alive(pids["grandchild"])
+
+
+def test_llmfab_chat_accepts_a_sleeping_service_and_wakes_it(start: Callable[..., Proxied], tmp_path: Path) -> None:
+    p = start("--ready-after", "1")
+    svc = parse_resource({"apiVersion": "llmfab.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "napper"},
+                          "spec": {"model": {"path": "m"}, "autoscaling": {"minReplicas": 0}}})  # fmt: skip
+    reporter = FileStatusReporter(svc, tmp_path)
+    reporter.phase(Phase.RUNNING, "Serving", "asleep", url=f"{p.url}/v1", readyReplicas=0,
+                   scale=p.server.status.model_dump(mode="json", by_alias=True, exclude_none=True))  # fmt: skip
+    out = io.StringIO()
+    assert chat_loop("napper", root=tmp_path, stdin=io.StringIO("hi\n/quit\n"), stdout=out) == 0
+    assert "napper is scaled to zero" in out.getvalue() and "hello from fake" in out.getvalue()
+    assert p.server.status.cold_starts == 1
+    reporter.progress(scale=None)  # neither ready nor scaled to zero: not serving
+    with pytest.raises(ChatError, match="is not serving"):
+        service_url("napper", tmp_path)
