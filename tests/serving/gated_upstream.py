@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -47,31 +49,31 @@ def main() -> None:
                                   "headers": [[k, v] for k, v in request.headers.items()], "body": body,
                                   "pid": os.getpid(), "grandchild": sleeper.pid if sleeper else None})  # fmt: skip
 
+    async def events(request: web.Request, chunks: list[dict[str, Any]], wait_after_first: bool = False
+                     ) -> web.StreamResponse:  # fmt: skip
+        """Server-sent events, one per chunk, then ``[DONE]``; optionally held after the first until the gate opens."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i, chunk in enumerate(chunks):
+            if i == 1 and wait_after_first:
+                await gate.wait()
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
     async def completions(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         if not body.get("stream"):
             return web.json_response({"object": "text_completion", "choices": [{"index": 0, "text": "ok"}]})
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await response.write(b'data: {"choices": [{"text": "first"}]}\n\n')
-        await gate.wait()
-        for word in ("second", "third"):
-            await response.write(f'data: {{"choices": [{{"text": "{word}"}}]}}\n\n'.encode())
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
+        words = ("first", "second", "third")
+        return await events(request, [{"choices": [{"text": w}]} for w in words], wait_after_first=True)
 
     async def models(request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
 
     async def chat(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for piece in ("hello ", "from fake"):
-            await response.write(f'data: {{"choices": [{{"delta": {{"content": "{piece}"}}}}]}}\n\n'.encode())
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
+        return await events(request, [{"choices": [{"delta": {"content": p}}]} for p in ("hello ", "from fake")])
 
     async def open_gate(request: web.Request) -> web.Response:
         gate.set()
