@@ -21,6 +21,7 @@ The exit code of a stopped process is ``128 + signal``: 130 for SIGINT, 143 for 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -165,3 +166,21 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
 
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+
+
+def stop_process_group(pgid: int, sig: int, grace: float, reap: Callable[[], object] = lambda: None) -> None:
+    """Send ``sig`` to process group ``pgid`` and wait until no process of it is left; SIGKILL
+    what remains after ``grace`` seconds (and wait up to 5 s more). Waiting for the whole group,
+    not only its leader, is what frees the memory: vLLM's engine runs in a child process.
+    ``reap`` collects the leader if it is the caller's child (an exited leader stays in its group
+    as a zombie until then)."""
+    for signum, wait in ((sig, grace), (signal.SIGKILL, 5.0)):
+        deadline = time.monotonic() + wait
+        try:
+            os.killpg(pgid, signum)
+            while time.monotonic() < deadline:
+                reap()
+                os.killpg(pgid, 0)
+                time.sleep(0.05)
+        except ProcessLookupError:
+            return

@@ -34,6 +34,19 @@ def read_status(kind_dir: str, name: str, root: Path | None = None) -> dict[str,
     return data if isinstance(data, dict) else {}
 
 
+def accepts_requests(status: dict[str, Any]) -> bool:
+    """Whether an InferenceService answers requests: a ready replica, or scaled to zero with its
+    wake proxy holding the port (``status.scale`` and ``status.url``: the next request starts vLLM)."""
+    ready = status.get("readyReplicas")
+    return (isinstance(ready, int) and ready >= 1) or (isinstance(status.get("scale"), dict) and bool(status.get("url")))
+
+
+def asleep(status: dict[str, Any]) -> bool:
+    """Whether a service scaled to zero has no ready server now (Idle or Waking)."""
+    scale = status.get("scale")
+    return isinstance(scale, dict) and scale.get("state") in ("Idle", "Waking")
+
+
 def events_path(kind_dir: str, name: str, root: Path | None = None) -> Path:
     return (root or artifact_root()) / kind_dir / f"{name}.events.jsonl"
 

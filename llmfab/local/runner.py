@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from rich.table import Table
 from llmfab.api import KINDS, ValidationFailed, load_resources
 from llmfab.api.common import Phase, Resource
 from llmfab.local.ordering import OrderingError, dependents, order_resources
-from llmfab.signals import exit_code, signal_of, stop_reason
+from llmfab.signals import exit_code, signal_of, stop_process_group, stop_reason
 from llmfab.stages import (
     STAGES,
     owns_phase,
@@ -39,7 +38,7 @@ from llmfab.stages import (
     stages_for,
     write_spec_file,
 )
-from llmfab.status import FileStatusReporter, log_path, read_status
+from llmfab.status import FileStatusReporter, accepts_requests, asleep, log_path, read_status
 from llmfab.store import artifact_dir, artifact_root, read_manifest, write_json_atomic
 
 STOP_GRACE_SECONDS = 30.0
@@ -74,6 +73,9 @@ def _progress_text(status: dict[str, object]) -> str:
         if value is None:
             continue
         parts.append(f"{label} {value:.4g}" if isinstance(value, float) else f"{label} {value}")
+    scale = status.get("scale")
+    if isinstance(scale, dict) and scale.get("state"):
+        parts.append(f"state {scale['state']}")
     return "  ".join(parts)
 
 
@@ -95,22 +97,7 @@ def _status_table(rows: list[tuple[str, str, dict[str, object]]]) -> Table:
 def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> None:
     """Stop a child started by :func:`_start`: its process group is its workload (which stops
     torchrun and the workers itself, or vLLM)."""
-    _stop_group(proc.pid, sig, proc.poll)
-
-
-def _stop_group(pgid: int, sig: int, reap: Callable[[], object] = lambda: None) -> None:
-    """Send ``sig`` to process group ``pgid``, wait until no process of it is left, SIGKILL it
-    after :data:`STOP_GRACE_SECONDS`. ``reap`` collects the leader if it is this process's child."""
-    for signum, grace in ((sig, STOP_GRACE_SECONDS), (signal.SIGKILL, 5.0)):
-        deadline = time.monotonic() + grace
-        try:
-            os.killpg(pgid, signum)
-            while time.monotonic() < deadline:
-                reap()  # an exited leader stays in its group as a zombie until collected
-                os.killpg(pgid, 0)
-                time.sleep(0.1)
-        except ProcessLookupError:
-            return
+    stop_process_group(proc.pid, sig, STOP_GRACE_SECONDS, proc.poll)
 
 
 def _record_stop(res: Resource, stage: str, root: Path, sig: int) -> None:
@@ -147,15 +134,14 @@ def _start(res: Resource, stage: str, spec_file: Path, force: bool, root: Path) 
 
 
 def _wait_serving(res: Resource, proc: subprocess.Popen[bytes], root: Path, live: Live) -> bool:
-    """Wait until the server reports a ready replica (or dies)."""
+    """Wait until the server accepts requests (or dies)."""
     deadline = time.monotonic() + SERVE_READY_TIMEOUT
     while time.monotonic() < deadline:
         status = read_status(res.ARTIFACT_DIR, res.name, root)
         live.update(_status_table([(res.key, "serve", status)]))
         if proc.poll() is not None:
             return False
-        ready = status.get("readyReplicas")
-        if isinstance(ready, int) and ready >= 1:
+        if accepts_requests(status):
             return True
         time.sleep(0.5)
     return False
@@ -165,6 +151,8 @@ def _run_stage(
     res: Resource, stage: str, spec_file: Path, force: bool, root: Path, console: Console, outcome: Outcome
 ) -> bool:
     label = escape(f"{res.key} [{stage}]")
+    if stage == "serve":  # what _wait_serving waits for, as a previous run may have left it
+        FileStatusReporter(res, root).patch({"readyReplicas": None, "scale": None})
     proc = _start(res, stage, spec_file, force, root)
     started = time.monotonic()
     try:
@@ -174,8 +162,10 @@ def _run_stage(
             if stage == "serve":
                 if _wait_serving(res, proc, root, live):
                     outcome.servers.append((res, proc))
-                    url = read_status(res.ARTIFACT_DIR, res.name, root).get("url", "")
-                    console.print(f"[green]serving[/green] {res.key} at {url}")
+                    status = read_status(res.ARTIFACT_DIR, res.name, root)
+                    url = status.get("url", "")
+                    console.print(f"[green]serving[/green] {res.key} at {url}"
+                                  + (" (scaled to zero: the first request starts vLLM)" if asleep(status) else ""))
                     console.print(
                         f"  curl {url}/completions -H 'Content-Type: application/json' "
                         f'-d \'{{"model": "{res.name}", "prompt": "Once upon a time", '
@@ -332,7 +322,7 @@ def run_down(name: str | None, console: Console) -> int:
         console.print(f"[red]error[/red]: no detached server named {name}")
         return 1
     for target in targets:
-        _stop_group(pids.pop(target), signal.SIGINT)
+        stop_process_group(pids.pop(target), signal.SIGINT, STOP_GRACE_SECONDS)
         console.print(f"stopped {target}")
     write_json_atomic(_pid_file(root), pids)
     return 0

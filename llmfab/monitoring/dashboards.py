@@ -1,4 +1,5 @@
-"""The Grafana dashboards in ``charts/llmfab/dashboards/``: Inference latency (vLLM's V1 metrics),
+"""The Grafana dashboards in ``charts/llmfab/dashboards/``: Inference latency (vLLM's V1 metrics and,
+for a service scaled to zero by ``llmfab up``, the wake proxy's ``llmfab_serve_*``),
 Training (``llmfab_train_*``, rank 0 of each TrainingRun), Pipeline (``llmfab_operator_*`` and
 the Dataset step counts the operator exports) and Autoscaling (``llmfab_inference_*`` from the
 operator, and the KEDA HTTP add-on interceptor's in-flight requests).
@@ -44,6 +45,15 @@ TTFT_SLO_CHOICES = (("100ms", "0.1"), ("250ms", "0.25"), ("500ms", "0.5"), ("1s"
                     ("5s", "5.0"), ("10s", "10.0"))
 TTFT_SLO_DEFAULT = "1.0"
 
+# The wake proxy of a service that scales to zero on one machine (llmfab/serving/scale_metrics.py),
+# on the same scrape target as vLLM, with the same model_name label.
+SERVE_COLD_STARTS = "llmfab_serve_cold_starts_total"
+SERVE_COLD_START_SECONDS = "llmfab_serve_cold_start_seconds"
+SERVE_REQUESTS_HELD = "llmfab_serve_requests_held"
+SERVE_REPLICAS = "llmfab_serve_replicas"
+SERVE_PROXIED_REQUESTS = "llmfab_serve_proxied_requests_total"
+SERVE_WAKE_TIMEOUTS = "llmfab_serve_wake_timeouts_total"
+
 DATASET_DOCUMENTS = "llmfab_dataset_documents"  # {namespace, dataset, step, stage="in"|"out"}
 DATASET_REMOVED = "llmfab_dataset_documents_removed"  # {namespace, dataset, step, reason}
 
@@ -87,7 +97,8 @@ def inference_latency() -> Dashboard:
     return Dashboard(
         uid="llmfab-inference-latency",
         title="llmfab / Inference latency",
-        description="vLLM serving an InferenceService: latency quantiles, queue, batch, throughput and KV cache.",
+        description="vLLM serving an InferenceService: latency quantiles, queue, batch, throughput and KV cache; "
+                    "replicas, held requests and cold starts of a service that scales to zero.",
         tags=("llmfab", "vllm"),
         variables=(
             query_variable("job", "Job", "vllm:num_requests_running"),
@@ -118,7 +129,31 @@ def inference_latency() -> Dashboard:
                  Target(quantile(0.99, ITL, sel, by_model), "{{model_name}} inter-token"),
                  Target(quantile(0.99, E2E, sel, by_model), "{{model_name}} end to end"),
              ), "99th percentiles per served model.")),
+            *scale_to_zero(sel),
         ),
+    )
+
+
+def scale_to_zero(sel: str) -> tuple[tuple[Panel, ...], ...]:
+    """Services with spec.autoscaling.minReplicas 0 under llmfab up: the wake proxy's series."""
+    return (
+        (Panel("Replicas and requests held while waking", "timeseries", "short", (
+            Target(f"sum by (model_name) ({selector(SERVE_REPLICAS, sel)})", "{{model_name}} replicas"),
+            Target(f"sum by (model_name) ({selector(SERVE_REQUESTS_HELD, sel)})", "{{model_name}} held"),
+        ), "Scale to zero: vLLM servers running or starting (0 or 1; llmfab_serve_replicas) and the "
+           "requests the wake proxy holds until the server is ready (llmfab_serve_requests_held)."),
+         Panel("Cold start duration", "timeseries", "s", latency_targets(SERVE_COLD_START_SECONDS, sel),
+               "From the request that woke a scaled-to-zero service to a ready vLLM: p50, p90, p99 and the "
+               "mean over the rate interval (llmfab_serve_cold_start_seconds); empty between wakes.")),
+        (Panel("Wakes and wake timeouts / s", "timeseries", "short", (
+            Target(f"sum by (model_name) ({rate(SERVE_COLD_STARTS, sel)})", "{{model_name}} cold starts"),
+            Target(f"sum by (model_name) ({rate(SERVE_WAKE_TIMEOUTS, sel)})", "{{model_name}} 503 after coldStartTimeoutSeconds"),
+        ), "Cold starts that reached a ready server, and requests answered 503 because none was ready within "
+           "spec.autoscaling.coldStartTimeoutSeconds."),
+         Panel("Proxied requests / s by status", "timeseries", "reqps", (
+             Target(f"sum by (model_name, code) ({rate(SERVE_PROXIED_REQUESTS, sel)})", "{{model_name}} {{code}}"),
+         ), "Requests the wake proxy forwarded to vLLM, by the status code vLLM answered "
+            "(llmfab_serve_proxied_requests_total).")),
     )
 
 

@@ -17,7 +17,11 @@ from pathlib import Path
 from typing import IO
 
 from llmfab.api.inference_service import InferenceService
-from llmfab.status import read_status, status_path
+from llmfab.status import accepts_requests, asleep, read_status, status_path
+
+# Seconds to wait for an answer's first bytes: a service scaled to zero may be starting its server
+# (the wake proxy answers 503 after spec.autoscaling.coldStartTimeoutSeconds, 600 s by default).
+WAKE_TIMEOUT = 900.0
 
 
 class ChatError(RuntimeError):
@@ -30,7 +34,7 @@ def service_url(name: str, root: Path | None = None) -> str:
         path = status_path(InferenceService.ARTIFACT_DIR, name, root)
         raise ChatError(f"InferenceService {name!r} has no status ({path}); start it with `llmfab up -f FILE`")
     url = status.get("url")
-    if not url or not status.get("readyReplicas"):
+    if not url or not accepts_requests(status):
         raise ChatError(
             f"InferenceService {name!r} is not serving (phase {status.get('phase', 'unknown')}); "
             "start it with `llmfab up -f FILE` and wait until it is ready"
@@ -38,9 +42,9 @@ def service_url(name: str, root: Path | None = None) -> str:
     return str(url).rstrip("/")
 
 
-def served_model(url: str) -> str:
+def served_model(url: str, timeout: float = 10.0) -> str:
     """The first model id the server lists (the spec's servedModelName)."""
-    with urllib.request.urlopen(f"{url}/models", timeout=10) as r:
+    with urllib.request.urlopen(f"{url}/models", timeout=timeout) as r:
         return str(json.load(r)["data"][0]["id"])
 
 
@@ -54,7 +58,7 @@ def stream_chat(
     req = urllib.request.Request(
         f"{url}/chat/completions", data=body, headers={"Content-Type": "application/json"}, method="POST"
     )
-    with urllib.request.urlopen(req, timeout=300) as r:
+    with urllib.request.urlopen(req, timeout=WAKE_TIMEOUT) as r:
         for raw in r:
             line = raw.decode("utf-8", "replace").strip()
             if not line.startswith("data:"):
@@ -81,7 +85,10 @@ def chat_loop(
     """Read a line, stream the answer, repeat until EOF or ``/quit``. Returns an exit code."""
     try:
         base = url.rstrip("/") if url else service_url(name, root)
-        model = served_model(base)
+        waking = not url and asleep(read_status(InferenceService.ARTIFACT_DIR, name, root))
+        if waking:
+            stdout.write(f"{name} is scaled to zero: this first request starts its server (a cold start)\n")
+        model = served_model(base, timeout=WAKE_TIMEOUT if waking else 10.0)
     except (ChatError, urllib.error.URLError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -440,7 +440,8 @@ class FeedbackApp:
 
 
 def feedback_app(
-    spec: FeedbackSpec, out_dir: Path, openai_url: str, model: str, host: str, prompts_path: Path | None
+    spec: FeedbackSpec, out_dir: Path, openai_url: str, model: str, host: str, prompts_path: Path | None,
+    completion_timeout: float = 120.0,
 ) -> FeedbackApp:
     """The app of one InferenceService, not yet started: store in ``out_dir``, token from the env."""
     token = os.environ.get(spec.token_env, "")
@@ -452,7 +453,7 @@ def feedback_app(
         )
     store = FeedbackStore(out_dir / FILENAME)
     store.add_prompts(load_prompts(prompts_path))
-    client = CompletionsClient(openai_url, model, max_tokens=spec.max_tokens)
+    client = CompletionsClient(openai_url, model, max_tokens=spec.max_tokens, timeout=completion_timeout)
     return FeedbackApp(
         store, client, token=token, votes_per_pair=spec.votes_per_pair, host=host, port=spec.port
     )

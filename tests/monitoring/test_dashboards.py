@@ -23,6 +23,7 @@ from llmfab.monitoring import dashboards
 from llmfab.monitoring.grafana import DATASOURCE, GRID_COLUMNS, UNITS
 from llmfab.monitoring.preview import default_values, expand
 from llmfab.operator import metrics as operator_metrics
+from llmfab.serving.scale_metrics import ScaleMetrics
 from llmfab.training.components.metrics import CUDA_GAUGES, GAUGES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -201,11 +202,21 @@ def _exported(registry: CollectorRegistry) -> set[str]:
     return {family.name + s for family in registry.collect() for s in suffixes[family.type]}
 
 
-def test_llmfab_metrics_the_dashboards_query_are_exported_by_the_trainer_and_the_operator() -> None:
+def test_llmfab_metrics_the_dashboards_query_are_exported_by_the_trainer_the_operator_and_the_wake_proxy() -> None:
     trainer = {f"llmfab_train_{n}" for n in {**GAUGES, **CUDA_GAUGES}}
     operator = _exported(operator_metrics.REGISTRY) | AWAITED_FROM_OPERATOR
+    wake_proxy = _exported(ScaleMetrics("any").registry)
     used = {n for name in BUILT for n in metric_names(name) if n.startswith("llmfab_")}
-    assert used - trainer - operator == set()
+    assert used - trainer - operator - wake_proxy == set()
+
+
+def test_the_inference_dashboard_charts_every_series_of_the_wake_proxy() -> None:
+    """Issue 21: cold starts, their duration, requests held while waking, replicas, proxied requests."""
+    exported = {n.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count")
+                for n in _exported(ScaleMetrics("any").registry)}
+    used = {n.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count")
+            for n in metric_names("inference-latency")}
+    assert exported <= used, exported - used
 
 
 def test_every_query_parses_as_promql(tmp_path: Path) -> None:

@@ -1,9 +1,11 @@
 """Every panel of every shipped dashboard, queried against a real Prometheus scraping real parts.
 
 Prometheus (Debian's 2.42, scrape interval 1 s) scrapes the session's vLLM server (the tiny GPTQ
-model), a real ``llmfab train run`` on a copy of the tiny Dataset (its rank-0 exporter), and
-stand-ins for the operator's endpoint and the KEDA interceptor's (``fake_operator_exporter.py``:
-the operator's own metrics module, fed by hand, because the operator needs an API server). After a burst of completions each
+model), a service scaled to zero (``llmfab serve run`` with ``spec.autoscaling``: the wake proxy's
+``llmfab_serve_*``, woken once during the traffic), a real ``llmfab train run`` on a copy of the
+tiny Dataset (its rank-0 exporter), and stand-ins for the operator's endpoint and the KEDA
+interceptor's (``fake_operator_exporter.py``: the operator's own metrics module, fed by hand,
+because the operator needs an API server). After a burst of completions each
 panel's queries go through ``/api/v1/query_range`` with the dashboard's variables expanded as
 Grafana expands them on opening it; a panel that draws nothing fails. Each dashboard is drawn into
 a PNG under ``$LLMFAB_TEST_ARTIFACTS`` (else the test's temporary directory) for a person to look at.
@@ -35,6 +37,8 @@ from llmfab.training.components.metrics import CUDA_GAUGES
 
 from .conftest import REPO, LiveServer, TinySetup, free_port
 from .prometheus_server import api, instant, prometheus_server, requires_prometheus, wait_for, write_config
+from .wake_service import COLD_START_BOUND, call, start_service
+from .wake_service import stop as stop_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.serve]
 
@@ -124,9 +128,11 @@ def stack(vllm_server: LiveServer, tiny: TinySetup, tmp_path_factory: pytest.Tem
         operator = subprocess.Popen([sys.executable, str(Path(__file__).with_name("fake_operator_exporter.py")),
                                      str(operator_port), str(interceptor_port)],
                                     stdout=operator_log, stderr=subprocess.STDOUT)
+    wake = start_service(tiny, work, "dash-wake", {"idleSeconds": 3600, "coldStartTimeoutSeconds": COLD_START_BOUND})
     vllm_target = vllm_server.url.removeprefix("http://").removesuffix("/v1")
     jobs = {"vllm": vllm_target, "llmfab-train": f"127.0.0.1:{train_port}",
-            "llmfab-operator": f"127.0.0.1:{operator_port}", "keda-interceptor": f"127.0.0.1:{interceptor_port}"}
+            "llmfab-operator": f"127.0.0.1:{operator_port}", "keda-interceptor": f"127.0.0.1:{interceptor_port}",
+            "wake": wake.url.removeprefix("http://").removesuffix("/v1")}
     config = write_config(work / "prometheus.yml", jobs, SCRAPE_SECONDS, [RULES])
     try:
         with prometheus_server(config, work / "tsdb") as url:
@@ -136,15 +142,23 @@ def stack(vllm_server: LiveServer, tiny: TinySetup, tmp_path_factory: pytest.Tem
             before = instant(url, 'sum(vllm:request_success_total{job="vllm"})')
             done_before = float(before[0]["value"][1]) if before else 0.0
             start = time.time() - 5
-            sent = traffic(vllm_server)
+            with ThreadPoolExecutor(1) as waker:  # wakes the sleeping service: one cold start in the window
+                woken = waker.submit(call, f"{wake.url}/completions", {"model": "tiny", "prompt": "Wake", "max_tokens": 8})
+                sent = traffic(vllm_server)
+                code, _, raw = woken.result()
+            assert code == 200, raw
             wait_for(url, f'sum(vllm:request_success_total{{job="vllm"}}) >= {done_before + sent}',
                      "vLLM's finished requests in Prometheus", timeout=60)
+            # A few samples after the wake, so that the window's last steps have rates over it.
+            wait_for(url, 'count_over_time(llmfab_serve_proxied_requests_total{job="wake"}[1m]) >= 4',
+                     "the wake proxy's cold start and request in Prometheus", timeout=60)
             artifacts = Path(os.environ.get("LLMFAB_TEST_ARTIFACTS", work / "artifacts"))
             yield Stack(prometheus=url, start=start, end=time.time(), artifacts=artifacts)
     finally:
         operator.terminate()
         operator.wait(timeout=30)
         stop(trainer)
+        stop_service(wake)
 
 
 def load(name: str) -> dict[str, Any]:
