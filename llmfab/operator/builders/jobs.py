@@ -11,6 +11,7 @@ mutating a running one.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from llmfab.api.common import Resource
@@ -25,14 +26,18 @@ from llmfab.operator.builders.common import (
     labels,
     metadata,
     pod_spec,
+    queue_name,
     revision,
     selector_labels,
 )
+from llmfab.operator.builders.kueue import with_kueue_labels
 from llmfab.operator.settings import OperatorSettings
+from llmfab.signals import exit_code
 from llmfab.stages import STAGES
 
 # Exit codes of `llmfab <stage> run` (llmfab/workload.py): 2 = invalid spec, never retried.
 EXIT_INVALID_SPEC = 2
+EXIT_SIGTERM = exit_code(signal.SIGTERM)  # 143: stopped by a pod deletion (suspend, preemption, drain)
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
@@ -111,9 +116,12 @@ def build_stage_job(res: Resource, stage: str, settings: OperatorSettings) -> Ma
                 {"action": "FailJob",
                  "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INVALID_SPEC]}},
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                {"action": "Ignore",
+                 "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_SIGTERM]}},
             ]
         },
-        "suspend": bool(getattr(res.spec, "suspend", False)),
+        # Queued: created suspended, and Kueue unsuspends it on admission (builders/kueue.py).
+        "suspend": bool(getattr(res.spec, "suspend", False)) or queue_name(res) is not None,
         "template": {
             "metadata": {"labels": {**labels(res, stage), STAGE_LABEL: stage},
                          **({"annotations": scrape_annotations(port)} if port else {})},
@@ -123,7 +131,7 @@ def build_stage_job(res: Resource, stage: str, settings: OperatorSettings) -> Ma
     if pod.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = pod.active_deadline_seconds
     meta = metadata(res, job_name(res, stage), stage)
-    meta["labels"][STAGE_LABEL] = stage
+    meta["labels"] = with_kueue_labels({**meta["labels"], STAGE_LABEL: stage}, res)
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
 
 
