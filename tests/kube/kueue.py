@@ -129,8 +129,10 @@ class KueueStandIn:
             return self._write_status(wl)
 
     def workload(self, job: str, namespace: str = "default") -> JSON | None:
+        """The Workload of Job ``job``; None while either does not exist."""
         with self.store.lock:
-            return self._workload_of(self._job(job, namespace))
+            found = self.store.find(self._type("batch", "jobs"), namespace, job)
+            return self._workload_of(found) if found is not None else None
 
     # --- the controller -------------------------------------------------------------------------
 
