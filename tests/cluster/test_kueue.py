@@ -6,10 +6,18 @@ at the end run them for real (tests/cluster/kubelet.py) and check what a preempt
 from __future__ import annotations
 
 import copy
+import json
+import shutil
+from pathlib import Path
 from typing import Any
 
+import pytest
+import torch
+from safetensors.torch import load_file
+
 from llmfab.operator import rbac
-from tests.cluster.kubelet import wait_for
+from tests.cluster.kubelet import LocalKubelet, wait_for
+from tests.cluster.operator_runner import run_operator
 from tests.cluster.test_operator import (
     DATASET,
     RUN,
@@ -21,6 +29,7 @@ from tests.cluster.test_operator import (
     rev,
     status,
 )
+from tests.cluster.test_pods import CLAIM, REPO, pod_logs, training
 from tests.kube.apiserver import KubeAPIServer
 from tests.kube.kueue import KueueStandIn
 
@@ -47,6 +56,19 @@ def pods(server: KubeAPIServer, job: str) -> list[dict[str, Any]]:
 
 def operator_calls(server: KubeAPIServer) -> list[Any]:
     return [r for r in server.request_log if r.user_agent.startswith(("kopf/", "llmfab-operator/")) and r.resource]
+
+
+def claim_with_corpus(tmp_path: Path) -> Path:
+    claim = tmp_path / "claim"
+    (claim / "corpus").mkdir(parents=True)
+    shutil.copy(REPO / "examples" / "data" / "austen_pride_and_prejudice.txt", claim / "corpus")
+    return claim
+
+
+def small_dataset() -> dict[str, Any]:
+    dataset = copy.deepcopy(DATASET)
+    dataset["spec"]["sources"][0].update(documentPer="paragraph", paragraphsPerDocument=6)
+    return dataset
 
 
 def run_dataset_through_kueue(server: KubeAPIServer, kueue: KueueStandIn) -> None:
@@ -135,3 +157,107 @@ def test_spec_suspend_of_a_queued_run_deactivates_its_workload_and_resume_requeu
     calls = {rbac_call(r) for r in operator_calls(kube_apiserver)}
     assert ("kueue.x-k8s.io", "workloads", "patch") in calls and ("batch", "jobs", "patch") not in calls
     assert {c for c in calls if not rbac.allows(rbac.operator_rules(), *c)} == set()
+
+
+# --- real pods: what a preemption costs a run ----------------------------------------------------
+
+STEPS = 100  # a step reports to the API server: ~20-150 ms here, so a preemption at step 3 lands mid-run
+
+
+def preemptable(name: str, nodes: int, queue: bool) -> dict[str, Any]:
+    """A tiny fp32 run that checkpoints only when stopped and at the end, logs every step, and may
+    not retry a failed pod (a preemption counted as a failure would fail it)."""
+    run = training(nodes)
+    run["metadata"]["name"] = name
+    run["spec"].update(maxSteps=STEPS, evalEverySteps=None, checkpoint={"everySteps": 10_000, "keepLast": 1},
+                       monitoring={"prometheusPort": None, "tensorboard": False, "logEverySteps": 1})
+    run["spec"]["pod"]["retries"] = 0
+    if queue:
+        run["spec"]["scheduling"] = dict(QUEUED)
+    return run
+
+
+def trainer_events(server: KubeAPIServer, name: str, reason: str) -> list[str]:
+    return [e["message"] for e in server.items("events")
+            if e["involvedObject"]["name"] == name and e["reason"] == reason and e["source"]["component"] == "llmfab-train"]
+
+
+def weights(run_dir: Path) -> dict[str, Any]:
+    return load_file(run_dir / "model" / "model.safetensors")
+
+
+def preempt_mid_run(server: KubeAPIServer, kueue: KueueStandIn, kubelet: LocalKubelet, job: str, run_dir: Path) -> int:
+    """Admit ``job``, preempt it once its trainer is past step 3, wait until its pods are gone;
+    the step its SIGTERM checkpoint saved, after checking that at most one step was lost."""
+    kueue.admit(job)
+    try:
+        wait_for(lambda: (status(server, "trainingruns", "tiny").get("step") or 0) >= 3, 300, "step 3", interval=0.2)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{pod_logs(kubelet)}") from None
+    kueue.preempt(job)
+    wait_for(lambda: phase_is(server, "trainingruns", "tiny", "Preempted"), 60, "Preempted")
+    stopped = wait_for(lambda: (codes := {n: c for n, c in kubelet.exit_codes.items() if n.startswith(job)})
+                       and not [n for n, p in kubelet.procs.items() if n.startswith(job) and p.poll() is None]
+                       and codes, 90, "the preempted pods to exit")
+    assert set(stopped.values()) == {143}, (stopped, pod_logs(kubelet))  # SIGTERM: each saved and stopped
+    [saved] = trainer_events(server, "tiny", "Preempted")
+    step = int(saved.split("SIGTERM at step ")[1].split(":")[0])
+    assert f"saved step-{step:08d}" in saved, saved
+    ran = max(json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+    assert ran - step <= 1 and step < STEPS, (ran, step)  # the work lost: at most the step under way
+    return step
+
+
+@pytest.mark.slow
+def test_a_preempted_run_resumes_from_its_sigterm_checkpoint_to_the_weights_of_an_uninterrupted_run(
+    kube_apiserver: KubeAPIServer, kueue: KueueStandIn, kube: Any, kubeconfig: Path, tmp_path: Path
+) -> None:
+    claim = claim_with_corpus(tmp_path)
+    run, reference = preemptable("tiny", 1, queue=True), preemptable("ref", 1, queue=False)
+    job = f"tiny-train-{rev(run)}"
+    with run_operator(kube), LocalKubelet(kube, "default", {CLAIM: claim}, tmp_path / "pods", kubeconfig) as kubelet:
+        kube_apiserver.create(TRAINING_PRIORITY)
+        kube_apiserver.create(small_dataset())
+        kube_apiserver.create(run)
+        kube_apiserver.create(reference)  # the same run, not queued: never stopped
+        wait_for(lambda: kueue.workload(job), 120, "the queued run's Workload")
+        step = preempt_mid_run(kube_apiserver, kueue, kubelet, job, claim / "runs" / "tiny")
+        assert kube_apiserver.read("jobs", job)["spec"]["suspend"] is True and kueue.stopped_unadmitted == []
+        kueue.admit(job)
+        try:
+            for name in ("tiny", "ref"):
+                wait_for(lambda name=name: (s := status(kube_apiserver, "trainingruns", name)).get("phase") == "Succeeded"
+                         and (s.get("stages") or {}).get("train") == "Succeeded", 300, f"{name} to succeed", interval=1)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{pod_logs(kubelet)}") from None
+    assert trainer_events(kube_apiserver, "tiny", "Resumed") == [f"resumed from step-{step:08d} (step {step})"]
+    assert status(kube_apiserver, "trainingruns", "tiny")["step"] == STEPS
+    ours, theirs = weights(claim / "runs" / "tiny"), weights(claim / "runs" / "ref")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+@pytest.mark.slow
+def test_a_two_pod_run_is_preempted_whole_and_resumes_on_both_pods(
+    kube_apiserver: KubeAPIServer, kueue: KueueStandIn, kube: Any, kubeconfig: Path, tmp_path: Path
+) -> None:
+    claim = claim_with_corpus(tmp_path)
+    run = preemptable("tiny", 2, queue=True)
+    job = f"tiny-train-{rev(run)}"
+    with run_operator(kube), LocalKubelet(kube, "default", {CLAIM: claim}, tmp_path / "pods", kubeconfig) as kubelet:
+        kube_apiserver.create(TRAINING_PRIORITY)
+        kube_apiserver.create(small_dataset())
+        kube_apiserver.create(run)
+        workload = wait_for(lambda: kueue.workload(job), 120, "the queued run's Workload")
+        assert [p["count"] for p in workload["spec"]["podSets"]] == [2]  # one Workload for both pods
+        step = preempt_mid_run(kube_apiserver, kueue, kubelet, job, claim / "runs" / "tiny")
+        # Both ranks saved their shard of the same step before stopping.
+        assert len(list((claim / "runs" / "tiny" / "checkpoints" / f"step-{step:08d}").glob("*.distcp"))) == 2
+        kueue.admit(job)
+        try:
+            wait_for(lambda: (s := status(kube_apiserver, "trainingruns", "tiny")).get("phase") == "Succeeded"
+                     and (s.get("stages") or {}).get("train") == "Succeeded", 300, "the run to succeed", interval=1)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{pod_logs(kubelet)}") from None
+    assert trainer_events(kube_apiserver, "tiny", "Resumed") == [f"resumed from step-{step:08d} (step {step})"]
+    finished = [n for n, c in kubelet.exit_codes.items() if n.startswith(job) and c == 0]
+    assert len(finished) == 2, kubelet.exit_codes
