@@ -4,11 +4,14 @@ one Kueue's schema and CEL rules accept."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from .apiserver import KubeAPIServer
+from .apiserver import REPO, KubeAPIServer
 from .kueue import KueueStandIn, condition, workload_name
 
 QUEUED = {"kueue.x-k8s.io/queue-name": "user-queue"}
@@ -131,3 +134,26 @@ def test_kueues_crds_refuse_a_workload_kueue_would_not_write(kube_apiserver: Kub
     bad = {**wl, "status": {"conditions": [reserved], "admission": {"clusterQueue": "q", "podSetAssignments": []}}}
     with pytest.raises(APIError, match="podSetAssignments must have the same number of podSets"):
         kube_apiserver.store.update(rt, "default", wl["metadata"]["name"], bad, subresource="status")
+
+
+def test_the_documented_queues_apply_to_kueues_crds(kube_apiserver: KubeAPIServer, kueue: KueueStandIn,
+                                                    kubectl: Any, tmp_path: Path) -> None:
+    """docs/cluster.md's kueue-homelab.yaml, applied with the real kubectl: Kueue's schemas and CEL
+    rules accept every object, and a Job labelled with its queue and priority gets its Workload."""
+    text = (REPO / "docs" / "cluster.md").read_text()
+    [block] = re.findall(r"^```yaml\n(# kueue-homelab\.yaml\n.*?)^```", text, flags=re.S | re.M)
+    manifest = tmp_path / "kueue-homelab.yaml"
+    manifest.write_text(block)
+    kubectl("apply", "-f", str(manifest))
+    kinds = {d["kind"] for d in yaml.safe_load_all(block)}
+    assert kinds == {"ResourceFlavor", "ClusterQueue", "LocalQueue", "WorkloadPriorityClass"}
+    [cq] = kube_apiserver.items("clusterqueues")
+    quota = {r["name"]: r["nominalQuota"] for r in cq["spec"]["resourceGroups"][0]["flavors"][0]["resources"]}
+    assert 2 <= int(quota["nvidia.com/gpu"]) <= 4
+    priorities = {w["metadata"]["name"]: w["value"] for w in kube_apiserver.items("workloadpriorityclasses")}
+    assert priorities["serving"] > priorities["training"]
+    [lq] = kube_apiserver.items("localqueues")
+    kube_apiserver.create(job(labels={"kueue.x-k8s.io/queue-name": lq["metadata"]["name"],
+                                      "kueue.x-k8s.io/priority-class": "training"}))
+    wl = kueue.workload("sample")
+    assert wl is not None and wl["spec"]["priority"] == priorities["training"]
