@@ -103,11 +103,12 @@ def waiting(stage: str, queue: str, job: dict[str, Any], workload: dict[str, Any
         return Waiting(Phase.QUEUED, "Queued", f"{stage}: Job {job_name} waits in {where}; {why}")
     name = workload_name(workload)
     if not is_active(workload) and not deactivated_by_us(workload):
-        evicted = _condition(workload, "Evicted") or {}
-        detail = f" ({evicted.get('reason')}: {evicted.get('message')})" if evicted.get("reason") else ""
+        stop = _condition(workload, "Evicted") or {}
+        detail = f" ({stop.get('reason')}: {stop.get('message')})" if stop.get("reason") else ""
+        namespace, _, short = name.partition("/")
         return Waiting(Phase.SUSPENDED, "Deactivated",
                        f"{stage}: Kueue Workload {name} is deactivated{detail}; Kueue does not queue it again "
-                       f"until `kubectl patch workloads.kueue.x-k8s.io -n {name.split('/')[0]} {name.split('/')[-1]} "
+                       f"until `kubectl patch workloads.kueue.x-k8s.io -n {namespace} {short} "
                        "--type merge -p '{\"spec\":{\"active\":true}}'`")
     evicted = _true(workload, "Evicted")
     if evicted is not None and evicted.get("reason") != "InactiveWorkload":
