@@ -4,7 +4,11 @@ One shape for all: an Indexed Job (``completions = parallelism = pods``) so that
 pods get stable hostnames and ranks, and so that ``backoffLimitPerIndex`` bounds the retries of
 each pod (a retried pod resumes from the last checkpoint). An invalid spec (exit 2) fails the Job
 at once through ``podFailurePolicy``; a pod disrupted by preemption, eviction or a drained node
-(``DisruptionTarget``) does not count as a failure. Job names carry the resource's output revision
+(``DisruptionTarget``) does not count as a failure, nor does one the workload ended on SIGTERM
+(exit 143): a pod deleted for ``suspend`` (a Kueue preemption) ends Failed without
+``DisruptionTarget``, and the Job controller would count it against ``spec.pod.retries``. With
+``spec.scheduling.queueName`` the Job is created suspended and labelled for Kueue
+(builders/kueue.py). Job names carry the resource's output revision
 (a hash of the spec fields that change the artifact), so such a change starts a new Job instead of
 mutating a running one.
 """
