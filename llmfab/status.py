@@ -64,15 +64,17 @@ def conditions_for(
     """The conditions that follow from a phase, as Kubeflow Trainer and KServe users read them.
 
     ``Ready``: the output can be used (a finished artifact; for an InferenceService, a serving
-    replica: pass ``ready``). ``Progressing``: queued or running. ``Complete``/``Failed``: the
-    workload ended. ``Suspended``: ``spec.suspend`` holds it. Each carries the reason and message.
+    replica: pass ``ready``). ``Progressing``: pending, queued (Kueue) or running. ``Complete``/
+    ``Failed``: the workload ended. ``Suspended``: its pods are stopped and it waits, held by
+    ``spec.suspend`` (reason ``Suspended``) or preempted by Kueue (reason ``Preempted``), as the
+    Job's own ``Suspended`` condition is. Each carries the reason and message.
     """
     on = {
         "Ready": phase == Phase.SUCCEEDED if ready is None else ready,
-        "Progressing": phase in (Phase.PENDING, Phase.RUNNING),
+        "Progressing": phase in (Phase.PENDING, Phase.QUEUED, Phase.RUNNING),
         "Complete": phase == Phase.SUCCEEDED,
         "Failed": phase == Phase.FAILED,
-        "Suspended": phase == Phase.SUSPENDED,
+        "Suspended": phase in (Phase.SUSPENDED, Phase.PREEMPTED),
     }
     now = utc_now()
     return [

@@ -22,12 +22,20 @@ from llmfab.operator.builders.autoscaling import (
     proxy_service_name,
 )
 from llmfab.operator.builders.cleanup import build_cleanup_job, cleanup_job_name
-from llmfab.operator.builders.common import REVISION_LABEL, STAGE_LABEL, child_name, revision, selector_labels
+from llmfab.operator.builders.common import (
+    REVISION_LABEL,
+    STAGE_LABEL,
+    child_name,
+    queue_name,
+    revision,
+    selector_labels,
+)
 from llmfab.operator.builders.inference import COMPONENT as SERVE
+from llmfab.operator.builders.kueue import JOB_UID_LABEL, WORKLOAD_VERSIONS, kueue_managed
 from llmfab.operator.builders.refusals import pod_policy_problems
 from llmfab.operator.deletion import DeletionStep, decide_deletion, is_cleanup, selector
 from llmfab.operator.kube import MERGE_PATCH, Kube, connection_info, path_for
-from llmfab.operator.reconcile import WORKLOAD_KINDS, Decision, Observed, decide
+from llmfab.operator.reconcile import WORKLOAD_KINDS, Decision, Observed, decide, job_state
 from llmfab.operator.settings import OperatorSettings
 from llmfab.status import conditions_for
 
@@ -62,6 +70,9 @@ def observe(res: Resource, kube: Kube, status: dict[str, Any]) -> Observed:
         observed.deployment = kube.get("apps/v1", "Deployment", ns, child_name(res))
         if res.spec.autoscaling is not None or status.get("scale"):
             _observe_autoscaler(res, kube, observed)
+        elif queue_name(res) is not None:  # are its servers waiting for Kueue?
+            observed.server_pods = kube.list("v1", "Pod", ns, selector_labels(res, SERVE))
+    _observe_workloads(kube, ns, observed)
     for kind, name in res.references():
         observed.dependencies[f"{kind}/{name}"] = kube.get(f"{API_GROUP}/{API_VERSION}", kind, ns, name)
     return observed
@@ -83,6 +94,21 @@ def _observe_autoscaler(res: InferenceService, kube: Kube, observed: Observed) -
             observed.autoscaler.append({"apiVersion": api_version, "kind": kind, **child})
     if res.spec.autoscaling is not None:
         observed.server_pods = kube.list("v1", "Pod", ns, selector_labels(res, SERVE))
+
+
+def _observe_workloads(kube: Kube, namespace: str, observed: Observed) -> None:
+    """The Kueue Workload of each unfinished Kueue-managed Job, found by the label Kueue puts on
+    it (``kueue.x-k8s.io/job-uid``), in the newest Workload version the cluster serves."""
+    waiting = {stage: job for stage, job in observed.jobs.items()
+               if kueue_managed(job) and job_state(job).state in ("pending", "active", "suspended")}
+    if not waiting:
+        return
+    served = next((v for v in WORKLOAD_VERSIONS if "workloads" in kube.resources_served(v)), None)
+    observed.workloads_readable = served is not None
+    for stage, job in waiting.items():
+        found = kube.list(served, "Workload", namespace, {JOB_UID_LABEL: job["metadata"]["uid"]}) if served else []
+        if found:
+            observed.workloads[stage] = found[0]
 
 
 def _owned_by(child: dict[str, Any], res: Resource) -> bool:

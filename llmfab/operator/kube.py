@@ -33,6 +33,8 @@ PLURALS: dict[tuple[str, str], str] = {
     ("ray.io/v1", "RayJob"): "rayjobs",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
     ("http.keda.sh/v1beta1", "InterceptorRoute"): "interceptorroutes",
+    ("kueue.x-k8s.io/v1beta2", "Workload"): "workloads",
+    ("kueue.x-k8s.io/v1beta1", "Workload"): "workloads",
     **{("llmfab.dev/v1alpha1", cls.KIND): cls.PLURAL for cls in KINDS.values()},
 }
 # Named per generation and never changed once created (a Job's pod template is immutable).
@@ -62,6 +64,16 @@ def contains(actual: Any, wanted: Any) -> bool:
         return (isinstance(actual, list) and len(actual) == len(wanted)
                 and all(contains(a, w) for a, w in zip(actual, wanted, strict=True)))
     return bool(actual == wanted)
+
+
+def without_nulls(manifest: Any) -> Any:
+    """A manifest is also the merge patch of what exists, where ``null`` removes a field (a label
+    a resource no longer asks for); a new object simply lacks it."""
+    if isinstance(manifest, dict):
+        return {k: without_nulls(v) for k, v in manifest.items() if v is not None}
+    if isinstance(manifest, list):
+        return [without_nulls(v) for v in manifest]
+    return manifest
 
 
 def path_for(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
@@ -138,7 +150,7 @@ class Kube:
             existing = self.get(api_version, kind, namespace, meta["name"])
             if existing is not None:
                 return existing if contains(existing, manifest) else self.patch(manifest)
-        status, data = self.request("POST", path_for(api_version, kind, namespace), manifest)
+        status, data = self.request("POST", path_for(api_version, kind, namespace), without_nulls(manifest))
         if status == 409 and (api_version, kind) in IMMUTABLE_ONCE_CREATED:
             return {}
         if status == 409:  # created meanwhile by another pass

@@ -20,7 +20,7 @@ PLURALS = sorted(cls.PLURAL for cls in KINDS.values())
 
 def operator_rules() -> list[Rule]:
     """The operator: its four kinds (and their status), the children it creates (KEDA's objects
-    included), events, and what kopf reads to run (namespaces for namespace patterns, CRDs to find
+    included), Kueue's Workloads of its Jobs, events, and what kopf reads to run (namespaces for namespace patterns, CRDs to find
     the kinds)."""
     return [
         {"apiGroups": [API_GROUP], "resources": PLURALS, "verbs": [*READ, "patch", "update"]},
@@ -40,6 +40,9 @@ def operator_rules() -> list[Rule]:
         # built-in system:discovery role grants every authenticated user: no rule here.
         {"apiGroups": ["keda.sh"], "resources": ["scaledobjects"], "verbs": OWN},
         {"apiGroups": ["http.keda.sh"], "resources": ["interceptorroutes"], "verbs": OWN},
+        # spec.scheduling.queueName: Kueue makes a Workload per queued Job; the operator reads its
+        # conditions (Queued, admitted, Preempted) and patches its spec.active for spec.suspend.
+        {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": [*READ, "patch"]},
     ]
 
 

@@ -15,6 +15,9 @@ events). Keeping the decision pure is what lets every rule below be tested on pl
   change the artifact); a change of them starts new Jobs and removes the old revision's, never
   mutating a running one;
 - ``spec.suspend`` suspends the running Job (its pods go, checkpoints stay) and resumes it later;
+- with ``spec.scheduling.queueName`` Kueue owns a Job's ``suspend`` (``queueing.py``): the Job is
+  created suspended, the phase says whether it is Queued, admitted, Preempted or Suspended, and
+  ``spec.suspend`` deactivates its Kueue Workload instead of touching the Job;
 - the ``serve`` stage is a Deployment and Service, and KEDA's objects under ``spec.autoscaling``
   (``serving.py``); a cluster that cannot autoscale (no KEDA, chart setting) refuses the resource;
 - the operator owns ``phase``, ``conditions``, ``message``, ``observedGeneration``, ``stage``,
@@ -33,10 +36,12 @@ from llmfab.api.dataset import Dataset
 from llmfab.api.inference_service import InferenceService
 from llmfab.api.training_run import TrainingRun
 from llmfab.operator.builders.autoscaling import KedaApis, autoscaling_problems
-from llmfab.operator.builders.common import Manifest, build_spec_config_map, generation, revision
+from llmfab.operator.builders.common import Manifest, build_spec_config_map, generation, queue_name, revision
 from llmfab.operator.builders.dataset import build_dataset_children, uses_ray_job
 from llmfab.operator.builders.jobs import build_headless_service, build_stage_job, pods_and_processes
+from llmfab.operator.builders.kueue import kueue_managed, labels_patch
 from llmfab.operator.builders.refusals import Refusal, refusals
+from llmfab.operator.queueing import active_patch, suspended_message, waiting
 from llmfab.operator.serving import Seen, plan_serving
 from llmfab.operator.settings import OperatorSettings
 from llmfab.stages import is_primary, owns_phase, stages_for
@@ -68,6 +73,10 @@ class Observed:
     keda: KedaApis = field(default_factory=KedaApis)
     autoscaler: list[dict[str, Any]] = field(default_factory=list)
     server_pods: list[dict[str, Any]] = field(default_factory=list)
+    # A queued resource: the Kueue Workload of each Kueue-managed Job (stage -> Workload), and
+    # whether the cluster serves Workloads to this operator at all.
+    workloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    workloads_readable: bool = False
 
 
 @dataclass
@@ -208,6 +217,7 @@ def _walk_stages(
     """Stages in order: the first unfinished one decides what runs; the phase follows the first
     stage that owns it and has not succeeded."""
     suspend = bool(getattr(res.spec, "suspend", False))
+    queue = queue_name(res)
     decided = False
     for stage in stages_for(res):
         if stage == "serve":
@@ -215,31 +225,46 @@ def _walk_stages(
             states[stage] = "Running"
             return
         child = observed.jobs.get(stage)
-        if child is None and suspend and isinstance(res, Dataset) and uses_ray_job(res):
-            # A RayJob cannot be created suspended on an existing cluster: hold it back instead.
+        if child is None and suspend and (queue or (isinstance(res, Dataset) and uses_ray_job(res))):
+            # A RayJob cannot be created suspended on an existing cluster, and a queued Job created
+            # now would race Kueue's admission against the Workload's deactivation: hold it back.
             states[stage] = "Suspended"
             _set_phase(d, res, observed, Phase.SUSPENDED, "Suspended", f"{stage}: suspended before start", stage)
             return
         if child is None:
             d.apply.extend(_stage_children(res, stage, settings))
-            states[stage] = "Pending"
+            states[stage] = "Queued" if queue else "Pending"
             if not decided:
-                phase = Phase.SUSPENDED if suspend else Phase.PENDING
-                _set_phase(d, res, observed, phase, "Suspended" if suspend else "JobCreated",
-                           f"{stage}: created job for revision {revision(res)}", stage)
+                created = f"{stage}: created job for revision {revision(res)}"
+                if queue:
+                    _set_phase(d, res, observed, Phase.QUEUED, "Queued", f"{created}; queued in Kueue LocalQueue {queue}",
+                               stage)
+                else:
+                    phase = Phase.SUSPENDED if suspend else Phase.PENDING
+                    _set_phase(d, res, observed, phase, "Suspended" if suspend else "JobCreated", created, stage)
             return
-        if child.get("kind") == "Job" and bool((child.get("spec") or {}).get("suspend")) != suspend:
-            d.patch.append(_suspend_patch(child, suspend))
+        managed = _own_job(d, res, child, suspend)
         st = job_state(child)
         states[stage] = {"pending": "Pending", "active": "Running", "suspended": "Suspended",
                          "failed": "Failed", "succeeded": "Succeeded"}[st.state]
         if st.state in ("pending", "active", "suspended"):
+            workload = observed.workloads.get(stage)
+            w = None
+            if managed and (patch := active_patch(workload, suspend)) is not None:
+                d.patch.append(patch)
+            if managed and st.state == "suspended" and not suspend:
+                before = (observed.status.get("stages") or {}).get(stage)
+                w = waiting(stage, queue or "", child, workload, before, observed.workloads_readable)
+                states[stage] = "Pending" if w.phase == Phase.PENDING else str(w.phase)
             if decided:
                 return
             if suspend:
                 states[stage] = "Suspended"
-                _set_phase(d, res, observed, Phase.SUSPENDED, "Suspended",
-                           f"{stage}: suspended; pods deleted, checkpoints kept", stage)
+                message = (suspended_message(stage, workload, child["metadata"]["name"]) if managed
+                           else f"{stage}: suspended; pods deleted, checkpoints kept")
+                _set_phase(d, res, observed, Phase.SUSPENDED, "Suspended", message, stage)
+            elif w is not None:
+                _set_phase(d, res, observed, w.phase, w.reason, w.message, stage, extra={"message": w.message})
             elif st.state == "pending":
                 _set_phase(d, res, observed, Phase.PENDING, "Starting", f"{stage}: {st.message}", stage)
             else:
@@ -280,6 +305,22 @@ def _stage_children(res: Resource, stage: str, settings: OperatorSettings) -> li
     if isinstance(res, TrainingRun) and pods_and_processes(res, stage)[0] > 1:
         children.insert(0, build_headless_service(res, settings, stage))
     return children
+
+
+def _own_job(d: Decision, res: Resource, child: dict[str, Any], suspend: bool) -> bool:
+    """Keep an existing Job as the spec says, within what the operator owns; whether Kueue owns its
+    ``suspend``. A waiting (suspended) Job follows the spec's queue and priority labels; a Job
+    without the queue label is the operator's to suspend and resume, one with it Kueue's."""
+    if child.get("kind") != "Job":
+        return False
+    waiting_now = bool((child.get("spec") or {}).get("suspend"))
+    relabel = labels_patch(child, res) if waiting_now else None
+    if relabel is not None:
+        d.patch.append(relabel)
+    managed = queue_name(res) is not None if relabel is not None else kueue_managed(child)
+    if not managed and waiting_now != suspend:
+        d.patch.append(_suspend_patch(child, suspend))
+    return managed
 
 
 def _suspend_patch(job: dict[str, Any], suspend: bool) -> Manifest:
@@ -333,6 +374,11 @@ def _set_phase(
     transition = status.get("phase") != phase or last_reason != reason or status.get("stage") != stage
     if not transition and status.get("observedGeneration") == gen and not changed_extra:
         return
+    # A stopped pod reports Failed/Terminated after the operator recorded the stop (Suspended,
+    # Preempted): the phase is put back, without a second event for the same stop.
+    recorded = (phase in (Phase.SUSPENDED, Phase.PREEMPTED) and status.get("phase") == Phase.FAILED
+                and stage is not None and status.get("stage") == stage
+                and (status.get("stages") or {}).get(stage) == phase)
     patch: dict[str, Any] = {
         "phase": str(phase),
         "message": message,
@@ -348,5 +394,6 @@ def _set_phase(
             patch["completionTime"] = utc_now()
         elif status.get("completionTime"):
             patch["completionTime"] = None
-        d.events.append(("Warning" if phase == Phase.FAILED else "Normal", reason, message))
+        if not recorded:
+            d.events.append(("Warning" if phase == Phase.FAILED else "Normal", reason, message))
     d.status.update(patch)

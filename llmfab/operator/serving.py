@@ -12,7 +12,7 @@ from typing import Any
 from llmfab.api.common import Phase, utc_now
 from llmfab.api.inference_service import InferenceService
 from llmfab.operator.builders.autoscaling import KedaApis, build_autoscaler, proxy_url, uses_interceptor
-from llmfab.operator.builders.common import Manifest, build_spec_config_map
+from llmfab.operator.builders.common import Manifest, build_spec_config_map, queue_name
 from llmfab.operator.builders.inference import (
     build_deployment,
     build_service,
@@ -22,6 +22,7 @@ from llmfab.operator.builders.inference import (
     service_url,
     uses_service_monitor,
 )
+from llmfab.operator.builders.kueue import admission_gated, keep_queue_of
 from llmfab.operator.scale_state import IDLE, WAKING, next_scale
 from llmfab.operator.settings import OperatorSettings
 
@@ -51,7 +52,8 @@ class Seen:
 
 def plan_serving(res: InferenceService, settings: OperatorSettings, seen: Seen) -> Serving:
     monitor = uses_service_monitor(res, settings)
-    children = [build_spec_config_map(res), build_deployment(res, settings, monitor), build_service(res)]
+    deployment = keep_queue_of(build_deployment(res, settings, monitor), seen.deployment)
+    children = [build_spec_config_map(res), deployment, build_service(res)]
     if monitor:
         children.append(build_service_monitor(res, settings.service_monitor_labels))
     autoscaler = build_autoscaler(res, settings, seen.keda) if res.spec.autoscaling is not None else []
@@ -76,6 +78,11 @@ def plan_serving(res: InferenceService, settings: OperatorSettings, seen: Seen) 
             serving = Serving(Phase.RUNNING, "Serving", f"serving {url} ({ready}/{fixed or ready} ready)", True, status)
         else:
             serving = Serving(Phase.RUNNING, "Starting", "waiting for the vLLM server to answer /health", False, status)
+    gated = [p for p in seen.server_pods if admission_gated(p) and not p["metadata"].get("deletionTimestamp")]
+    if gated and not serving.ready:
+        serving.phase, serving.reason = Phase.QUEUED, "Queued"
+        serving.message = (f"{len(gated)} server pod(s) wait for Kueue to admit them (LocalQueue "
+                           f"{queue_name(res)}); {serving.message}")
     serving.children, serving.remove = children + autoscaler, remove
     return serving
 

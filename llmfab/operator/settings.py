@@ -77,6 +77,12 @@ class OperatorSettings(BaseModel):
         "prometheus trigger on vLLM's queue; none: no such trigger.",
     )
     cluster_domain: str = Field(default="cluster.local", description="The cluster's DNS domain.")
+    # The chart's kueue.defaultRequests: Kueue accounts a queued workload by its pods' requests.
+    kueue_default_requests: dict[str, str] = Field(
+        default_factory=lambda: {"cpu": "1", "memory": "2Gi"},
+        description="With spec.scheduling.queueName: the requests of a workload container that names "
+        "neither a request nor a limit of cpu or memory, so Kueue's quota counts every pod.",
+    )
     # The chart's podPolicy: what a resource's author may choose in spec.pod / spec.storage. Each is
     # a list of shell-style patterns (fnmatch); ["*"] (the default) restricts nothing. The chart's
     # own images, runtime class and claim are always allowed.

@@ -233,3 +233,13 @@ def test_the_keda_values_reach_the_operator() -> None:
     assert settings.keda_prometheus_address == "http://prometheus-operated.monitoring.svc:9090"
     out = helm("template", "x", str(CHART), "--set", "autoscaling.keda.scalerAddress=scaler.keda", check=False)
     assert out.returncode != 0 and "scalerAddress" in out.stderr  # host:port
+
+
+def test_kueue_default_requests_reach_the_operator() -> None:
+    """Issue 22: what a queued container requests when its spec names no CPU or memory (Kueue
+    admits by requests) is the chart's kueue.defaultRequests; a misspelt resource fails the install."""
+    assert OperatorSettings.from_env(operator_env(render())).kueue_default_requests == {"cpu": "1", "memory": "2Gi"}
+    set_ = render("--set", "kueue.defaultRequests.cpu=500m", "--set-string", "kueue.defaultRequests.memory=8Gi")
+    assert OperatorSettings.from_env(operator_env(set_)).kueue_default_requests == {"cpu": "500m", "memory": "8Gi"}
+    out = helm("template", "x", str(CHART), "--set", "kueue.defaultRequests.gpu=1", check=False)
+    assert out.returncode != 0 and "defaultRequests" in out.stderr

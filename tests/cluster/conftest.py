@@ -12,7 +12,7 @@ from kubernetes import client, config
 
 from llmfab.operator.kube import Kube
 from tests.cluster.operator_runner import run_operator
-from tests.kube.conftest import kube_apiserver, kubeconfig, kubectl  # noqa: F401 - fixtures
+from tests.kube.conftest import kube_apiserver, kubeconfig, kubectl, kueue  # noqa: F401 - fixtures
 
 
 @pytest.fixture

@@ -90,6 +90,19 @@ COVERAGE: dict[str, tuple[str, str, str]] = {
         "the add-on's interceptor and scaler run on a real cluster; tests/cluster/test_autoscaling.py installs its "
         "InterceptorRoute CRD into the test API server and checks what the operator builds for it",
     ),
+    # Kueue for spec.scheduling (docs/cluster.md, "Queueing with Kueue").
+    "helm install kueue oci://registry.k8s.io/kueue/charts/kueue --version=0.19.2 --namespace kueue-system "
+    "--create-namespace --wait --timeout 300s": (
+        "cluster",
+        "",
+        "Kueue's controllers run on a real cluster; the suite installs Kueue v0.19.2's CRDs (vendored in "
+        "tests/kube/third_party/) into the test API server and plays its Job integration (tests/kube/kueue.py)",
+    ),
+    "kubectl apply -f kueue-homelab.yaml": (
+        "test",
+        "tests/kube/test_kueue.py",
+        'kubectl("apply", "-f", str(manifest))',
+    ),
     "kubectl -n llmfab apply -f examples/cluster/": (
         "cluster",
         "",

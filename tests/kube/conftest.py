@@ -24,6 +24,8 @@ import pytest
 import requests
 
 from .apiserver import CHART_CRDS, REPO, KubeAPIServer
+from .kueue import CRDS as KUEUE_CRDS
+from .kueue import KueueStandIn
 from .serving import serve_in_thread, write_kubeconfig
 
 TOOLS = REPO / ".tools" / "bin"
@@ -84,6 +86,17 @@ class KubeHTTP:
 
     def delete(self, path: str, body: object = None, **kwargs: object) -> requests.Response:
         return self.request("DELETE", path, body, **kwargs)
+
+
+@pytest.fixture
+def kueue(kube_apiserver: KubeAPIServer) -> KueueStandIn:
+    """Kueue on ``kube_apiserver``: its CRDs (tests/kube/third_party) and a stand-in for its Job
+    integration (tests/kube/kueue.py), with the test as its scheduler: ``kueue.admit("job")``."""
+    for crd in KUEUE_CRDS:
+        kube_apiserver.install_crd(crd)
+    stand_in = KueueStandIn(kube_apiserver.store)
+    kube_apiserver.store.controllers.append(stand_in)
+    return stand_in
 
 
 @pytest.fixture

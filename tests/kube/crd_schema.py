@@ -209,12 +209,21 @@ def _cel_values(schema: JSON, obj: Any) -> Any:
     return obj
 
 
-def _cel_walk(schema: JSON, obj: Any, path: str) -> list[CelResult]:
+_NO_OLD = object()
+
+
+def _cel_walk(schema: JSON, obj: Any, path: str, old: Any = _NO_OLD) -> list[CelResult]:
+    """Rules at each object; a transition rule (one naming ``oldSelf``) only where the object has
+    an old value at the same place: on update, and through properties (list items are not
+    correlated here, which the server does only for map-typed lists)."""
     results = []
     if isinstance(obj, dict):
         for rule in schema.get("x-kubernetes-validations", []):
+            transition = "oldSelf" in rule["rule"]
+            if transition and old is _NO_OLD:
+                continue
             try:
-                ok = bool(cel.evaluate(rule["rule"], {"self": obj}))
+                ok = bool(cel.evaluate(rule["rule"], {"self": obj, **({"oldSelf": old} if transition else {})}))
             except Exception as exc:  # the server reports an evaluation error as a failed rule
                 results.append(
                     CelResult(path, rule["rule"], f"{rule['rule']}: evaluation error: {exc}", False)
@@ -225,19 +234,22 @@ def _cel_walk(schema: JSON, obj: Any, path: str) -> list[CelResult]:
             )
         for name, child in (schema.get("properties") or {}).items():
             if name in obj and obj[name] is not None:
-                results.extend(_cel_walk(child, obj[name], _join(path, name)))
+                before = old.get(name, _NO_OLD) if isinstance(old, dict) else _NO_OLD
+                results.extend(_cel_walk(child, obj[name], _join(path, name), _NO_OLD if before is None else before))
     elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
         for i, item in enumerate(obj):
             results.extend(_cel_walk(schema["items"], item, _join(path, i)))
     return results
 
 
-def cel_results(schema: JSON, obj: Any) -> list[CelResult]:
-    """Evaluate every ``x-kubernetes-validations`` rule at its place in the object."""
-    return _cel_walk(schema, _cel_values(schema, obj), "")
+def cel_results(schema: JSON, obj: Any, old: Any = None) -> list[CelResult]:
+    """Evaluate every ``x-kubernetes-validations`` rule at its place in the object; transition
+    rules (``oldSelf``) only given the ``old`` object of an update."""
+    before = _NO_OLD if old is None else _cel_values(schema, old)
+    return _cel_walk(schema, _cel_values(schema, obj), "", before)
 
 
-def admission_causes(schema: JSON, obj: Any) -> list[Cause]:
+def admission_causes(schema: JSON, obj: Any, old: Any = None) -> list[Cause]:
     """Everything the server refuses a (pruned, defaulted) custom resource for; empty if valid.
 
     CEL rules run only on an object that passed the schema, as their types assume it.
@@ -247,6 +259,6 @@ def admission_causes(schema: JSON, obj: Any) -> list[Cause]:
         return causes
     return [
         Cause(r.path or "<nil>", "FieldValueInvalid", f'Invalid value: "object": {r.message}')
-        for r in cel_results(schema, obj)
+        for r in cel_results(schema, obj, old)
         if not r.ok
     ]

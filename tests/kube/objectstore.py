@@ -252,7 +252,7 @@ class ObjectStore:
             if field_validation != "Ignore":
                 warnings += [f'unknown field "{p}"' for p in unknown]
             crd_schema.apply_defaults(rt.schema, obj)
-            causes += _ratchet(crd_schema.admission_causes(rt.schema, obj), obj, old)
+            causes += _ratchet(crd_schema.admission_causes(rt.schema, obj, old), obj, old)
         elif (builtin := admission.BUILTIN.get(rt.key)) is not None:
             causes += builtin(obj, old)
         if old is not None and old["metadata"].get("deletionTimestamp"):

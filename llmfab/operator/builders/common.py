@@ -122,6 +122,12 @@ def build_spec_config_map(res: Resource) -> Manifest:
     }
 
 
+def queue_name(res: Resource) -> str | None:
+    """``spec.scheduling.queueName``: the Kueue LocalQueue of the resource's pods (builders/kueue.py)."""
+    scheduling = getattr(res.spec, "scheduling", None)  # type: ignore[attr-defined]
+    return scheduling.queue_name if scheduling is not None else None
+
+
 def gpus_per_pod(res: Resource, default: int) -> int:
     """``spec.pod.resources`` decides when it names ``nvidia.com/gpu`` (``"0"``: a CPU pod); else
     ``default`` (processes per node, or tensor-parallel size)."""
@@ -129,10 +135,14 @@ def gpus_per_pod(res: Resource, default: int) -> int:
     return r.gpus() if GPU in r.limits or GPU in r.requests else default
 
 
-def container_resources(res: Resource, gpus: int) -> dict[str, Any]:
+def container_resources(res: Resource, gpus: int, default_requests: dict[str, str] | None = None) -> dict[str, Any]:
+    """``spec.pod.resources`` with the GPUs of the stage. ``default_requests`` (for a queued
+    resource: Kueue admits by requests, and reads a limit as the request) fills each resource the
+    spec neither requests nor limits."""
     r = res.spec.pod.resources  # type: ignore[attr-defined]
     requests = {k: v for k, v in r.requests.items() if k != GPU}
     limits = {k: v for k, v in r.limits.items() if k != GPU}
+    requests |= {k: v for k, v in (default_requests or {}).items() if k not in requests and k not in limits}
     if gpus:  # an extended resource: requests must equal limits
         requests[GPU] = limits[GPU] = str(gpus)
     return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
@@ -172,7 +182,7 @@ def pod_spec(
         "imagePullPolicy": settings.image_pull_policy,
         "command": stage_command(stage, SPEC_FILE),
         "env": [*workload_env(res, status), *(extra_env or [])],
-        "resources": container_resources(res, gpus),
+        "resources": container_resources(res, gpus, settings.kueue_default_requests if queue_name(res) else None),
         "volumeMounts": [
             mount,
             {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},

@@ -24,6 +24,7 @@ from llmfab.operator.builders.common import (
     selector_labels,
 )
 from llmfab.operator.builders.jobs import scrape_annotations
+from llmfab.operator.builders.kueue import with_kueue_labels
 from llmfab.operator.settings import OperatorSettings
 
 COMPONENT = "serve"
@@ -88,10 +89,14 @@ def build_deployment(res: InferenceService, settings: OperatorSettings, use_serv
     # Under spec.autoscaling the autoscaler owns the replicas: the manifest leaves them out, so a
     # create starts one and a patch never fights what the autoscaler set.
     replicas = res.spec.fixed_replicas()
+    meta = metadata(res, child_name(res), COMPONENT, with_revision=False)
+    # Queued: each server pod is one Kueue workload (Kueue's deployment integration, on by default
+    # since v0.15, reads the Deployment's labels and copies them to the pods it gates).
+    meta["labels"] = with_kueue_labels(meta["labels"], res)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": metadata(res, child_name(res), COMPONENT, with_revision=False),
+        "metadata": meta,
         "spec": {
             **({"replicas": replicas} if replicas is not None else {}),
             "selector": {"matchLabels": selector_labels(res, COMPONENT)},

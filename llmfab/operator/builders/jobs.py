@@ -4,13 +4,18 @@ One shape for all: an Indexed Job (``completions = parallelism = pods``) so that
 pods get stable hostnames and ranks, and so that ``backoffLimitPerIndex`` bounds the retries of
 each pod (a retried pod resumes from the last checkpoint). An invalid spec (exit 2) fails the Job
 at once through ``podFailurePolicy``; a pod disrupted by preemption, eviction or a drained node
-(``DisruptionTarget``) does not count as a failure. Job names carry the resource's output revision
+(``DisruptionTarget``) does not count as a failure, nor does one the workload ended on SIGTERM
+(exit 143): a pod deleted for ``suspend`` (a Kueue preemption) ends Failed without
+``DisruptionTarget``, and the Job controller would count it against ``spec.pod.retries``. With
+``spec.scheduling.queueName`` the Job is created suspended and labelled for Kueue
+(builders/kueue.py). Job names carry the resource's output revision
 (a hash of the spec fields that change the artifact), so such a change starts a new Job instead of
 mutating a running one.
 """
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from llmfab.api.common import Resource
@@ -25,14 +30,18 @@ from llmfab.operator.builders.common import (
     labels,
     metadata,
     pod_spec,
+    queue_name,
     revision,
     selector_labels,
 )
+from llmfab.operator.builders.kueue import with_kueue_labels
 from llmfab.operator.settings import OperatorSettings
+from llmfab.signals import exit_code
 from llmfab.stages import STAGES
 
 # Exit codes of `llmfab <stage> run` (llmfab/workload.py): 2 = invalid spec, never retried.
 EXIT_INVALID_SPEC = 2
+EXIT_SIGTERM = exit_code(signal.SIGTERM)  # 143: stopped by a pod deletion (suspend, preemption, drain)
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
@@ -111,9 +120,12 @@ def build_stage_job(res: Resource, stage: str, settings: OperatorSettings) -> Ma
                 {"action": "FailJob",
                  "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INVALID_SPEC]}},
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                {"action": "Ignore",
+                 "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_SIGTERM]}},
             ]
         },
-        "suspend": bool(getattr(res.spec, "suspend", False)),
+        # Queued: created suspended, and Kueue unsuspends it on admission (builders/kueue.py).
+        "suspend": bool(getattr(res.spec, "suspend", False)) or queue_name(res) is not None,
         "template": {
             "metadata": {"labels": {**labels(res, stage), STAGE_LABEL: stage},
                          **({"annotations": scrape_annotations(port)} if port else {})},
@@ -123,7 +135,7 @@ def build_stage_job(res: Resource, stage: str, settings: OperatorSettings) -> Ma
     if pod.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = pod.active_deadline_seconds
     meta = metadata(res, job_name(res, stage), stage)
-    meta["labels"][STAGE_LABEL] = stage
+    meta["labels"] = with_kueue_labels({**meta["labels"], STAGE_LABEL: stage}, res)
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
 
 

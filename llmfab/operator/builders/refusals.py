@@ -1,6 +1,6 @@
 """What the operator refuses to build on a cluster, as a pure function of (resource, settings).
 
-Three kinds of refusal, each a ``Failed`` status with a reason and a message naming the field, the
+Four kinds of refusal, each a ``Failed`` status with a reason and a message naming the field, the
 value and the fix (``reconcile.decide`` checks them before anything else, so no child is made,
 and a resource refused after its children exist has its running ones deleted):
 
@@ -19,6 +19,9 @@ and a resource refused after its children exist has its running ones deleted):
   (``artifacts.accessMode``); a claim a resource names itself (``spec.storage.claimName``) is
   trusted to be the same kind of volume, and ``podPolicy.allowedClaims`` lets an admin restrict
   which claims those may be.
+- ``Unqueueable``: ``spec.scheduling.queueName`` on a Dataset that runs as a RayJob on an existing
+  RayCluster, which Kueue documents it cannot manage (kueue.sigs.k8s.io/docs/tasks/run/rayjobs,
+  "Limitations"): the Dataset would wait in the queue forever.
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from llmfab.api.common import Resource, cluster_only_problems
+from llmfab.api.dataset import Dataset
 from llmfab.api.inference_service import InferenceService
 from llmfab.api.pod import PodSettings, Storage
+from llmfab.operator.builders.common import queue_name
+from llmfab.operator.builders.dataset import uses_ray_job
 from llmfab.operator.settings import OperatorSettings
 
 
@@ -42,6 +48,12 @@ def refusals(res: Resource, settings: OperatorSettings) -> list[Refusal]:
     spec = getattr(res, "spec")  # noqa: B009 - every kind has a spec
     out = [Refusal("InsecureSpec", p) for p in cluster_only_problems(spec)]
     out += [Refusal("PodPolicy", p) for p in pod_policy_problems(res, settings)]
+    if isinstance(res, Dataset) and uses_ray_job(res) and queue_name(res):
+        out.append(Refusal("Unqueueable", (
+            f"spec.scheduling.queueName: Kueue cannot queue a RayJob on an existing RayCluster "
+            f"(spec.engine.ray.cluster: {res.spec.engine.ray.cluster}); queue the RayCluster itself with "
+            "Kueue, or remove spec.scheduling"
+        )))
     if isinstance(res, InferenceService) and res.spec.feedback.enabled and _on_shared_volume(res, settings):
         out.append(Refusal("SharedFeedbackStore", (
             "spec.feedback.enabled: the feedback store is SQLite in WAL mode, which pods on two nodes must "
