@@ -12,15 +12,12 @@ logits in transformers against llmfab's; a real CUDA out-of-memory in the probe 
 FSDP2 (over all GPUs with torchrun, or a world of one on one GPU); throughput and MFU. It prints
 one table (check, result, figures, seconds) and exits non-zero when a check fails.
 
-Environment. This file needs only the standard library: it runs under the python that has CUDA
-torch (``PYTHON``). The checks run in ``.gpu-venv``: a virtualenv over that python's packages
-(``--system-site-packages``; where that python is itself a virtualenv, as on the lent GPU
-machines, a ``.pth`` file adds its site-packages too, which ``--system-site-packages`` alone would
-not) plus what it lacks of ``scripts/gpu_requirements.txt``, installed by pip with ``--no-index``
-from the wheels that ``make gpu-wheels`` downloaded into ``.gpu-wheels`` (CPython 3.11 and 3.12,
-manylinux x86-64: they must match the GPU machine's python). A constraint pins torch to the
-version found, so pip can never replace the machine's CUDA build. ``--python PATH`` skips all this
-and runs the checks with PATH as it is.
+Environment. This file needs only the standard library: it runs under the python that holds CUDA
+torch (``PYTHON``), and the checks run in ``.gpu-venv``, that python's packages plus what it lacks
+of llmfab's dependencies, installed with ``pip --no-index`` from the wheels ``make gpu-wheels``
+downloaded into ``.gpu-wheels`` (``scripts/gpu_check_env.py``: torch is never replaced; the wheels
+are CPython 3.11 and 3.12, manylinux x86-64, and must match that python). ``--python PATH`` skips
+this and runs the checks with PATH as it is.
 
 Exit codes: 0 every selected check passed (a skipped one says why), 1 a check failed or did not
 run, 2 bad arguments, 3 no CUDA device (or no torch) under PYTHON. ``--cpu-rehearsal`` runs the
@@ -31,7 +28,6 @@ its table says so and proves nothing about a GPU.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -45,14 +41,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_checks import CHECKS, REPO, WORKER, Check, CheckFailed, CheckSkipped, Context  # noqa: E402
+import gpu_check_env
+from gpu_check_context import REPO, WORKER, CheckFailed, CheckSkipped, Context
+from gpu_checks import CHECKS, Check
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_CUDA = 0, 1, 2, 3
 DEFAULT_TIMEOUT = 480  # seconds: under 8 minutes, inside one 10-minute command on a lent machine
 MIN_SECONDS = 15  # a check is not started with less time than this left
-REQUIREMENTS = REPO / "scripts" / "gpu_requirements.txt"
-# What the checks import, imported once after the set-up so a missing package fails there, by name.
-IMPORTS = "import llmfab.cli, llmfab.data.pipeline, llmfab.training.loop.trainer, llmfab.model.hf, transformers"
 
 
 @dataclass
@@ -79,6 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cpu-rehearsal", action="store_true",
                    help="run what can run on a CPU, to test this script; proves nothing about a GPU")
     a = p.parse_args(argv)
+    a.work, a.venv, a.wheels = (Path(os.path.abspath(p)) for p in (a.work, a.venv, a.wheels))
+    if a.python and os.sep in a.python:  # not resolved: a virtualenv's python is a symlink out of it
+        a.python = os.path.abspath(a.python)
     if a.timeout <= 0:
         p.error(f"--timeout {a.timeout:g}: give a positive number of seconds")
     try:
@@ -180,56 +178,6 @@ def no_cuda_message(info: dict[str, Any], python: str) -> str | None:
             "CUDA torch (make gpu-check PYTHON=...), or pass --cpu-rehearsal to test the script itself on a CPU.")
 
 
-def _json_of(cmd: list[str]) -> Any:
-    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
-
-
-def prepare_environment(base: str, venv: Path, wheels: Path, torch_version: str, log: Path) -> tuple[str, str]:
-    """The checks' interpreter (a virtualenv over ``base``'s packages plus the wheels it lacks) and
-    what pip installed; reused while the inputs are the same."""
-    python = venv / "bin" / "python"
-    stamp = venv / "gpu-check.stamp"
-    listing = sorted(p.name for p in wheels.glob("*.whl")) if wheels.is_dir() else []
-    key = hashlib.sha256(json.dumps([base, torch_version, REQUIREMENTS.read_text(), listing]).encode()).hexdigest()
-    if python.exists() and stamp.is_file() and stamp.read_text() == key:
-        return str(python), "reused"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as out:
-        def step(cmd: list[str]) -> None:
-            out.write("$ " + " ".join(cmd) + "\n")
-            out.flush()
-            done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                  env={**_clean_env(), "PYTHONPATH": str(REPO)})
-            if done.returncode != 0:
-                raise CheckFailed(f"`{' '.join(cmd[:4])} ...` exited {done.returncode}: see {log}")
-
-        step([base, "-m", "venv", "--clear", "--system-site-packages", "--without-pip", str(venv)])
-        outer = _json_of([base, "-c", "import json, site, sys; print(json.dumps("
-                          "{'venv': sys.prefix != sys.base_prefix, 'site': site.getsitepackages()}))"])
-        if outer["venv"]:  # --system-site-packages reaches the base installation, not this virtualenv's
-            site = Path(_json_of([str(python), "-c", "import json, sysconfig; "
-                                  "print(json.dumps(sysconfig.get_paths()['purelib']))"]))
-            # addsitedir, not a plain path: the outer site-packages' own .pth files are read too.
-            (site / "gpu-check-outer.pth").write_text(
-                "".join(f"import site; site.addsitedir({d!r})\n" for d in outer["site"]))
-        constraints = venv / "constraints.txt"
-        constraints.write_text(f"torch=={torch_version}\n")  # never replace the machine's (CUDA) torch
-        # pip is the outer python's, run by the new interpreter: it installs into the virtualenv and
-        # counts the outer packages as installed, so only what they lack comes from the wheels.
-        step([str(python), "-m", "pip", "install", "--isolated", "--no-index", "--find-links", str(wheels),
-              "--constraint", str(constraints), "--requirement", str(REQUIREMENTS), "--no-input",
-              "--disable-pip-version-check"])
-        step([str(python), "-c", IMPORTS])
-    stamp.write_text(key)
-    installed = [line.split("Successfully installed ", 1)[1] for line in log.read_text().splitlines()
-                 if line.startswith("Successfully installed ")]
-    return str(python), (installed[-1] if installed else "nothing")
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHONPATH", "VIRTUAL_ENV"))}
-
-
 def machine(info: dict[str, Any]) -> dict[str, Any]:
     cpu = "unknown"
     try:
@@ -263,10 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     python = a.python
     if python is None:
         try:
-            python, installed = prepare_environment(base, a.venv, a.wheels, info["torch"], a.work / "logs" / "environment.log")
+            python, installed = gpu_check_env.prepare(base, a.venv, a.wheels, info["torch"],
+                                                      a.work / "logs" / "environment.log")
             results.append(Result("environment", "pass", f"{a.venv.name} over {base} (python {info['python']}, torch "
                                   f"{info['torch']}); installed from {a.wheels.name}: {installed}", time.monotonic() - started))
-        except (CheckFailed, OSError, subprocess.CalledProcessError, json.JSONDecodeError) as e:
+        except (gpu_check_env.EnvironmentFailed, OSError, json.JSONDecodeError, IndexError) as e:
             results.append(Result("environment", "FAIL", str(e), time.monotonic() - started))
         show(results[-1])
     gpus = ", ".join(info.get("names", [])) or "none"
@@ -274,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
              f"python {info.get('python')}" + ("; CPU REHEARSAL: proves the script, not a GPU" if device == "cpu" else ""))
     print(title, file=sys.stderr, flush=True)
     if python is not None:
-        ctx = Context(python, a.work.resolve(), device, int(info.get("count", 0)), started + a.timeout)
+        ctx = Context(python, a.work, device, int(info.get("count", 0)), started + a.timeout)
         results += run_checks(a.checks, ctx, show)
     table = render_table(results)
     print(f"\n{title}\n\n{table}")

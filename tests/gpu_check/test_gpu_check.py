@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import itertools
 import os
 import subprocess
 import sys
@@ -254,7 +255,7 @@ def test_the_gpu_requirements_are_pyprojects_ranges() -> None:
     """What the GPU machine installs may not drift from what llmfab declares."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     declared = {Requirement(r).name: Requirement(r).specifier
-                for r in [*project["dependencies"], *sum(project["optional-dependencies"].values(), [])]
+                for r in [*project["dependencies"], *itertools.chain(*project["optional-dependencies"].values())]
                 if not r.startswith("llmfab")}
     lines = [line.split("#")[0].strip() for line in (SCRIPTS / "gpu_requirements.txt").read_text().splitlines()]
     wanted = [Requirement(line) for line in lines if line]
