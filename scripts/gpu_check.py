@@ -203,34 +203,35 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     for part in ("home", "specs", "logs", "inductor"):  # only what this script writes: --work may be anywhere
         shutil.rmtree(a.work / part, ignore_errors=True)
+    gpus = ", ".join(info.get("names", [])) or "none"
+    title = (f"llmfab gpu-check, {time.strftime('%Y-%m-%d')}: {gpus}; torch {info.get('torch')} CUDA "
+             f"{info.get('cuda')}; python {info.get('python')}"
+             + ("; CPU REHEARSAL: proves the script, not a GPU" if device == "cpu" else ""))
+    print(title, file=sys.stderr, flush=True)
     results: list[Result] = []
 
     def show(r: Result) -> None:
+        """Print the row, and rewrite the report: a run killed midway still leaves the rows so far."""
         print(f"[{r.seconds:6.1f} s] {r.name}: {r.result} - {r.figures}", file=sys.stderr, flush=True)
+        results.append(r)
+        if a.report:
+            a.report.parent.mkdir(parents=True, exist_ok=True)
+            a.report.write_text(json.dumps({"title": title, "machine": machine(info), "command": sys.argv,
+                                            "results": [asdict(x) for x in results],
+                                            "table": render_table(results)}, indent=2) + "\n")
 
     python = a.python
     if python is None:
         try:
             python, installed = gpu_check_env.prepare(base, a.venv, a.wheels, info["torch"],
                                                       a.work / "logs" / "environment.log")
-            results.append(Result("environment", "pass", f"{a.venv.name} over {base} (python {info['python']}, torch "
-                                  f"{info['torch']}); installed from {a.wheels.name}: {installed}", time.monotonic() - started))
+            show(Result("environment", "pass", f"{a.venv.name} over {base} (python {info['python']}, torch "
+                        f"{info['torch']}); installed from {a.wheels.name}: {installed}", time.monotonic() - started))
         except (gpu_check_env.EnvironmentFailed, OSError, json.JSONDecodeError, IndexError) as e:
-            results.append(Result("environment", "FAIL", str(e), time.monotonic() - started))
-        show(results[-1])
-    gpus = ", ".join(info.get("names", [])) or "none"
-    title = (f"llmfab gpu-check, {time.strftime('%Y-%m-%d')}: {gpus}; torch {info.get('torch')} CUDA {info.get('cuda')}; "
-             f"python {info.get('python')}" + ("; CPU REHEARSAL: proves the script, not a GPU" if device == "cpu" else ""))
-    print(title, file=sys.stderr, flush=True)
+            show(Result("environment", "FAIL", str(e), time.monotonic() - started))
     if python is not None:
-        ctx = Context(python, a.work, device, int(info.get("count", 0)), started + a.timeout)
-        results += run_checks(a.checks, ctx, show)
-    table = render_table(results)
-    print(f"\n{title}\n\n{table}")
-    if a.report:
-        a.report.parent.mkdir(parents=True, exist_ok=True)
-        a.report.write_text(json.dumps({"title": title, "machine": machine(info), "command": sys.argv,
-                                        "results": [asdict(r) for r in results], "table": table}, indent=2) + "\n")
+        run_checks(a.checks, Context(python, a.work, device, int(info.get("count", 0)), started + a.timeout), show)
+    print(f"\n{title}\n\n{render_table(results)}")
     return exit_code(results)
 
 

@@ -138,6 +138,7 @@ def run_llmfab(argv: list[str]) -> int:
 
 def bounded_memory(budget_gib: float, lower_after: int, report: Path, argv: list[str]) -> int:
     import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook  # every optimizer's step, globally
 
     if not torch.cuda.is_available():
         report.write_text(json.dumps({"error": "bounded-memory needs a CUDA device"}))
@@ -164,7 +165,7 @@ def bounded_memory(budget_gib: float, lower_after: int, report: Path, argv: list
             torch.cuda.set_per_process_memory_fraction(limit / total, 0)
             seen.update(held_bytes=held, step_peak_bytes=peak, lowered_bytes=limit, ooms_at_lowering=ooms())
 
-    torch.optim.optimizer.register_optimizer_step_post_hook(after_step)
+    register_optimizer_step_post_hook(after_step)
     try:
         return run_llmfab(argv)
     finally:

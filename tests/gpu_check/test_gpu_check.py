@@ -5,9 +5,11 @@ throughput benchmark print)."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -266,3 +268,55 @@ def test_the_gpu_requirements_are_pyprojects_ranges() -> None:
     pinned = {Requirement(line).name for line in (SCRIPTS / "gpu_wheels.txt").read_text().splitlines()
               if line.strip() and not line.startswith("#")}
     assert {"pydantic", "pydantic-core", "ftfy", "py3langid", "zstandard", "nvidia-ml-py"} <= pinned
+
+
+@pytest.mark.slow
+def test_a_cpu_rehearsal_prints_the_table_and_writes_the_report(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """main() end to end on this CPU with the dataset check (the real Dataset stage), the test's own python."""
+    report = tmp_path / "out" / "gpu-check.json"
+    code = gpu_check.main(["--cpu-rehearsal", "--python", sys.executable, "--only", "dataset",
+                           "--work", str(tmp_path / "work"), "--report", str(report)])
+    out = capsys.readouterr()
+    assert code == gpu_check.EXIT_OK, out.err
+    assert "CPU REHEARSAL: proves the script, not a GPU" in out.out
+    assert "| dataset | pass | 123 documents" in out.out
+    saved = json.loads(report.read_text())
+    assert [r["name"] for r in saved["results"]] == ["dataset"] and saved["table"] in out.out
+    assert saved["machine"]["torch"] and saved["machine"]["cpu"]
+
+
+def test_unmet_pins_are_those_whose_version_this_python_lacks(tmp_path: Path) -> None:
+    env_module = _load("gpu_check_env")
+    from importlib.metadata import version
+
+    pins = tmp_path / "pins.txt"
+    pins.write_text(f"# comment\npyyaml=={version('pyyaml')}\npydantic==0.0.1  # older\nno-such-package==1.0\n")
+    done = subprocess.run([sys.executable, "-c", env_module.UNMET_PINS, str(pins)], capture_output=True, text=True,
+                          check=True)
+    assert json.loads(done.stdout) == ["pydantic==0.0.1", "no-such-package==1.0"]
+
+
+def test_the_torch_names_the_worker_uses_exist_in_this_torch() -> None:
+    """Its CUDA paths cannot run here; a misspelt or moved torch function would fail first on a lent GPU."""
+    import ast
+
+    import torch
+
+    tree = ast.parse((SCRIPTS / "gpu_check_worker.py").read_text())
+    chains = {ast.unparse(node) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    chains = {c for c in chains if c.startswith("torch.") and "(" not in c}
+    assert {"torch.cuda.set_per_process_memory_fraction", "torch.cuda.memory_stats"} <= chains
+
+    def resolves(chain: str) -> bool:
+        try:
+            functools.reduce(getattr, chain.split(".")[1:], torch)
+        except AttributeError:
+            return False
+        return True
+
+    assert [c for c in sorted(chains) if not resolves(c)] == []
+    imported = {(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                for alias in node.names if node.module and node.module.startswith("torch")}
+    for module, name in imported:
+        assert hasattr(importlib.import_module(module), name), f"from {module} import {name}"
