@@ -195,7 +195,7 @@ def check_train(ctx: Context) -> str:
     if before is not None:
         ctx.state["energy"] = energy_used(before, nvml(ctx, "nvml-after"), time.monotonic() - started)
     ctx.state["train"] = run
-    return "bf16, compile, AC full; " + describe_run(run, sizes)
+    return ("bf16, " if ctx.device == "cuda" else "") + "compile, AC full; " + describe_run(run, sizes)
 
 
 def energy_used(before: dict[str, Any], after: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -318,7 +318,7 @@ def check_fsdp2(ctx: Context) -> str:
         backend = "NCCL" if ctx.device == "cuda" else "gloo"
         where = (f"world 1 ({backend}, one rank, fully_shard on {sharded[0]} modules: FSDP2's code paths, "
                  f"no sharding across GPUs; {'1 GPU' if ctx.device == 'cuda' else 'CPU'} here)")
-    return f"{where}; bf16 params, compile, AC full; " + describe_run(run, sizes)
+    return f"{where}; {'bf16 params, ' if ctx.device == 'cuda' else ''}compile, AC full; " + describe_run(run, sizes)
 
 
 def sharded_modules(log: str) -> int:
@@ -356,7 +356,7 @@ def check_throughput(ctx: Context) -> str:
     """The benchmark against transformers; if that run fails, llmfab alone, so its MFU is still known."""
     cuda = ctx.device == "cuda"
     shape = "gpt2-small" if cuda else "tiny"
-    args = ["--device", ctx.device, "--shape", shape, "--rounds", "3" if cuda else "1",
+    args = ["--device", ctx.device, "--shape", shape, "--precision", "bf16", "--rounds", "3" if cuda else "1",
             "--steps", "3" if cuda else "1", "--nanogpt", ""]
     script = str(REPO / "benchmarks" / "train_throughput.py")
     child = ctx.run([ctx.python, script, *args], "throughput")
