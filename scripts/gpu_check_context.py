@@ -69,14 +69,15 @@ class Context:
         path.write_text(json.dumps(resource, indent=2) + "\n")
         return path
 
-    def start(self, cmd: list[str], log_name: str) -> Child:
+    def start(self, cmd: list[str], log_name: str, env: dict[str, str] | None = None) -> Child:
         log = self.work / "logs" / f"{log_name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         handle = log.open("wb")
         handle.write(("$ " + " ".join(cmd) + "\n").encode())
         handle.flush()
-        process = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=self.env(), cwd=REPO,
-                                   start_new_session=True)  # its own group: a time-out ends all it started
+        # Its own session and process group: a time-out ends everything it started.
+        process = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env={**self.env(), **(env or {})},
+                                   cwd=REPO, start_new_session=True)
         return Child(process, log, handle)
 
     def finish(self, child: Child) -> int:
@@ -88,8 +89,8 @@ class Context:
         finally:
             child.handle.close()
 
-    def run(self, cmd: list[str], log_name: str) -> Child:
-        child = self.start(cmd, log_name)
+    def run(self, cmd: list[str], log_name: str, env: dict[str, str] | None = None) -> Child:
+        child = self.start(cmd, log_name, env)
         self.finish(child)
         return child
 

@@ -123,9 +123,11 @@ def train_and_resume(ctx: Context, name: str, sizes: Sizes, command: list[str], 
     cmd = [*command, "train", "run", "--spec", str(spec)]
     run_dir, status_file = ctx.home / "runs" / name, ctx.home / "runs" / f"{name}.status.json"
     events_file = ctx.home / "runs" / f"{name}.events.jsonl"
+    inductor = ctx.work / "inductor" / name  # this run's own: what it compiled shows there
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(inductor)}
 
     started = time.monotonic()
-    first = ctx.start(cmd, f"{name}-1")
+    first = ctx.start(cmd, f"{name}-1", env)
     if not ctx.wait_until(lambda: int(read_json(status_file).get("step") or 0) >= sizes.sigterm_at, first):
         code = first.process.returncode
         first.handle.close()
@@ -141,7 +143,7 @@ def train_and_resume(ctx: Context, name: str, sizes: Sizes, command: list[str], 
     logged_before = len(read_jsonl(run_dir / "metrics.jsonl"))
 
     started = time.monotonic()
-    second = ctx.run(cmd, f"{name}-2")
+    second = ctx.run(cmd, f"{name}-2", env)
     second_seconds = time.monotonic() - started
     if second.process.returncode != 0:
         raise CheckFailed(f"run 2 (resume) exited {second.process.returncode}: {last_line(second.log)}")
@@ -159,7 +161,7 @@ def train_and_resume(ctx: Context, name: str, sizes: Sizes, command: list[str], 
         problems.append(f"ended {status.get('phase')} at step {status.get('step')} of {sizes.steps}")
     if ctx.device == "cuda" and any(e.get("reason") == "PrecisionFallback" for e in events):
         problems.append("fell back from bf16 to fp32 (PrecisionFallback event)")
-    compiled = sum(1 for p in (ctx.work / "inductor").rglob("*") if p.is_file())
+    compiled = sum(1 for p in inductor.rglob("*") if p.is_file())
     if not compiled:
         problems.append("compile: true left nothing in the inductor cache (TORCHINDUCTOR_CACHE_DIR)")
     if problems:
