@@ -106,8 +106,8 @@ COVERAGE: dict[str, tuple[str, str, str]] = {
         "not run",
         "",
         "needs an NVIDIA GPU; tests/gpucheck/test_gpu_check.py runs the script without one (arguments, the table, "
-        "exit codes, time limits, its refusal without CUDA) and tests/gpucheck/test_world_of_one.py its FSDP2 "
-        "world of one on CPU",
+        "exit codes, time limits, its refusal without CUDA), tests/gpucheck/test_environment.py its virtualenv "
+        "and tests/gpucheck/test_world_of_one.py its FSDP2 world of one on CPU",
     ),
     "python3 scripts/gpu_check.py --list": ("test", "tests/gpucheck/test_gpu_check.py", 'gpu_check.main(["--list"])'),
     "kubectl -n llmfab get lds,ltr,lis": (
