@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 EXTRAS := data,ray,train,quantize,eval,serve,corpus,operator,dev
 SERVE_VENV := .venv-serve
 
-.PHONY: venv serve-venv tools quickstart post-training-data rlhf test lint typecheck crds dashboards images clean
+.PHONY: venv serve-venv tools quickstart post-training-data rlhf test lint typecheck crds dashboards images clean \
+	gpu-wheels gpu-check
 
 # Main environment: data, training, quantization, evaluation, operator, tests.
 # torch is installed first and pinned: `torch==2.13.0` resolves to the CPU wheel on this machine
@@ -75,5 +76,21 @@ test: venv serve-venv tools lint
 	$(PY) -m llmfab.monitoring.dashboards --out charts/llmfab/dashboards --check
 	$(PY) -m pytest -q -ra --durations=15
 
+# What only a GPU proves (scripts/gpu_check.py; docs/development.md, "On a GPU machine"). gpu-wheels
+# runs here, where PyPI is reachable: the wheels that a GPU machine without a package index lacks,
+# for CPython 3.11 and 3.12 on manylinux x86-64. gpu-check runs there, with PYTHON= the python
+# that holds the machine's CUDA torch; GPU_CHECK_ARGS passes options (--only, --timeout, --report).
+GPU_WHEELS := .gpu-wheels
+GPU_PLATFORMS := --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64
+gpu-wheels:
+	@for v in 3.11 3.12; do \
+	  $(PYTHON) -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: --implementation cp \
+	    --python-version $$v $(GPU_PLATFORMS) -d $(GPU_WHEELS) -r scripts/gpu_wheels.txt || exit 1; \
+	done
+	@du -sh $(GPU_WHEELS)
+
+gpu-check:
+	$(PYTHON) scripts/gpu_check.py $(GPU_CHECK_ARGS)
+
 clean:
-	rm -rf $(VENV) .llmfab .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .llmfab .pytest_cache .mypy_cache .ruff_cache .gpu-venv .gpu-check

@@ -108,6 +108,21 @@ COVERAGE: dict[str, tuple[str, str, str]] = {
         "",
         "the examples run on GPU nodes; they validate in test_validate_examples (examples/ is read recursively)",
     ),
+    # The GPU check (docs/development.md): this kind of machine has no GPU.
+    "make gpu-wheels": (
+        "not run",
+        "",
+        "downloads from PyPI; tests/gpucheck/test_gpu_check.py checks that scripts/gpu_requirements.txt keeps "
+        "pyproject's ranges and that scripts/gpu_wheels.txt pins what the lent GPU machines lack",
+    ),
+    "make gpu-check PYTHON=python3": (
+        "not run",
+        "",
+        "needs an NVIDIA GPU; tests/gpucheck/test_gpu_check.py runs the script without one (arguments, the table, "
+        "exit codes, time limits, its refusal without CUDA), tests/gpucheck/test_environment.py its virtualenv "
+        "and tests/gpucheck/test_world_of_one.py its FSDP2 world of one on CPU",
+    ),
+    "python3 scripts/gpu_check.py --list": ("test", "tests/gpucheck/test_gpu_check.py", 'gpu_check.main(["--list"])'),
     "kubectl -n llmfab get lds,ltr,lis": (
         "cluster",
         "",

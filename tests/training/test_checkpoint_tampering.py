@@ -4,6 +4,7 @@ value without restriction and opens whatever file the metadata names."""
 
 from __future__ import annotations
 
+import enum
 import io
 import os
 import pickle
@@ -140,3 +141,42 @@ def test_metadata_may_build_only_the_classes_dcp_defines() -> None:
         with pytest.raises(pickle.UnpicklingError, match=rf"{module}\.{name}, which"):
             unpickler.find_class(module, name)
     assert unpickler.find_class(module, "Metadata") is Metadata
+
+
+class _EnumByName(pickle.Pickler):
+    """Pickles Enum members as Python 3.11.0-3.11.4 do (Debian 12's 3.11.2): ``getattr(cls, "NAME")``."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, enum.Enum):
+            return getattr, (type(obj), obj.name)
+        return NotImplemented
+
+
+def test_metadata_written_by_python_3_11_2_loads(tmp_path: Path) -> None:
+    """Such a python wrote every checkpoint's tensor memory formats this way, and resume refused them."""
+    manager, path, model, opt = saved(tmp_path)
+    buffer = io.BytesIO()
+    _EnumByName(buffer, protocol=2).dump(metadata_of(path))
+    assert b"getattr" in buffer.getvalue()
+    (path / ".metadata").write_bytes(buffer.getvalue())
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    manager.load(path, model, opt)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+
+
+class _Reach:
+    """``getattr(torch.Size, "__mro__")``: the first step of a getattr chain to code execution."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return getattr, (torch.Size, "__mro__")
+
+
+def test_getattr_in_metadata_reaches_only_checkpoint_enum_members(tmp_path: Path) -> None:
+    manager, path, model, opt = saved(tmp_path)
+    (path / ".metadata").write_bytes(pickle.dumps(_Reach(), protocol=2))
+    with pytest.raises(CorruptCheckpoint, match=r"getattr\(Size, '__mro__'\) is not a member of a checkpoint "
+                                                r"metadata enum"):
+        manager.load(path, model, opt)

@@ -25,6 +25,7 @@ import io
 import os
 import pickle
 import stat
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +59,29 @@ def _fix(directory: Path) -> str:
     return f"delete {directory} to resume from an older checkpoint (or start over)"
 
 
+def _enum_member(cls: Any, name: Any) -> Enum:
+    """What ``getattr(cls, name)`` means in metadata: a member of one of DCP's own enums, by name.
+
+    Python 3.11.0-3.11.4 pickle an Enum member as ``getattr(EnumClass, "NAME")`` (later versions as
+    ``EnumClass(value)``), so Debian 12's python 3.11.2 writes the memory format of every tensor
+    that way. A general ``getattr`` would reach any attribute of the classes allowed here (their
+    ``__subclasses__``, a function's ``__globals__``): code execution, so only this is allowed.
+    """
+    if (isinstance(cls, type) and issubclass(cls, Enum) and cls.__module__ == dcp_metadata.__name__
+            and isinstance(name, str) and name in cls.__members__):
+        return cls[name]
+    raise pickle.UnpicklingError(f"getattr({getattr(cls, '__name__', type(cls).__name__)}, {name!r}) is not a "
+                                 "member of a checkpoint metadata enum")
+
+
 class _MetadataUnpickler(pickle.Unpickler):
     """Builds the classes a DCP ``.metadata`` holds and nothing else (no ``os.system``, no ``eval``)."""
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in ALLOWED_GLOBALS:
             return super().find_class(module, name)
+        if (module, name) in (("builtins", "getattr"), ("__builtin__", "getattr")):
+            return _enum_member
         found = getattr(dcp_metadata, name, None)
         # Only the classes the module defines: it also imports Enum, typing.Any and Sequence.
         if module == dcp_metadata.__name__ and isinstance(found, type) and found.__module__ == module:
