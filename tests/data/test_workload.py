@@ -79,7 +79,7 @@ def test_data_run_builds_dataset_and_reruns_as_noop(home: Path, tmp_path: Path,
     status = json.loads((home / "datasets" / "books.status.json").read_text())
     assert status["phase"] == "Succeeded" and status["documents"] == 150 and status["documentsRead"] == 161
     assert status["vocabSize"] == 400 and set(status["splitTokens"]) == {"train", "val", "test"}
-    assert [s["name"] for s in status["steps"]][:3] == ["read", "normalize", "language"]
+    assert [s["name"] for s in status["steps"]][:4] == ["read", "url", "normalize", "language"]
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
