@@ -135,7 +135,7 @@ def test_sigkilled_writer_leaves_nothing_that_looks_complete(home: Path, tmp_pat
                              f"__import__('pathlib').Path({str(spec)!r}))"], env=env)
     datasets = home / "datasets"
     deadline = time.time() + 60
-    while time.time() < deadline and not any((p / "_work" / "clean.arrow").exists()
+    while time.time() < deadline and not any((p / "_work" / "checkpoint.json").exists()
                                              for p in datasets.glob("books.tmp-*")):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)

@@ -60,11 +60,10 @@ class CleanPass:
         self.exact = ExactDeduplicator()
         self.spill = Spill(ctx.work)
         self.position: Position = (0, 0, 0)
-        self.done = 0  # documents read and taken in (their results handled) so far
+        self.done = 0  # documents this run's reader yielded whose results are handled
         restored: tuple[list[np.ndarray], np.ndarray] | None = None
         if state is not None:
             self.position = tuple(state["position"])  # type: ignore[assignment]
-            self.done = state["documents"]
             restored = self._restore(state["segments"])
         self.index = (NearDuplicateIndex(near, ctx.work / "shingles.u64", self.hasher.bands, restored)
                       if self.hasher else None)
@@ -93,7 +92,7 @@ class CleanPass:
         lines = boilerplate_lines(self.ctx)
         path.write_bytes(b"".join(sorted(lines)))
         fsync_tree(path)
-        self.checkpoints.save("clean", self.position, documents=0, segments=0, shingles=0,
+        self.checkpoints.save("clean", self.position, segments=0, shingles=0,
                               book=self.ctx.book.state(), extra=self.ctx.extra)
         return lines
 
@@ -128,7 +127,7 @@ class CleanPass:
             self.index.flush()
         book = self.ctx.book.state()
         book["steps"] = [boundary.read if s["name"] == READ else s for s in book["steps"]]
-        self.checkpoints.save("clean", boundary.position, documents=self.done, segments=self.spill.segments,
+        self.checkpoints.save("clean", boundary.position, segments=self.spill.segments,
                               shingles=self.index.offsets[-1] if self.index is not None else 0, book=book,
                               extra=self.ctx.extra)
 
