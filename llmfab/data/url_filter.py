@@ -11,7 +11,8 @@ Domains are matched the way squidGuard, the lists' consumer, means them, and wit
 Suffix List (``tldextract``'s bundled snapshot, private suffixes included): a host matches an
 entry if it is that domain or a subdomain of it, walking up from the host only as far as its
 registered domain (``a.b.example.co.uk`` checks ``a.b.example.co.uk``, ``b.example.co.uk`` and
-``example.co.uk``; never ``co.uk``). So an entry that is itself a public suffix blocks nothing, and
+``example.co.uk``; never ``co.uk``; under a suffix the list does not know, such as ``.example``,
+down to the last two labels; an IP address only as itself). So an entry that is itself a public suffix blocks nothing, and
 ``evil.github.io`` never blocks another ``github.io`` site. datatrove compares only the label left
 of the suffix (``example``), which blocks ``example.org`` for an entry ``example.com``.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -217,13 +219,15 @@ def _candidates(url: str) -> tuple[list[str], list[str]]:
     if not host:
         return [], []
     bare = host[4:] if host.startswith("www.") else host
-    registered = _extractor()(host).top_domain_under_public_suffix
     labels = host.split(".")
+    registered = _extractor()(host).top_domain_under_public_suffix
+    if not registered:  # an IP address, or a suffix the list does not know (.example, .internal)
+        registered = host if _is_ip(host) else ".".join(labels[-2:])
     hosts = []
     for i in range(len(labels)):
         candidate = ".".join(labels[i:])
         hosts.append(candidate)
-        if not registered or candidate == registered:
+        if candidate == registered:
             break
     path = parts.path.rstrip("/")
     pieces = [p for p in path.split("/") if p]
@@ -236,6 +240,14 @@ def _candidates(url: str) -> tuple[list[str], list[str]]:
 def resolved(spec: UrlFilterSpec, resolve: Callable[[str], Path]) -> UrlFilterSpec:
     """``spec`` with its block lists as absolute paths, for the workers."""
     return spec.model_copy(update={"blocklists": [str(resolve(p)) for p in spec.blocklists]})
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def list_sizes(spec: UrlFilterSpec) -> dict[str, int]:
