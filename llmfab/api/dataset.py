@@ -7,9 +7,8 @@ each filter step's docstring in ``llmfab/data`` cites its source.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
-
 import re
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 

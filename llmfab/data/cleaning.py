@@ -27,10 +27,12 @@ from llmfab.data.steps import (
     EXAMPLE_CHARS,
     REMOVAL_TYPE,
     TALLIES_TYPE,
-    DocumentStep,
+    AnyStep,
     Edit,
+    Formatter,
     Removal,
     Tally,
+    UrlStep,
     edits_to_arrow,
     removals_to_arrow,
     tallies_to_arrow,
@@ -52,7 +54,7 @@ class CleanBatch:
     def __init__(self, spec: DatasetSpec, boilerplate: frozenset[bytes] = frozenset()) -> None:
         self.spec = spec
         self.boilerplate = boilerplate
-        self._steps: list[tuple[StepDefinition, DocumentStep]] | None = None
+        self._steps: list[tuple[StepDefinition, AnyStep]] | None = None
         self._hasher: MinHasher | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -75,7 +77,7 @@ class CleanBatch:
         for definition, step in self._steps:  # step by step over the batch, so a step can vectorise (language)
             name = definition.name
             survivors = []
-            if hasattr(step, "judge_url"):  # reads the URL, not the text
+            if isinstance(step, UrlStep):  # reads the URL, not the text
                 for i in alive:
                     why, note = step.judge_url(url_list[i])
                     if why is not None:
@@ -86,7 +88,7 @@ class CleanBatch:
                     survivors.append(i)
                 alive = survivors
                 continue
-            if hasattr(step, "format"):  # rewrites, never drops, and counts what it rewrote
+            if isinstance(step, Formatter):  # rewrites, never drops, and counts what it rewrote
                 for i in alive:
                     texts[i], counts = step.format(texts[i])
                     tallies[i] += [Tally(name, what, n) for what, n in counts.items()]

@@ -78,21 +78,24 @@ class PiiFormatter:
         for kind, pattern, valid, placeholders, marker in self.rules:
             if marker not in text:  # most documents have no "@": skip the scan
                 continue
-            turn = 0
-
-            def replace(match: re.Match[str]) -> str:
-                nonlocal turn
-                if valid is not None and not valid(match.group(0)):
-                    return match.group(0)
-                turn += 1
-                return placeholders[(turn - 1) % len(placeholders)]
-
-            text = pattern.sub(replace, text)
-            if turn:
-                counts[kind] = counts.get(kind, 0) + turn
+            text, n = _replace(text, pattern, valid, placeholders)
+            if n:
+                counts[kind] = counts.get(kind, 0) + n
         if counts:
             counts["documents"] = 1
         return text, counts
 
-    def __call__(self, text: str) -> tuple[str, str | None]:
-        return self.format(text)[0], None
+
+def _replace(text: str, pattern: re.Pattern[str], valid: Callable[[str], bool] | None,
+             placeholders: tuple[str, ...]) -> tuple[str, int]:
+    """``text`` with each valid match replaced by the next placeholder, and how many were."""
+    turn = 0
+
+    def placeholder(match: re.Match[str]) -> str:
+        nonlocal turn
+        if valid is not None and not valid(match.group(0)):
+            return match.group(0)
+        turn += 1
+        return placeholders[(turn - 1) % len(placeholders)]
+
+    return pattern.sub(placeholder, text), turn

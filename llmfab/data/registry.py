@@ -32,7 +32,7 @@ from llmfab.data.gopher_repetition import GopherRepetitionFilter
 from llmfab.data.language import LanguageIdFilter
 from llmfab.data.normalize import Normalizer
 from llmfab.data.pii import PiiFormatter
-from llmfab.data.steps import DocumentStep
+from llmfab.data.steps import AnyStep
 from llmfab.data.url_filter import UrlFilter, has_rules
 
 READ = "read"
@@ -58,7 +58,7 @@ class StepDefinition:
 
     name: str
     runs: Runs
-    build: Callable[[DatasetSpec, frozenset[bytes]], DocumentStep] | None = None
+    build: Callable[[DatasetSpec, frozenset[bytes]], AnyStep] | None = None
     enabled: Callable[[DatasetSpec], bool] = _always
     # normalize rewrites nearly every document; only a filter's removed lines are worth reporting
     reports_edits: bool = True
@@ -99,7 +99,7 @@ def step_names(runs: Runs) -> tuple[str, ...]:
 
 
 def document_steps(spec: DatasetSpec, boilerplate: frozenset[bytes] = frozenset()
-                   ) -> list[tuple[StepDefinition, DocumentStep]]:
+                   ) -> list[tuple[StepDefinition, AnyStep]]:
     """The enabled per-document steps, built for ``spec``, in pipeline order."""
     return [(d, d.build(spec, boilerplate)) for d in STEPS
             if d.runs is Runs.DOCUMENT and d.build is not None and d.enabled(spec)]

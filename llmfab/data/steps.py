@@ -24,7 +24,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 
@@ -46,6 +46,30 @@ class DocumentStep(Protocol):
     def __call__(self, text: str) -> tuple[str, str | None]:
         """Return ``(text, None)`` to keep (text possibly rewritten) or ``(text, reason)`` to drop."""
         ...
+
+
+@runtime_checkable
+class UrlStep(Protocol):
+    """A filter of the document's URL (None when the reader had none)."""
+
+    name: str
+
+    def judge_url(self, url: str | None) -> tuple[str | None, str | None]:
+        """``(reason, None)`` to drop; ``(None, note)`` to keep, counting ``note`` unless it is None."""
+        ...
+
+
+@runtime_checkable
+class Formatter(Protocol):
+    """A step that rewrites and never drops (PII), counting what it rewrote."""
+
+    name: str
+
+    def format(self, text: str) -> tuple[str, dict[str, int]]:
+        ...
+
+
+AnyStep = DocumentStep | UrlStep | Formatter
 
 
 @dataclass(frozen=True, slots=True)

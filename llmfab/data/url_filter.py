@@ -182,7 +182,8 @@ class UrlFilter:
 
 
 def _split_mixed(lines: Iterable[str]) -> tuple[list[str], list[str]]:
-    domains, urls = [], []
+    domains: list[str] = []
+    urls: list[str] = []
     for line in lines:
         cleaned = _clean_url(line)
         (urls if "/" in cleaned else domains).append(cleaned if "/" in cleaned else _clean_domain(line))

@@ -12,7 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from llmfab.api.dataset import DatasetSpec, PiiFilter, UrlFilter as UrlFilterSpec
+from llmfab.api.dataset import DatasetSpec, PiiFilter
+from llmfab.api.dataset import UrlFilter as UrlFilterSpec
 from llmfab.data.audit import RemovedDocument, RemovedSample, rank, write_removed
 from llmfab.data.cleaning import CleanBatch
 from llmfab.data.pii import PiiFormatter

@@ -146,10 +146,10 @@ class Checkpoints:
             return None
         if state.get("format") != FORMAT or state.get("spec") != self.digest or state.get("phase") not in PHASES:
             return None
-        position = tuple(state["position"])
-        if state["inputs"] != completed_units(self.units, position):  # type: ignore[arg-type]
+        position: Position = (state["position"][0], state["position"][1], state["position"][2])
+        if state["inputs"] != completed_units(self.units, position):
             return None  # an input file changed, moved or is gone: its results cannot be trusted
-        self.position = position  # type: ignore[assignment]
+        self.position = position
         return state
 
     def save(self, phase: str, position: Position | None = None, **fields: Any) -> None:

@@ -63,7 +63,7 @@ class CleanPass:
         self.done = 0  # documents this run's reader yielded whose results are handled
         restored: tuple[list[np.ndarray], np.ndarray] | None = None
         if state is not None:
-            self.position = tuple(state["position"])  # type: ignore[assignment]
+            self.position = (state["position"][0], state["position"][1], state["position"][2])
             restored = self._restore(state["segments"])
         self.index = (NearDuplicateIndex(near, ctx.work / "shingles.u64", self.hasher.bands, restored)
                       if self.hasher else None)
