@@ -22,7 +22,10 @@ survivors to an Arrow file; the near-duplicate clusters are then resolved (:mod:
 (:mod:`~.passes.shards`); (5) a sample read back from the shards is checked against the tokenizer
 as transformers/vLLM load it (:mod:`~.passes.served_check`). The steps and their order are
 :data:`llmfab.data.registry.STEPS`. Everything the driver decides depends only on input order, so
-any engine and worker count give the same bytes.
+any engine and worker count give the same bytes, and so does a build that resumed from the
+checkpoints a killed one left in ``out_dir/_work`` (:mod:`~.passes.checkpoint`). Last, beside
+``stats.json``, the audit trail: a sample of each step's removed documents per reason in
+``removed/`` (:mod:`llmfab.data.audit`).
 """
 
 from __future__ import annotations
