@@ -94,6 +94,7 @@ def units_done(staged: Path) -> int:
     return len(state["inputs"]) if state["phase"] == "clean" else FILES + 1
 
 
+@pytest.mark.slow
 def test_killed_build_resumes_from_completed_files_to_identical_bytes(parts: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
     datasets = home / "datasets"
@@ -134,6 +135,7 @@ def test_killed_build_resumes_from_completed_files_to_identical_bytes(parts: Pat
     assert pii["counted"]["email"] >= 10 and pii["counted"]["ip"] >= 10
 
 
+@pytest.mark.slow
 def test_changed_input_or_spec_starts_afresh(parts: Path, tmp_path: Path) -> None:
     datasets = tmp_path / "home" / "datasets"
     spec = write_spec(tmp_path, name="killed", sources=[{"path": "src/parts"}], engine={"workers": 1})
