@@ -81,10 +81,10 @@ def build_dataset(spec: DatasetSpec, out_dir: Path, resolve: Callable[[str], Pat
             reporter.event("Resumed", f"resuming a killed build from its checkpoint ({state['phase']}): {done} of "
                            f"{sum(len(u) for u in checkpoints.units)} input files done")
     ctx = BuildContext(spec, out, resolve, make_engine(spec.engine, out, workers), book, reporter, extra)
-    phase = state["phase"] if state is not None else "clean"
+    phase = state["phase"] if state is not None else "boilerplate"
     try:
         reused = reused_tokenizer(spec, resolve, dependency)
-        if phase == "clean":
+        if phase in ("boilerplate", "clean"):
             spill, duplicates = clean(ctx, checkpoints, state)
             ctx.progress()
             keep = select(ctx, spill, duplicates)

@@ -86,12 +86,16 @@ def run_and_kill(spec: Path, when: Callable[[Path], bool], datasets: Path) -> No
         proc.wait()
 
 
-def units_done(staged: Path) -> int:
+def units_done(staged: Path, phase: str = "clean") -> int:
+    """Input files the checkpoint counts as done in ``phase``; more than all once past it."""
     try:
         state = json.loads((staged / "_work" / "checkpoint.json").read_text())
     except (OSError, ValueError):
         return -1
-    return len(state["inputs"]) if state["phase"] == "clean" else FILES + 1
+    order = ("boilerplate", "clean", "selected", "tokenizer")
+    if state["phase"] == phase:
+        return len(state["inputs"])
+    return FILES + 1 if order.index(state["phase"]) > order.index(phase) else -1
 
 
 @pytest.mark.slow
@@ -133,6 +137,26 @@ def test_killed_build_resumes_from_completed_files_to_identical_bytes(parts: Pat
     stats = json.loads((datasets / "killed" / "stats.json").read_text())
     pii = next(s for s in stats["steps"] if s["name"] == "pii")
     assert pii["counted"]["email"] >= 10 and pii["counted"]["ip"] >= 10
+
+
+@pytest.mark.slow
+def test_a_build_killed_while_counting_boilerplate_lines_resumes_that_pass(parts: Path, tmp_path: Path) -> None:
+    datasets = tmp_path / "home" / "datasets"
+    common: dict[str, Any] = {"sources": [{"path": "src/parts"}], "engine": {"workers": 1},
+                              "normalize": {"removeBoilerplateLines": True, "boilerplateMinDocuments": 3}}
+    for part in sorted(parts.iterdir()):  # a footer in every document: boilerplate to find
+        lines = [json.loads(x) for x in part.read_text().splitlines()]
+        part.write_text("".join(json.dumps({**r, "text": r["text"] + "\nPrinted by the Example Press."}) + "\n"
+                                for r in lines))
+    assert run_stage("data", write_spec(tmp_path, name="whole", **common)) == 0
+    killed = write_spec(tmp_path, name="killed", **common)
+    run_and_kill(killed, lambda staged: units_done(staged, "boilerplate") >= 3, datasets)
+    state = checkpoint(datasets, "killed")
+    assert state is not None and state["phase"] == "boilerplate" and 3 <= len(state["inputs"]) < FILES, state
+    assert run_stage("data", killed) == 0
+    assert artifact_bytes(datasets / "killed") == artifact_bytes(datasets / "whole")
+    assert json.loads((datasets / "whole" / "stats.json").read_text())["boilerplateLines"] >= 1
+    assert "(boilerplate): " in (datasets / "killed.events.jsonl").read_text()
 
 
 @pytest.mark.slow

@@ -11,6 +11,8 @@ written last and atomically, which says how much of them counts. What it records
   spill segments, the shingles written, every step's counts and audit sample, and the build's
   extra figures. It is written at the end of a unit when ``LLMFAB_DATA_CHECKPOINT_SECONDS`` (60)
   have passed since the last one, and when the pass ends.
+- ``boilerplate``: the same for pass 0 (:mod:`~.boilerplate`), whose counts go to a file per
+  checkpoint.
 - ``selected``: the clean pass and the whole-corpus filters are done; the keep mask is in
   ``_work/keep.npy``.
 - ``tokenizer``: the tokenizer files are written (and fsynced) in the staged directory too.
@@ -48,7 +50,7 @@ CHECKPOINT = "checkpoint.json"
 FORMAT = 1
 SECONDS_ENV = "LLMFAB_DATA_CHECKPOINT_SECONDS"
 DEFAULT_SECONDS = 60.0
-PHASES = ("clean", "selected", "tokenizer")
+PHASES = ("boilerplate", "clean", "selected", "tokenizer")
 
 Position = tuple[int, int, int]  # (source, unit within it, documents taken from that source)
 
@@ -188,9 +190,11 @@ def _files_present(work: Path, state: dict[str, Any]) -> bool:
     """Whether the files the checkpoint counts are all there (a checkpoint is written after them,
     so this fails only if someone removed them)."""
     segments = all((work / f"spill-{n:05d}.arrow").is_file() for n in range(state.get("segments", 0)))
+    segments &= all((work / f"linekeys-{n:05d}.arrow").is_file() for n in range(state.get("lineKeySegments", 0)))
+    segments &= state["phase"] == "boilerplate" or (work / "boilerplate.bin").is_file()
     shingles = work / "shingles.u64"
     enough = not state.get("shingles") or (shingles.is_file() and shingles.stat().st_size >= 8 * state["shingles"])
-    mask = state["phase"] == "clean" or (work / "keep.npy").is_file()
+    mask = state["phase"] in ("boilerplate", "clean") or (work / "keep.npy").is_file()
     return segments and enough and mask
 
 

@@ -1,7 +1,7 @@
 """Passes 0 and 1: boilerplate lines, then clean, drop exact duplicates, spill, find near duplicates.
 
-Pass 0 (only with ``normalize.removeBoilerplateLines``) reads the sources once to count in how
-many documents each line occurs: a line is boilerplate only relative to the whole corpus.
+Pass 0 (only with ``normalize.removeBoilerplateLines``, :mod:`~.boilerplate`) reads the sources
+once to count in how many documents each line occurs.
 
 Pass 1: the workers run the per-document steps (:class:`llmfab.data.cleaning.CleanBatch`) and
 send back one row per document with its :class:`~llmfab.data.steps.Removal` or its key and
@@ -13,46 +13,30 @@ are resolved at the end, when every sketch is in.
 
 from __future__ import annotations
 
-import collections
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from llmfab.data.cleaning import CleanBatch, LineKeysBatch
+from llmfab.data.cleaning import CleanBatch
 from llmfab.data.exact_dedup import ExactDeduplicator
 from llmfab.data.near_dedup import MinHasher, NearDuplicateIndex
-from llmfab.data.passes.checkpoint import Boundary, Checkpoints, Position, UnitTracker, fsync_tree
+from llmfab.data.passes.boilerplate import boilerplate_lines
+from llmfab.data.passes.checkpoint import Boundary, Checkpoints, Position, UnitTracker
 from llmfab.data.passes.context import BuildContext
 from llmfab.data.passes.spill import Spill, SpillWriter
 from llmfab.data.readers import read_documents
 from llmfab.data.registry import READ, Runs, step_names
-from llmfab.data.steps import StepCounter, edits_from_arrow, example, removals_from_arrow, tallies_from_arrow
+from llmfab.data.steps import edits_from_arrow, example, removals_from_arrow, tallies_from_arrow
 
 NearDuplicates = dict[int, tuple[int, float]]  # spilled index → (index of the copy kept, Jaccard)
 PROGRESS_EVERY_BATCHES = 20
 
 
-def boilerplate_lines(ctx: BuildContext) -> frozenset[bytes]:
-    """Keys of the lines found in at least ``boilerplateMinDocuments`` documents (pass 0)."""
-    if not ctx.spec.normalize.remove_boilerplate_lines:
-        return frozenset()
-    counts: collections.Counter[bytes] = collections.Counter()
-    # pass 1 reads the documents again and counts them then: this reading's counts are not kept
-    documents = read_documents(ctx.spec, ctx.resolve, StepCounter(READ))
-    for table in ctx.engine.map(LineKeysBatch(ctx.spec), documents):
-        for keys in table.column("keys").to_pylist():
-            counts.update(keys)
-    threshold = ctx.spec.normalize.boilerplate_min_documents
-    lines = frozenset(k for k, c in counts.items() if c >= threshold)
-    ctx.extra["boilerplateLines"] = len(lines)
-    return lines
-
-
 class CleanPass:
     def __init__(self, ctx: BuildContext, checkpoints: Checkpoints, state: dict[str, Any] | None) -> None:
-        """``state``: the ``clean`` checkpoint to resume from, or None to start afresh."""
+        """``state``: the ``clean`` checkpoint to resume from, or None to start afresh (or pass 0's)."""
         self.ctx = ctx
         self.checkpoints = checkpoints
         near = ctx.spec.dedup.near
@@ -62,7 +46,7 @@ class CleanPass:
         self.position: Position = (0, 0, 0)
         self.done = 0  # documents this run's reader yielded whose results are handled
         restored: tuple[list[np.ndarray], np.ndarray] | None = None
-        if state is not None:
+        if state is not None and state["phase"] == "clean":
             self.position = (state["position"][0], state["position"][1], state["position"][2])
             restored = self._restore(state["segments"])
         self.index = (NearDuplicateIndex(near, ctx.work / "shingles.u64", self.hasher.bands, restored)
@@ -82,23 +66,9 @@ class CleanPass:
                 sizes.append(table.column("shingles").to_numpy())
         return bands, np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
 
-    def _boilerplate(self, resumed: bool) -> frozenset[bytes]:
-        """Pass 0's lines, computed once: a resumed build reads them back (a kill during pass 0
-        itself runs it again)."""
-        path = self.ctx.work / "boilerplate.bin"
-        if resumed:
-            data = path.read_bytes() if path.exists() else b""
-            return frozenset(data[i: i + 8] for i in range(0, len(data), 8))
-        lines = boilerplate_lines(self.ctx)
-        path.write_bytes(b"".join(sorted(lines)))
-        fsync_tree(path)
-        self.checkpoints.save("clean", self.position, segments=0, shingles=0,
-                              book=self.ctx.book.state(), extra=self.ctx.extra)
-        return lines
-
-    def run(self, resumed: bool) -> tuple[Spill, NearDuplicates]:
+    def run(self, state: dict[str, Any] | None) -> tuple[Spill, NearDuplicates]:
         ctx = self.ctx
-        boilerplate = self._boilerplate(resumed)
+        boilerplate = boilerplate_lines(ctx, self.checkpoints, state)
         tracker = UnitTracker(self.position, ctx.book.step(READ))
         documents = read_documents(ctx.spec, ctx.resolve, ctx.book.step(READ), progress=tracker)
         with self.spill.writer() as writer:
@@ -177,4 +147,4 @@ class CleanPass:
 
 def clean(ctx: BuildContext, checkpoints: Checkpoints, state: dict[str, Any] | None) -> tuple[Spill, NearDuplicates]:
     """Passes 0 and 1: the spilled survivors and the near-duplicate clusters among them."""
-    return CleanPass(ctx, checkpoints, state).run(state is not None)
+    return CleanPass(ctx, checkpoints, state).run(state)
