@@ -68,7 +68,8 @@ def build_dataset(spec: DatasetSpec, out_dir: Path, resolve: Callable[[str], Pat
         update={"url": url_filter.resolved(spec.filters.url, resolve)})})  # the workers have no spec file
     work = out / WORK_DIR
     work.mkdir(exist_ok=True)
-    checkpoints = Checkpoints(work, spec, input_units(spec, resolve))
+    checkpoints = Checkpoints(work, spec, input_units(spec, resolve),
+                              tuple(url_filter.list_identities(spec.filters.url)))
     book = StepStatsBook(STEP_NAMES, spec.audit.samples_per_reason)
     extra: dict[str, Any] = {}
     if spec.filters.url.enabled and url_filter.has_rules(spec.filters.url):

@@ -153,8 +153,8 @@ class UrlFilter:
         files: list[tuple[str, str, Path]] = []
         for i, path in enumerate(spec.blocklists):
             files += _list_files(Path(path), set(spec.categories), f"spec.filters.url.blocklists[{i}]")
-        self.domains, self.urls = _load_lists(tuple((c, k, _file_key(p)) for c, k, p in files),
-                                              tuple(spec.blocked_domains))
+        self.files = tuple((c, k, _file_key(p)) for c, k, p in files)
+        self.domains, self.urls = _load_lists(self.files, tuple(spec.blocked_domains))
         self.allowed = frozenset(_clean_domain(d) for d in spec.allow_domains)
         self.pattern = re.compile("|".join(f"(?:{p})" for p in spec.patterns)) if spec.patterns else None
         self.substrings = tuple(s.lower() for s in spec.substrings if s)
@@ -257,6 +257,14 @@ def list_sizes(spec: UrlFilterSpec) -> dict[str, int]:
     f = UrlFilter(spec)
     return {"domains": len(f.domains), "urls": len(f.urls), "patterns": len(spec.patterns),
             "substrings": len(f.substrings), "allowDomains": len(f.allowed)}
+
+
+def list_identities(spec: UrlFilterSpec) -> list[str]:
+    """Path, size and modification time of every list file: a resumed build must filter with the
+    lists it started with (:mod:`llmfab.data.passes.checkpoint`)."""
+    if not (spec.enabled and has_rules(spec)):
+        return []
+    return [f"{name}|{size}|{mtime}" for _, _, (name, size, mtime) in UrlFilter(spec).files]
 
 
 def has_rules(spec: UrlFilterSpec) -> bool:

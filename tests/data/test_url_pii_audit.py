@@ -179,3 +179,25 @@ def test_removed_files_hold_capped_records_and_the_book_round_trips(tmp_path: Pa
     assert len(records) == 2 and all(len(r["text"]) == 30 and r["truncated"] for r in records)
     assert {r["step"] for r in records} == {"language"} and all(r["url"].startswith("https://x.example/")
                                                                 for r in records)
+
+
+def test_checkpoint_is_trusted_only_for_its_spec_completed_inputs_and_lists(tmp_path: Path) -> None:
+    from llmfab.data.passes.checkpoint import Checkpoints, input_units
+
+    src, work = tmp_path / "src", tmp_path / "work"
+    src.mkdir()
+    work.mkdir()
+    for name in ("a.jsonl", "b.jsonl"):
+        (src / name).write_text('{"text": "x"}\n')
+    spec = DatasetSpec.model_validate({"sources": [{"path": str(src)}]})
+    units = input_units(spec, Path)
+    Checkpoints(work, spec, units, ("list|1|2",)).save("clean", (0, 1, 1), segments=0)
+    state = Checkpoints(work, spec, units, ("list|1|2",)).load()
+    assert state is not None and state["position"] == [0, 1, 1] and state["inputs"] == units[0][:1]
+    assert Checkpoints(work, spec, units, ("list|1|3",)).load() is None  # a block list changed
+    other = spec.model_copy(update={"audit": spec.audit.model_copy(update={"samples_per_reason": 3})})
+    assert Checkpoints(work, other, units, ("list|1|2",)).load() is None  # another spec
+    (src / "b.jsonl").write_text('{"text": "y"}\n\n')  # not completed yet: the checkpoint holds
+    assert Checkpoints(work, spec, input_units(spec, Path), ("list|1|2",)).load() is not None
+    (src / "a.jsonl").write_text('{"text": "changed"}\n')  # completed: it does not
+    assert Checkpoints(work, spec, input_units(spec, Path), ("list|1|2",)).load() is None

@@ -135,9 +135,11 @@ class UnitTracker:
 class Checkpoints:
     """``_work/checkpoint.json`` of one build: loaded only if it fits the spec and the inputs."""
 
-    def __init__(self, work: Path, spec: DatasetSpec, units: list[list[str]]) -> None:
+    def __init__(self, work: Path, spec: DatasetSpec, units: list[list[str]], other_files: tuple[str, ...] = ()) -> None:
+        """``other_files``: identities of files besides the inputs that the passes read as they go
+        (the URL filter's lists): a change to one makes the checkpoint stale too."""
         self.path = work / CHECKPOINT
-        self.digest = spec_digest(spec)
+        self.digest = hashlib.sha256("\n".join([spec_digest(spec), *other_files]).encode()).hexdigest()
         self.units = units
         self.position: Position = (0, 0, 0)  # of the last checkpoint loaded or saved
 
