@@ -197,6 +197,8 @@ def test_checkpoint_is_trusted_only_for_its_spec_completed_inputs_and_lists(tmp_
     assert Checkpoints(work, spec, units, ("list|1|3",)).load() is None  # a block list changed
     other = spec.model_copy(update={"audit": spec.audit.model_copy(update={"samples_per_reason": 3})})
     assert Checkpoints(work, other, units, ("list|1|2",)).load() is None  # another spec
+    roomier = spec.model_copy(update={"pod": spec.pod.model_copy(update={"node_selector": {"big": "yes"}})})
+    assert Checkpoints(work, roomier, units, ("list|1|2",)).load() is not None  # not an output field
     (src / "b.jsonl").write_text('{"text": "y"}\n\n')  # not completed yet: the checkpoint holds
     assert Checkpoints(work, spec, input_units(spec, Path), ("list|1|2",)).load() is not None
     (src / "a.jsonl").write_text('{"text": "changed"}\n')  # completed: it does not

@@ -40,6 +40,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from llmfab.api.common import NOT_OUTPUT_FIELDS
 from llmfab.api.dataset import DatasetSpec
 from llmfab.data.readers import expand_paths
 from llmfab.data.steps import StepCounter
@@ -56,7 +57,10 @@ Position = tuple[int, int, int]  # (source, unit within it, documents taken from
 
 
 def spec_digest(spec: DatasetSpec) -> str:
-    payload = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+    """A hash of the fields that change the output (as the store's spec hash: a pod given more
+    memory after it was killed for lack of it resumes its build)."""
+    data = spec.model_dump(mode="json", by_alias=True, exclude=NOT_OUTPUT_FIELDS)
+    payload = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
