@@ -30,9 +30,12 @@ from llmfab.rename_exchange import exchange
 from llmfab.temporaries import (
     TMP_MARKER,
     Temporary,
+    TemporaryInUse,
+    adopt_temporary,
     claim_temporary,
     publish_lock,
     remove_dead_temporaries,
+    remove_entry,
     retire_tree,
 )
 
@@ -139,7 +142,7 @@ def _make_readable(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_directory(final: Path) -> Iterator[Path]:
+def staged_directory(final: Path, resume_key: str | None = None) -> Iterator[Path]:
     """Build a directory in a temporary sibling and rename it onto ``final`` on success.
 
     The caller writes everything, manifest last (:func:`write_manifest`), inside the yielded path.
@@ -150,13 +153,27 @@ def staged_directory(final: Path) -> Iterator[Path]:
     A previous ``final`` is replaced only once the new one is whole; two writers of one ``final``
     each publish a whole tree, one after the other (the later one stays). The old tree is swapped
     out under a temporary name and deleted after the publish lock is let go.
+
+    With ``resume_key`` (a spec hash) the temporary is ``<final>.tmp-<resume_key>``: a writer
+    killed (SIGKILL, or stopped by SIGINT/SIGTERM, which leave it too) leaves it for the next
+    writer with the same key, which continues in it, while any other key's leftovers are removed
+    like every dead temporary. If a live writer holds that name, this one builds beside it under a
+    random name, as without a key.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_temporaries(final.parent, f"{final.name}{TMP_MARKER}")
-    temp = claim_temporary(final)
+    temp: Temporary | None = None
+    if resume_key is not None:
+        with contextlib.suppress(TemporaryInUse):
+            temp = adopt_temporary(final, resume_key)
+    remove_dead_temporaries(final.parent, f"{final.name}{TMP_MARKER}")  # never ours: we hold its lock
+    if temp is None:
+        temp = claim_temporary(final)
     tmp = temp.path
+    resumable = resume_key is not None and tmp.name.endswith(resume_key)
     try:
-        tmp.mkdir(mode=0o700)
+        if resumable and (tmp.is_symlink() or (os.path.lexists(tmp) and not tmp.is_dir())):
+            remove_entry(tmp)
+        tmp.mkdir(mode=0o700, exist_ok=resumable)
         yield tmp
         _make_readable(tmp)
         if read_manifest(tmp) is None:
@@ -165,6 +182,10 @@ def staged_directory(final: Path) -> Iterator[Path]:
         temp.remove()  # the old tree, if it was swapped into ``tmp``; nothing otherwise
         if old is not None:
             old.discard()
+    except KeyboardInterrupt:  # stopped (Ctrl-C, or SIGTERM before a pod's SIGKILL): resumable work stays
+        if not resumable:
+            temp.remove()
+        raise
     except BaseException:
         temp.remove()
         raise

@@ -186,6 +186,31 @@ def claim_temporary(final: Path, token: str | None = None) -> Temporary:
     raise RuntimeError(f"{final.parent}: could not reserve a temporary name beside {final.name}")
 
 
+def adopt_temporary(final: Path, token: str) -> Temporary:
+    """Reserve ``<final>.tmp-<token>``, keeping what a dead writer of that name left there.
+
+    For work that resumes (a Dataset build keyed by its spec hash): where :func:`claim_temporary`
+    with a fixed token removes a dead predecessor's leftover, this takes over its lock and leaves
+    its tree for the caller to continue. A live writer of the name raises :class:`TemporaryInUse`.
+    """
+    name = f"{final.name}{TMP_MARKER}{token}"
+    path = final.with_name(name)
+    lock = final.with_name(name + LOCK_SUFFIX)
+    if _is_held(lock):
+        raise TemporaryInUse(f"{path}: this process is already writing it")
+    for _ in range(3):  # a cleaner may unlink the dead lock between our open and our flock
+        key = _hold(lock)
+        try:
+            fd = _lock(lock, create=True)
+        except BaseException:
+            _unhold(key)
+            raise
+        if fd is not None:
+            return Temporary(path, lock, fd, key)
+        _unhold(key)
+    raise TemporaryInUse(f"{path}: another writer that is still running holds {lock}")
+
+
 def remove_dead_temporaries(parent: Path, prefix: str = "", *, unlocked_too: bool = False) -> list[Path]:
     """Remove the temporaries under ``parent`` whose names start with ``prefix`` and whose writers
     no longer run (their lock can be taken); return what was removed.

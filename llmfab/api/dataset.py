@@ -7,9 +7,10 @@ each filter step's docstring in ``llmfab/data`` cites its source.
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from llmfab.api.common import (
     DELETION_POLICY_DESCRIPTION,
@@ -303,9 +304,64 @@ class OutlierFilter(Spec):
     )
 
 
-class Filters(Spec):
-    """Quality filters, applied in order: Gopher quality, Gopher repetition, C4, FineWeb, language, perplexity, outliers."""
+class UrlFilter(Spec):
+    """Drop documents by their URL (the ``url`` column the web readers fill), before any other step,
+    as FineWeb does: domain and URL block lists (files, or directories in the UT1 format datatrove
+    uses: ``<category>/domains`` and ``<category>/urls``), regular expressions and substrings, and an
+    allow-list that wins over all of them. Domains are matched with their subdomains, never above
+    the registered domain (Mozilla's Public Suffix List, the snapshot shipped in ``tldextract``;
+    nothing is downloaded). Documents without a URL pass and are counted as ``no_url``."""
 
+    enabled: bool = Field(default=True, description="Apply this filter (it does nothing until a list is given).")
+    blocklists: list[str] = Field(
+        default_factory=list,
+        description="Files (a domain, or a URL without its scheme, per line; '#' comments; "
+        ".gz/.xz/.bz2/.zst too) or UT1 directories (a category per subdirectory, each with "
+        "'domains' and/or 'urls'), relative to the spec file. A file's category is its name.",
+    )
+    categories: list[str] = Field(
+        default_factory=list, description="UT1 categories to use from the directories (e.g. adult); default: all."
+    )
+    blocked_domains: list[str] = Field(
+        default_factory=list, description="More domains to block (with their subdomains)."
+    )
+    patterns: list[str] = Field(
+        default_factory=list, description="Python regular expressions searched in the URL (add (?i) to ignore case)."
+    )
+    substrings: list[str] = Field(
+        default_factory=list, description="Substrings searched in the lower-cased URL (e.g. casino)."
+    )
+    allow_domains: list[str] = Field(
+        default_factory=list, description="Domains (with their subdomains) kept whatever the lists say."
+    )
+
+    @field_validator("patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for i, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"patterns[{i}]: {pattern!r} is not a Python regular expression ({e}); "
+                                 "fix it, or list plain text under substrings instead") from None
+        return patterns
+
+
+class PiiFilter(Spec):
+    """Replace e-mail addresses and public IP addresses with placeholders (FineWeb's PII formatter:
+    the same placeholders, taken in turn within a document). Private, loopback and reserved
+    addresses stay: they identify no one. Runs after the quality filters, before dedup."""
+
+    enabled: bool = Field(default=True, description="Replace PII (counted per kind in stats.json).")
+    emails: bool = Field(default=True, description="Replace e-mail addresses.")
+    ip_addresses: bool = Field(default=True, description="Replace public IPv4 and IPv6 addresses.")
+
+
+class Filters(Spec):
+    """Filters, applied in order: URL, language, Gopher repetition, Gopher quality, C4, FineWeb, PII
+    replacement, then (after dedup) perplexity and outliers."""
+
+    url: UrlFilter = Field(default_factory=UrlFilter)
     gopher_quality: GopherQuality = Field(default_factory=GopherQuality)
     gopher_repetition: GopherRepetition = Field(default_factory=GopherRepetition)
     c4: C4Filter = Field(default_factory=C4Filter)
@@ -313,6 +369,20 @@ class Filters(Spec):
     language: LanguageFilter = Field(default_factory=LanguageFilter)
     perplexity: PerplexityFilter = Field(default_factory=PerplexityFilter)
     outliers: OutlierFilter = Field(default_factory=OutlierFilter)
+    pii: PiiFilter = Field(default_factory=PiiFilter)
+
+
+class Audit(Spec):
+    """A sample of the documents each step removed, per reason, kept in the artifact's ``removed/``
+    (JSON Lines) so a filter's decisions can be read, not only counted. The sample is chosen by a
+    hash of each document's source and id: the same build gives the same sample."""
+
+    samples_per_reason: int = Field(
+        default=20, ge=0, le=10_000, description="Documents kept per step and reason (0: no removed/)."
+    )
+    max_characters: int = Field(
+        default=2000, ge=1, le=1_000_000, description="Characters of each sampled document's text kept."
+    )
 
 
 class SpecialTokens(Spec):
@@ -428,6 +498,7 @@ class DatasetSpec(Spec):
     normalize: Normalize = Field(default_factory=Normalize)
     dedup: Dedup = Field(default_factory=Dedup)
     filters: Filters = Field(default_factory=Filters)
+    audit: Audit = Field(default_factory=Audit)
     tokenizer: Tokenizer = Field(default_factory=Tokenizer)
     split: Split = Field(default_factory=Split)
     output: Output = Field(default_factory=Output)
@@ -448,6 +519,11 @@ class StepStats(Spec):
     documents_in: int = 0
     documents_out: int = 0
     removed: dict[str, int] = Field(default_factory=dict, description="Reason → documents removed.")
+    counted: dict[str, int] = Field(
+        default_factory=dict,
+        description="What the step counted on the documents it kept: PII replaced by kind (and "
+        "documents with any), documents the URL filter let through without a URL or by the allow-list.",
+    )
 
 
 class DatasetStatus(StatusBase):

@@ -2,7 +2,8 @@
 
 :class:`CleanBatch` is the function the engine maps over record batches of documents. It runs
 the per-document steps of :data:`llmfab.data.registry.STEPS` in order (the first that drops a
-document is its :class:`~llmfab.data.steps.Removal`), then, for the survivors, the
+document is its :class:`~llmfab.data.steps.Removal`; a URL step reads the optional ``url``
+column, a formatter reports :class:`~llmfab.data.steps.Tally` s), then, for the survivors, the
 batch-vectorised parts: exact-dedup key, outlier statistics, MinHash band keys and shingle sets.
 Dedup decisions themselves need the whole corpus and are made by the driver
 (:mod:`llmfab.data.passes.clean`), which sees the results in input order.
@@ -25,27 +26,35 @@ from llmfab.data.steps import (
     EDITS_TYPE,
     EXAMPLE_CHARS,
     REMOVAL_TYPE,
-    DocumentStep,
+    TALLIES_TYPE,
+    AnyStep,
     Edit,
+    Formatter,
     Removal,
+    Tally,
+    UrlStep,
     edits_to_arrow,
     removals_to_arrow,
+    tallies_to_arrow,
 )
 
 CLEAN_SCHEMA = pa.schema([
-    ("text", pa.large_string()), ("source", pa.string()), ("id", pa.string()),
-    ("removal", REMOVAL_TYPE), ("edits", EDITS_TYPE), ("key", pa.binary(16)), ("stats", pa.list_(pa.float64())),
-    ("bands", pa.list_(pa.uint64())), ("shingles", pa.large_list(pa.uint64())),
+    ("text", pa.large_string()), ("source", pa.string()), ("id", pa.string()), ("url", pa.string()),
+    ("removal", REMOVAL_TYPE), ("edits", EDITS_TYPE), ("tallies", TALLIES_TYPE), ("key", pa.binary(16)),
+    ("stats", pa.list_(pa.float64())), ("bands", pa.list_(pa.uint64())), ("shingles", pa.large_list(pa.uint64())),
 ])
 
 
 class CleanBatch:
-    """Worker function: documents batch → :data:`CLEAN_SCHEMA` table, one row per input document."""
+    """Worker function: documents batch → :data:`CLEAN_SCHEMA` table, one row per input document.
+
+    A removed document comes back with the start of its text as read (enough for the audit
+    trail's ``maxCharacters``), a kept one with its cleaned text."""
 
     def __init__(self, spec: DatasetSpec, boilerplate: frozenset[bytes] = frozenset()) -> None:
         self.spec = spec
         self.boilerplate = boilerplate
-        self._steps: list[tuple[StepDefinition, DocumentStep]] | None = None
+        self._steps: list[tuple[StepDefinition, AnyStep]] | None = None
         self._hasher: MinHasher | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -57,27 +66,49 @@ class CleanBatch:
             if self.spec.dedup.near.enabled:
                 self._hasher = MinHasher(self.spec.dedup.near)
         originals = [t or "" for t in batch.column("text").to_pylist()]
+        urls = (batch.column("url").cast(pa.string()) if "url" in batch.schema.names
+                else pa.nulls(len(originals), pa.string()))
+        url_list: list[str | None] = urls.to_pylist()
         texts = list(originals)
         removals: list[Removal | None] = [None] * len(texts)
         edits: list[list[Edit]] = [[] for _ in texts]
+        tallies: list[list[Tally]] = [[] for _ in texts]
         alive = list(range(len(texts)))
         for definition, step in self._steps:  # step by step over the batch, so a step can vectorise (language)
+            name = definition.name
+            survivors = []
+            if isinstance(step, UrlStep):  # reads the URL, not the text
+                for i in alive:
+                    why, note = step.judge_url(url_list[i])
+                    if why is not None:
+                        removals[i] = Removal(name, why)
+                        continue
+                    if note is not None:
+                        tallies[i].append(Tally(name, note))
+                    survivors.append(i)
+                alive = survivors
+                continue
+            if isinstance(step, Formatter):  # rewrites, never drops, and counts what it rewrote
+                for i in alive:
+                    texts[i], counts = step.format(texts[i])
+                    tallies[i] += [Tally(name, what, n) for what, n in counts.items()]
+                continue
             batch_fn = getattr(step, "batch", None)
             if batch_fn is not None:
                 results = batch_fn([texts[i] for i in alive])
             else:
                 results = [step(texts[i]) for i in alive]
-            survivors = []
             for i, (text, why) in zip(alive, results, strict=True):
                 if why is None:
                     if len(text) != len(texts[i]) and definition.reports_edits:  # lines removed (C4)
-                        edits[i].append(Edit(definition.name, len(texts[i]) - len(text)))
+                        edits[i].append(Edit(name, len(texts[i]) - len(text)))
                     texts[i] = text
                     survivors.append(i)
                 else:
-                    removals[i] = Removal(definition.name, why)
+                    removals[i] = Removal(name, why)
             alive = survivors
-        out_text = [t if r is None else o[:EXAMPLE_CHARS + 1] for t, o, r in zip(texts, originals, removals, strict=True)]
+        keep_chars = max(EXAMPLE_CHARS, self.spec.audit.max_characters) + 1  # one more: "was it cut?"
+        out_text = [t if r is None else o[:keep_chars] for t, o, r in zip(texts, originals, removals, strict=True)]
         kept = [i for i, r in enumerate(removals) if r is None]
         n = len(texts)
         keys: list[bytes | None] = [None] * n
@@ -94,7 +125,8 @@ class CleanBatch:
                 shingles[i] = sh[off[j]: off[j + 1]]
         return pa.table({
             "text": pa.array(out_text, pa.large_string()), "source": batch.column("source"),
-            "id": batch.column("id"), "removal": removals_to_arrow(removals), "edits": edits_to_arrow(edits),
+            "id": batch.column("id"), "url": urls, "removal": removals_to_arrow(removals),
+            "edits": edits_to_arrow(edits), "tallies": tallies_to_arrow(tallies),
             "key": pa.array(keys, pa.binary(16)), "stats": pa.array(stats, pa.list_(pa.float64())),
             "bands": _list_array(bands, pa.list_(pa.uint64())),
             "shingles": _list_array(shingles, pa.large_list(pa.uint64())),

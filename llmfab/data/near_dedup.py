@@ -14,6 +14,7 @@ multiply-add hash family per permutation, the minimum taken with ``minimum.reduc
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -120,13 +121,27 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
 class NearDuplicateIndex:
     """Collects band keys (RAM) and shingle sets (a spill file) in document order; finds clusters."""
 
-    def __init__(self, spec: NearDedup, spill: Path, bands: int) -> None:
+    def __init__(self, spec: NearDedup, spill: Path, bands: int,
+                 restored: tuple[list[np.ndarray], np.ndarray] | None = None) -> None:
+        """``restored``: the band keys and shingle counts of documents already added by a build
+        that resumes; the spill file keeps their shingles and loses anything written after them."""
         self.spec = spec
         self.spill_path = spill
-        self.spill = spill.open("wb")
         self.keys: list[np.ndarray] = []
         self.offsets: list[int] = [0]
         self.bands = bands
+        if restored is not None:
+            self.keys = list(restored[0])
+            self.offsets = [0, *np.cumsum(restored[1], dtype=np.int64).tolist()]
+        self.spill = spill.open("r+b" if restored is not None and spill.exists() else "w+b")
+        self.spill.truncate(self.offsets[-1] * 8)
+        self.spill.seek(0, 2)
+
+    def flush(self) -> int:
+        """Put the shingles written so far on disk; return how many documents they cover."""
+        self.spill.flush()
+        os.fsync(self.spill.fileno())
+        return len(self)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

@@ -18,7 +18,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -184,11 +184,17 @@ class SourceReader:
                                 "bad bytes") from None
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
+        for documents in self.units():
+            yield from documents
+
+    def units(self) -> Iterator[Iterator[tuple[str, str]]]:
+        """The source's documents, an input file at a time (a Hugging Face source is one): the unit
+        a build resumes by. A unit's file is opened only when its documents are asked for."""
         if self.source.huggingface is not None:
-            yield from self._huggingface()
+            yield self._huggingface()
             return
         for path in expand_paths(self.source, f"{self.field}.path", self.resolve):
-            yield from self._file(path)
+            yield self._file(path)
 
     def _file(self, path: Path, fmt: str = "", field: str = "path") -> Iterator[tuple[str, str]]:
         """One file's documents; a file that cannot be read fails naming it, or is counted (skip)."""
@@ -481,38 +487,64 @@ class SourceReader:
             yield text, str(rec.get(self.source.id_field, row)) if self.source.id_field else str(row)
 
 
+class ReadProgress(Protocol):
+    """Where reading starts, and what to tell at the end of each input file (a build that resumes,
+    :mod:`llmfab.data.passes.checkpoint`)."""
+
+    start: tuple[int, int, int]  # (source, unit within it, documents already taken from it)
+
+    def unit_done(self, source: int, unit: int, taken: int, source_done: bool, emitted: int) -> None:
+        """Unit ``unit`` of ``source`` is read; ``emitted`` documents were yielded in all so far."""
+        ...
+
+
 def read_documents(spec: DatasetSpec, resolve: Callable[[str], Path], counter: StepCounter,
-                   batch_documents: int = BATCH_DOCUMENTS, batch_bytes: int = BATCH_BYTES
-                   ) -> Iterator[pa.RecordBatch]:
+                   batch_documents: int = BATCH_DOCUMENTS, batch_bytes: int = BATCH_BYTES,
+                   progress: ReadProgress | None = None) -> Iterator[pa.RecordBatch]:
     """All sources, in spec order, as record batches of :data:`DOCUMENT_SCHEMA`.
 
     ``counter`` ("read") counts documents kept, malformed records skipped and documents left out by
     a source weight below 1. Batch boundaries depend only on the input, never on the worker count,
-    which is what makes the engines' output identical.
+    which is what makes the engines' output identical. With ``progress``, reading starts at its
+    ``start`` (the units before it are not opened) and each unit's end is reported to it.
     """
     texts: list[str] = []
     labels: list[str] = []
     ids: list[str] = []
     size = 0
+    emitted = 0
+    first_source, first_unit, first_taken = progress.start if progress is not None else (0, 0, 0)
     for index, source in enumerate(spec.sources):
+        if index < first_source:
+            continue
         reader = SourceReader(source, index, resolve, counter)
         label = reader.label
-        taken = 0
-        for text, doc_id in reader:
-            if source.max_documents is not None and taken >= source.max_documents:
-                break
-            taken += 1
-            counter.documents_in += 1
-            if source.weight < 1 and unit_hash(label, doc_id) >= source.weight:
-                counter.drop("sampled_out_by_weight")
+        taken = first_taken if index == first_source else 0
+        full = False
+        for unit, documents in enumerate(reader.units()):
+            if index == first_source and unit < first_unit:
                 continue
-            counter.documents_out += 1
-            texts.append(text)
-            labels.append(label)
-            ids.append(doc_id)
-            size += len(text)
-            if len(texts) >= batch_documents or size >= batch_bytes:
-                yield pa.record_batch([texts, labels, ids], schema=DOCUMENT_SCHEMA)
-                texts, labels, ids, size = [], [], [], 0
+            for text, doc_id in documents:
+                if source.max_documents is not None and taken >= source.max_documents:
+                    full = True
+                    break
+                taken += 1
+                counter.documents_in += 1
+                if source.weight < 1 and unit_hash(label, doc_id) >= source.weight:
+                    counter.drop("sampled_out_by_weight")
+                    continue
+                counter.documents_out += 1
+                texts.append(text)
+                labels.append(label)
+                ids.append(doc_id)
+                size += len(text)
+                emitted += 1
+                if len(texts) >= batch_documents or size >= batch_bytes:
+                    yield pa.record_batch([texts, labels, ids], schema=DOCUMENT_SCHEMA)
+                    texts, labels, ids, size = [], [], [], 0
+            if progress is not None:
+                progress.unit_done(index, unit, taken, full, emitted)
+            if full:
+                break
     if texts:
         yield pa.record_batch([texts, labels, ids], schema=DOCUMENT_SCHEMA)

@@ -8,6 +8,8 @@ filters need the whole corpus and cannot run per document in a worker:
 
 - ``READ``: the readers count what they skip (malformed records, weight sampling);
 - ``DOCUMENT``: one document at a time, in the workers (:mod:`llmfab.data.cleaning`), first drop wins;
+  the URL filter first (it needs no text, and FineWeb runs it first), PII replacement last (it
+  rewrites text the filters should judge as written, and exact dedup then sees the placeholders);
 - ``STREAM``: in the driver, in input order, while the workers' results arrive (exact dedup);
 - ``CORPUS``: in the driver, over every survivor at once (:mod:`llmfab.data.passes.select`).
 
@@ -29,7 +31,9 @@ from llmfab.data.gopher_quality import GopherQualityFilter
 from llmfab.data.gopher_repetition import GopherRepetitionFilter
 from llmfab.data.language import LanguageIdFilter
 from llmfab.data.normalize import Normalizer
-from llmfab.data.steps import DocumentStep
+from llmfab.data.pii import PiiFormatter
+from llmfab.data.steps import AnyStep
+from llmfab.data.url_filter import UrlFilter, has_rules
 
 READ = "read"
 
@@ -54,7 +58,7 @@ class StepDefinition:
 
     name: str
     runs: Runs
-    build: Callable[[DatasetSpec, frozenset[bytes]], DocumentStep] | None = None
+    build: Callable[[DatasetSpec, frozenset[bytes]], AnyStep] | None = None
     enabled: Callable[[DatasetSpec], bool] = _always
     # normalize rewrites nearly every document; only a filter's removed lines are worth reporting
     reports_edits: bool = True
@@ -62,6 +66,8 @@ class StepDefinition:
 
 STEPS: tuple[StepDefinition, ...] = (
     StepDefinition(READ, Runs.READ),
+    StepDefinition(UrlFilter.name, Runs.DOCUMENT, lambda spec, _: UrlFilter(spec.filters.url),
+                   lambda spec: spec.filters.url.enabled and has_rules(spec.filters.url)),
     StepDefinition(Normalizer.name, Runs.DOCUMENT, lambda spec, boiler: Normalizer(spec.normalize, boiler),
                    reports_edits=False),
     StepDefinition(LanguageIdFilter.name, Runs.DOCUMENT, lambda spec, _: LanguageIdFilter(spec.filters.language),
@@ -76,6 +82,8 @@ STEPS: tuple[StepDefinition, ...] = (
                    lambda spec: spec.filters.c4.enabled),
     StepDefinition(FineWebQualityFilter.name, Runs.DOCUMENT, lambda spec, _: FineWebQualityFilter(spec.filters.fineweb),
                    lambda spec: spec.filters.fineweb.enabled),
+    StepDefinition(PiiFormatter.name, Runs.DOCUMENT, lambda spec, _: PiiFormatter(spec.filters.pii),
+                   lambda spec: spec.filters.pii.enabled and (spec.filters.pii.emails or spec.filters.pii.ip_addresses)),
     StepDefinition(ExactDeduplicator.name, Runs.STREAM),
     StepDefinition("near_dedup", Runs.CORPUS, enabled=lambda spec: spec.dedup.near.enabled),
     StepDefinition("perplexity", Runs.CORPUS, enabled=lambda spec: spec.filters.perplexity.enabled),
@@ -91,7 +99,7 @@ def step_names(runs: Runs) -> tuple[str, ...]:
 
 
 def document_steps(spec: DatasetSpec, boilerplate: frozenset[bytes] = frozenset()
-                   ) -> list[tuple[StepDefinition, DocumentStep]]:
+                   ) -> list[tuple[StepDefinition, AnyStep]]:
     """The enabled per-document steps, built for ``spec``, in pipeline order."""
     return [(d, d.build(spec, boilerplate)) for d in STEPS
             if d.runs is Runs.DOCUMENT and d.build is not None and d.enabled(spec)]

@@ -2,7 +2,9 @@
 
 Everything is written into a temporary sibling of ``<root>/datasets/<name>`` that is renamed into
 place only after the manifest (written last, with the spec hash) exists, so a failure or a
-SIGKILL never leaves a directory that looks complete. User errors (missing source, bad file,
+SIGKILL never leaves a directory that looks complete. The sibling is named by the spec hash, so a
+build that was killed or stopped is resumed by the next run of the same spec from its checkpoints
+(:mod:`llmfab.data.passes.checkpoint`); ``--force`` starts afresh. User errors (missing source, bad file,
 wrong text field, empty corpus, impossible vocabulary, missing tokenizer) arrive here as
 :class:`llmfab.workload.WorkloadError` naming the field and the fix.
 """
@@ -20,9 +22,9 @@ from llmfab.workload import WorkloadContext
 def run(ctx: WorkloadContext) -> None:
     resource = ctx.resource
     assert isinstance(resource, Dataset)
-    with staged_directory(ctx.out_dir) as tmp:
+    with staged_directory(ctx.out_dir, resume_key=ctx.spec_hash[:16]) as tmp:
         manifest: dict[str, Any] = build_dataset(
-            resource.spec, tmp, ctx.resolve, reporter=ctx.reporter, dependency=ctx.dependency
+            resource.spec, tmp, ctx.resolve, reporter=ctx.reporter, dependency=ctx.dependency, fresh=ctx.force
         )
         manifest["name"] = resource.name
         write_manifest(tmp, manifest, ctx.spec_hash)

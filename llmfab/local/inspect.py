@@ -118,10 +118,14 @@ def describe_text(kind: str, name: str, root: Path | None = None) -> str:
         out.append("Steps (documents in → out, removed by reason):")
         for step in steps:
             removed = ", ".join(f"{r}: {n}" for r, n in (step.get("removed") or {}).items())
+            counted = ", ".join(f"{r}: {n}" for r, n in (step.get("counted") or {}).items())
             out.append(
                 f"  {step.get('name')}: {step.get('documentsIn')} → {step.get('documentsOut')}"
                 + (f"  ({removed})" if removed else "")
+                + (f"  [counted: {counted}]" if counted else "")
             )
+    if manifest is not None and cls.KIND == "Dataset":
+        out += _removed_samples(directory)
     conditions = status.get("conditions") or []
     if conditions:
         out.append("Conditions:")
@@ -138,6 +142,24 @@ def describe_text(kind: str, name: str, root: Path | None = None) -> str:
             ev = json.loads(line)
             out.append(f"  {ev['time']}  {ev['type']:<8} {ev['reason']:<22} {ev['message']}")
     return "\n".join(out)
+
+
+def _removed_samples(directory: Path) -> list[str]:
+    """Where a Dataset's audit trail is and what it holds, from its ``stats.json``."""
+    try:
+        summary = json.loads((directory / "stats.json").read_text()).get("removedSamples")
+    except (OSError, ValueError):
+        return []
+    if not summary:
+        return ["Removed samples: none kept (spec.audit.samplesPerReason: 0)"]
+    files = summary.get("files") or {}
+    sampled = sum(r["sampled"] for reasons in files.values() for r in reasons.values())
+    out = [f"Removed samples: {directory / summary['directory']} ({sampled} documents, up to "
+           f"{summary['samplesPerReason']} per step and reason, {summary['maxCharacters']} characters each)"]
+    for step, reasons in files.items():
+        for reason, r in reasons.items():
+            out.append(f"  {step}/{reason}: {r['sampled']} of {r['removed']} removed  {r['file']}")
+    return out
 
 
 def _indent(text: str) -> str:

@@ -49,7 +49,7 @@ def shard_hashes(dataset: Path) -> dict[str, list[str]]:
 
 def test_data_run_builds_dataset_and_reruns_as_noop(home: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    spec = write_spec(tmp_path)
+    spec = write_spec(tmp_path, filters={"url": {"blockedDomains": ["spam.example"]}})
     assert run_stage("data", spec) == 0
     out = home / "datasets" / "books"
     manifest = read_manifest(out)
@@ -76,10 +76,26 @@ def test_data_run_builds_dataset_and_reruns_as_noop(home: Path, tmp_path: Path,
     assert c4["documentsEdited"] >= 1 and c4["charactersRemoved"] > 0  # the planted JavaScript line
     assert stats["hfTokenizerCheck"]["mismatches"] == 0
     assert all(s["examples"][r] for s in stats["steps"] for r in s["removed"] if r != "near_duplicate")
+    steps = {s["name"]: s for s in stats["steps"]}
+    assert steps["url"]["counted"] == {"no_url": 161}  # JSON Lines carry no URL: every document passes
+    assert stats["urlFilter"]["domains"] == 1
+    # the audit trail: a sample of every step's removals per reason, in the artifact
+    files = stats["removedSamples"]["files"]
+    assert set(files["exact_dedup"]) == {"exact_duplicate"} and set(files["near_dedup"]) == {"near_duplicate"}
+    assert files["language"] == {r: {"removed": n, "sampled": n, "file": f"removed/language/{r}.jsonl"}
+                                 for r, n in removed["language"].items()}
+    near = [json.loads(x) for x in (out / "removed/near_dedup/near_duplicate.jsonl").read_text().splitlines()]
+    assert len(near) == 3 and all(r["note"].startswith("duplicate of ") and r["text"] for r in near)
+    from llmfab.local.inspect import describe_text
+
+    described = describe_text("dataset", "books")
+    assert f"Removed samples: {out / 'removed'} (" in described
+    assert "near_dedup/near_duplicate: 3 of 3 removed  removed/near_dedup/near_duplicate.jsonl" in described
+    assert "url: 161 → 161  [counted: no_url: 161]" in described
     status = json.loads((home / "datasets" / "books.status.json").read_text())
     assert status["phase"] == "Succeeded" and status["documents"] == 150 and status["documentsRead"] == 161
     assert status["vocabSize"] == 400 and set(status["splitTokens"]) == {"train", "val", "test"}
-    assert [s["name"] for s in status["steps"]][:3] == ["read", "normalize", "language"]
+    assert [s["name"] for s in status["steps"]][:4] == ["read", "url", "normalize", "language"]
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
@@ -135,7 +151,7 @@ def test_sigkilled_writer_leaves_nothing_that_looks_complete(home: Path, tmp_pat
                              f"__import__('pathlib').Path({str(spec)!r}))"], env=env)
     datasets = home / "datasets"
     deadline = time.time() + 60
-    while time.time() < deadline and not any((p / "_work" / "clean.arrow").exists()
+    while time.time() < deadline and not any((p / "_work" / "checkpoint.json").exists()
                                              for p in datasets.glob("books.tmp-*")):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)

@@ -18,6 +18,8 @@ from llmfab.data.registry import READ
 from llmfab.data.steps import StepStatsBook
 from llmfab.status import StatusReporter
 
+WORK_DIR = "_work"
+
 
 @dataclass
 class BuildContext:
@@ -31,8 +33,8 @@ class BuildContext:
 
     @property
     def work(self) -> Path:
-        """Scratch files between passes; removed when the build succeeds."""
-        return self.out / "_work"
+        """Scratch files between passes and the build's checkpoints; removed when it succeeds."""
+        return self.out / WORK_DIR
 
     def progress(self, **fields: Any) -> None:
         if self.reporter is not None:

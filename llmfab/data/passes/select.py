@@ -8,10 +8,12 @@ and shard passes read. A mask rather than a second spill file: one boolean per d
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 
 import numpy as np
 
+from llmfab.data.audit import RemovedDocument, rank
 from llmfab.data.outliers import outlier_reasons
 from llmfab.data.passes.clean import NearDuplicates
 from llmfab.data.passes.context import BuildContext
@@ -27,6 +29,8 @@ LM_SAMPLE_DOCUMENTS = 20_000
 class SelectPass:
     def __init__(self, ctx: BuildContext, spill: Spill, duplicates: NearDuplicates) -> None:
         self.ctx, self.spill, self.duplicates = ctx, spill, duplicates
+        self.reasons: dict[int, str] = {}  # spilled index → why a corpus step removed it
+        self.notes: dict[int, str] = {}
         # one method per Runs.CORPUS step of the registry, which alone says their order
         self.filters: dict[str, Callable[[np.ndarray, StepCounter], None]] = {
             "near_dedup": self.near_dedup, "perplexity": self.perplexity, "outliers": self.outliers}
@@ -39,9 +43,31 @@ class SelectPass:
             step = self.ctx.book.step(definition.name)
             step.documents_in = int(keep.sum())
             if definition.enabled(self.ctx.spec) and keep.any():
+                before = keep.copy()
                 self.filters[definition.name](keep, step)
+                self._sample(step, np.flatnonzero(before & ~keep))
             step.documents_out = int(keep.sum())
         return keep
+
+    def _sample(self, step: StepCounter, removed: np.ndarray) -> None:
+        """Offer the audit trail the documents ``step`` removed that its sample can hold: the
+        ``k`` of smallest rank per reason, read back from the spill (text, source, id, URL)."""
+        k = step.sample_size
+        if not k or not len(removed):
+            return
+        reasons = self.reasons
+        by_reason: dict[str, list[int]] = {}
+        for i in removed.tolist():
+            by_reason.setdefault(reasons.get(i, step.name), []).append(i)
+        chosen = {i for idx in by_reason.values()
+                  for i in heapq.nsmallest(k, idx, key=lambda i: (rank(self.spill.labels[i]), i))}
+        rows = self.spill.rows(chosen, ["text", "source", "id", "url"])
+        chars = self.ctx.spec.audit.max_characters + 1
+        for i in sorted(chosen):
+            row = rows[i]
+            step.sample(reasons.get(i, step.name), RemovedDocument(
+                str(row["text"])[:chars], str(row["source"]), str(row["id"]), self.notes.get(i, ""),
+                str(row["url"] or "")))
 
     def near_dedup(self, keep: np.ndarray, step: StepCounter) -> None:
         """Drop all but the first document of each cluster; examples for the first few dropped."""
@@ -49,6 +75,9 @@ class SelectPass:
         if not dups:
             return
         keep[sorted(dups)] = False
+        for i, (kept_as, jac) in dups.items():
+            self.reasons[i] = "near_duplicate"
+            self.notes[i] = f"duplicate of {self.spill.labels[kept_as]} (jaccard {jac:.3f})"
         shown = sorted(dups)[:EXAMPLES_PER_REASON]
         for start, table in self.spill.tables():
             for i in shown:
@@ -56,7 +85,7 @@ class SelectPass:
                     kept_as, jac = dups[i]
                     step.drop("near_duplicate", example(
                         table.column("text")[i - start].as_py(), "", self.spill.labels[i],
-                        f"duplicate of {self.spill.labels[kept_as]} (jaccard {jac:.3f})"), count=0)
+                        f"duplicate of {self.spill.labels[kept_as]} (jaccard {jac:.3f})"), count=0, sample=False)
             if start > shown[-1]:
                 break
         step.removed["near_duplicate"] = len(dups)
@@ -83,8 +112,9 @@ class SelectPass:
         for i, ok in zip(alive.tolist(), mask.tolist(), strict=True):
             if not ok:
                 keep[i] = False
-                step.drop("perplexity_above_band" if ppl[i] > hi else "perplexity_below_band",
-                          example("", "", self.spill.labels[i], f"perplexity {ppl[i]:.1f}"))
+                reason = "perplexity_above_band" if ppl[i] > hi else "perplexity_below_band"
+                self.reasons[i], self.notes[i] = reason, f"perplexity {ppl[i]:.1f}"
+                step.drop(reason, example("", "", self.spill.labels[i], self.notes[i]), sample=False)
         self.ctx.extra["perplexityBand"] = [lo, hi]
 
     def outliers(self, keep: np.ndarray, step: StepCounter) -> None:
@@ -94,7 +124,8 @@ class SelectPass:
         for i, r in zip(alive.tolist(), reasons, strict=True):
             if r is not None:
                 keep[i] = False
-                step.drop(r, example("", "", self.spill.labels[i]))
+                self.reasons[i] = r
+                step.drop(r, example("", "", self.spill.labels[i]), sample=False)
 
 
 def select(ctx: BuildContext, spill: Spill, duplicates: NearDuplicates) -> np.ndarray:
