@@ -73,6 +73,22 @@ def dequantize(
     return (q - z) * s
 
 
+def dequantize_matmul(
+    x: torch.Tensor,
+    w_q: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    group_size: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The fallback: ``x @ W (+ bias)`` unpacking the whole weight (vLLM's layout) on every call."""
+    weight = dequantize(w_q, scales, zeros, group_size, x.dtype)
+    out = x.reshape(-1, x.shape[-1]) @ weight
+    if bias is not None:
+        out = out + bias.to(out.dtype)
+    return out.reshape(*x.shape[:-1], weight.shape[1])
+
+
 def kernel_available() -> bool:
     ops = torch.ops.aten
     return hasattr(ops, "_weight_int4pack_mm_for_cpu") and hasattr(ops, "_convert_weight_to_int4pack_for_cpu")
@@ -109,7 +125,7 @@ def pack(w_q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, gr
 def matmul(x: torch.Tensor, packed: PackedInt4, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ W (+ bias)`` for x [..., in] of any float dtype; the result has x's dtype."""
     rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
-    out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+    out: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(
         rows, packed.weight, packed.group, packed.scale_and_offset
     )
     out = out.to(x.dtype)

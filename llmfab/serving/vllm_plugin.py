@@ -71,14 +71,11 @@ def choose_kernel(mode: str, native_available: bool) -> str:
     return "native"
 
 
-def _announce(message: str) -> None:
+def _announce(level: int, message: str) -> None:
     """Log each distinct message once per process (one line, not one per layer)."""
     if message not in _ANNOUNCED:
         _ANNOUNCED.add(message)
-        if "falls back" in message:
-            log.warning(message)
-        else:
-            log.info(message)
+        log.log(level, message)
 
 
 def enable_amx() -> bool:
@@ -97,17 +94,15 @@ def prepare_layer(layer: torch.nn.Module, w_q: torch.Tensor, w_s: torch.Tensor, 
     reason = int4_cpu.unsupported_reason(in_features, out_features, group_size)
     if reason:
         name = getattr(layer, "prefix", "") or type(layer).__name__
-        _announce(
-            f"llmfab int4: {name} falls back to unpacking its weights on every forward (slow): {reason}"
-        )
-        layer.llmfab_int4 = None
-        layer.llmfab_dequantize = True
+        _announce(logging.WARNING, f"llmfab int4: {name} falls back to unpacking its weights on every forward (slow): {reason}")
+        setattr(layer, "llmfab_int4", None)  # noqa: B010 - attributes on a vLLM layer, not its submodules
+        setattr(layer, "llmfab_dequantize", True)  # noqa: B010
         return
     packed = int4_cpu.pack(w_q.data, w_s.data, None if w_zp is None else w_zp.data, group_size)
     w_q.data, w_s.data = packed.weight, packed.scale_and_offset
     if w_zp is not None:  # folded into scale_and_offset
         w_zp.data = torch.empty(0, dtype=w_zp.dtype)
-    layer.llmfab_int4 = packed
+    setattr(layer, "llmfab_int4", packed)  # noqa: B010
 
 
 def register() -> None:
@@ -130,13 +125,15 @@ def register() -> None:
         def run(self: Any, layer: torch.nn.Module) -> None:
             native = native_kernel_available()
             choice = choose_kernel(mode, native)
-            _announce(f"llmfab int4: 4-bit CPU kernel = {choice} ({ENV_VAR}={mode}; vLLM's cpu_gemm_wna16 "
-                      f"{'present' if native else 'missing'}; torch capability {torch.backends.cpu.get_cpu_capability()})")  # fmt: skip
+            capability = torch.backends.cpu.get_cpu_capability()
+            _announce(logging.INFO, f"llmfab int4: 4-bit CPU kernel = {choice} ({ENV_VAR}={mode}; vLLM's cpu_gemm_wna16 "
+                                    f"{'present' if native else 'missing'}; torch capability {capability})")  # fmt: skip
             if choice == "native":
-                return original[name](self, layer)
+                original[name](self, layer)
+                return
             # Called after vLLM transposed the checkpoint: w_q [in/8, out], scales [groups, out].
             w_q, w_s, w_zp = self._get_weight_params(layer)
-            layer.use_w4a8 = False
+            setattr(layer, "use_w4a8", False)  # noqa: B010 - apply() must not take vLLM's AMX w4a8 path
             prepare_layer(layer, w_q, w_s, w_zp, self.config.group_size)
 
         return run
@@ -148,14 +145,11 @@ def register() -> None:
         if packed is not None:
             return int4_cpu.matmul(x, packed, bias)
         if not getattr(layer, "llmfab_dequantize", False):
-            return original["apply_weights"](self, layer, x, bias)
+            out: torch.Tensor = original["apply_weights"](self, layer, x, bias)
+            return out
         w_q, w_s, w_zp = self._get_weight_params(layer)
         zeros = None if w_zp is None else w_zp.data
-        weight = int4_cpu.dequantize(w_q.data, w_s.data, zeros, self.config.group_size, x.dtype)
-        out = x.reshape(-1, x.shape[-1]) @ weight
-        if bias is not None:
-            out = out + bias.to(out.dtype)
-        return out.reshape(*x.shape[:-1], weight.shape[1])
+        return int4_cpu.dequantize_matmul(x, w_q.data, w_s.data, zeros, self.config.group_size, bias)
 
     kernel._process_gptq_weights_w4a16 = process("_process_gptq_weights_w4a16")
     kernel._process_gptq_weights_w4a8 = process("_process_gptq_weights_w4a8")

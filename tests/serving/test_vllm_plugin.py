@@ -106,7 +106,7 @@ def test_shapes_the_kernel_cannot_take_get_a_reason(in_features: int, out_featur
 
 
 def test_a_layer_the_kernel_cannot_take_keeps_its_layout_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
-    tensors, _ = checkpoint_layer(48, symmetric=False)
+    tensors, dequantized = checkpoint_layer(48, symmetric=False)
     params = [torch.nn.Parameter(t.contiguous(), requires_grad=False) for t in vllm_layout(tensors)]  # type: ignore[arg-type]
     before = [p.data.clone() for p in params]
     layer = torch.nn.Module()
@@ -116,6 +116,9 @@ def test_a_layer_the_kernel_cannot_take_keeps_its_layout_and_says_why(caplog: py
     assert layer.llmfab_int4 is None and layer.llmfab_dequantize
     assert all(torch.equal(p.data, b) for p, b in zip(params, before, strict=True))
     assert "model.layers.0.mlp.down_proj falls back" in caplog.text and "group_size=48" in caplog.text
+    x = torch.randn(4, IN, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    y = int4_cpu.dequantize_matmul(x, *(p.data for p in params), 48)  # what apply() then runs
+    assert relative_error(y, x.double() @ dequantized.t().double()) < 1e-2
 
 
 def test_a_packed_layer_holds_only_the_packed_tensors() -> None:
