@@ -9,13 +9,21 @@ tokens/s over the level's wall time; and the weights' size on disk.
 
 Modes:
   local (default): build a model (``--tiny``: 2x128 trained briefly; ``--random 6x512``), quantize it
-    (GPTQ for the tiny model, calibrated on its dataset; RTN for random weights), start vLLM for the
-    bf16 and then the 4-bit checkpoint with the serving venv, measure both, stop them.
+    (GPTQ for the tiny model, calibrated on its dataset; RTN for random weights), start vLLM with the
+    serving venv for the bf16 checkpoint, then for the 4-bit one once per CPU kernel (``--kernels``:
+    ``torch-int4``, llmfab's plugin kernel, forced with ``LLMFAB_VLLM_INT4``; ``native``, vLLM's
+    ``cpu_gemm_wna16``, where this vLLM build has it), measure each, stop it, and print each 4-bit
+    run's output tokens/s as a ratio of bf16's at every concurrency level.
+    ``--emulate-avx2`` runs every server as on an AVX2-only x86 CPU: torch reports no AVX-512/AMX
+    (so vLLM loads its AVX2 build, which has no ``cpu_gemm_wna16``), ``ATEN_CPU_CAPABILITY=avx2``
+    and oneDNN capped at AVX2 (no bf16 dot-product instructions). Same cores, caches and memory, so
+    it shows the instruction-set effect only.
     Or give ``--model-dir`` (bf16 HF dir) and ``--quantized-dir``.
   remote: ``--base-url http://host:8000/v1 [--base-url ...]`` measures already-running servers
     (e.g. the serving image on a GPU) unchanged; the device is read from nvidia-smi when present.
 
-Example: .venv/bin/python benchmarks/serve_latency.py --tiny --out benchmarks/results/serve_tiny.json
+Example: .venv/bin/python benchmarks/serve_latency.py --random 6x512 --concurrency 1 16 \
+             --out benchmarks/results/serve_latency_6x512.json
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -56,8 +65,6 @@ def device_description() -> str:
         flags = next(line for line in info.splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
         pass
-    import os
-
     simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
     return f"CPU: {model}, {os.cpu_count()} cores, {simd}"
 
@@ -154,8 +161,41 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve_and_measure(model_dir: Path, label: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Start vLLM on ``model_dir`` (the serving venv), measure every level, stop it."""
+def native_kernel_available(args: argparse.Namespace) -> bool:
+    """Whether the serving venv's vLLM build has ``cpu_gemm_wna16`` on this CPU (its AVX-512 builds)."""
+    from llmfab.serving.workload import serving_python
+
+    if args.emulate_avx2:
+        return False
+    code = "import torch, vllm._custom_ops; print(hasattr(torch.ops._C, 'cpu_gemm_wna16'))"
+    r = subprocess.run([serving_python(), "-c", code], capture_output=True, text=True, timeout=300)
+    return r.stdout.strip().endswith("True")
+
+
+EMULATE_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2"}
+AVX2_SITECUSTOMIZE = '''"""Written by benchmarks/serve_latency.py --emulate-avx2: torch, and so vLLM, sees no AVX-512 or AMX."""
+import torch.cpu
+
+for name in ("_is_avx512_supported", "_is_avx512_bf16_supported", "_is_avx512_vnni_supported",
+             "_is_amx_tile_supported", "_is_amx_fp16_supported"):
+    setattr(torch.cpu, name, lambda: False)
+'''
+
+
+def emulate_avx2(plan_env: dict[str, str], work: Path) -> None:
+    """Add to a server's environment what makes it run as on an AVX2-only CPU (see the module doc)."""
+    hook = work / "avx2-hook"
+    hook.mkdir(parents=True, exist_ok=True)
+    (hook / "sitecustomize.py").write_text(AVX2_SITECUSTOMIZE)
+    plan_env.update(EMULATE_AVX2)
+    plan_env["PYTHONPATH"] = f"{hook}{os.pathsep}{plan_env['PYTHONPATH']}"
+
+
+def serve_and_measure(model_dir: Path, label: str, args: argparse.Namespace, kernel: str | None = None) -> dict[str, Any]:
+    """Start vLLM on ``model_dir`` (the serving venv), measure every level, stop it.
+
+    ``kernel``: the ``LLMFAB_VLLM_INT4`` value for a 4-bit model; the plugin's log line confirms it.
+    """
     from llmfab.api.inference_service import ServerSpec
     from llmfab.compress.quantize import weights_size
     from llmfab.serving.vllm_args import build_launch
@@ -165,9 +205,15 @@ def serve_and_measure(model_dir: Path, label: str, args: argparse.Namespace) -> 
                       port=free_port())  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix=f"serve-bench-{label}-"))
     plan = build_launch(spec, model_dir, label, serving_python(), work / "cache", gpu=has_gpu())
-    print(f"[{label}] starting vLLM on {model_dir}", flush=True)
+    plan.env["PYTHONPATH"] = str(REPO)  # the plugin from this checkout, not the one the venv's .pth names
+    if kernel:
+        plan.env["LLMFAB_VLLM_INT4"] = kernel
+    if args.emulate_avx2:
+        emulate_avx2(plan.env, work)
+    print(f"[{label}] starting vLLM on {model_dir}" + (f" with LLMFAB_VLLM_INT4={kernel}" if kernel else ""), flush=True)
     t0 = time.perf_counter()
     server = ServerProcess(plan, work / "server.log", echo=False)
+    load = [round(x, 2) for x in os.getloadavg()]
     try:
         wait_ready(server, plan.url.removesuffix("/v1"), timeout=900)
         startup = time.perf_counter() - t0
@@ -175,8 +221,25 @@ def serve_and_measure(model_dir: Path, label: str, args: argparse.Namespace) -> 
         levels = measure(plan.url, args.concurrency, args.requests, args.max_tokens)
     finally:
         server.stop()
-    return {"label": label, "modelDir": str(model_dir), "quantization": plan.quantization,
-            "weightsBytes": weights_size(model_dir), "startupSeconds": round(startup, 1), "levels": levels}  # fmt: skip
+    load += [round(x, 2) for x in os.getloadavg()]
+    chosen = next((line.split("kernel = ", 1)[1].split(" ", 1)[0] for line in server.log_path.read_text().splitlines()
+                   if "llmfab int4: 4-bit CPU kernel = " in line), None)  # fmt: skip
+    if kernel and chosen != kernel:
+        raise RuntimeError(f"[{label}] asked for LLMFAB_VLLM_INT4={kernel}, the plugin logged {chosen}: see {server.log_path}")
+    return {"label": label, "modelDir": str(model_dir), "quantization": plan.quantization, "kernel": chosen,
+            "weightsBytes": weights_size(model_dir), "startupSeconds": round(startup, 1),
+            "loadAverage1m5m15mBeforeAfter": load, "levels": levels}  # fmt: skip
+
+
+def ratios(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Output tokens/s of each 4-bit run / bf16's, per concurrency level."""
+    runs = {run["label"]: run for run in result["runs"]}
+    if "bf16" not in runs:
+        return []
+    base = {lv["concurrency"]: lv["outputTokensPerSecond"] for lv in runs["bf16"]["levels"]}
+    return [{"label": label, "concurrency": lv["concurrency"],
+             "ratio": round(lv["outputTokensPerSecond"] / base[lv["concurrency"]], 2)}
+            for label, run in runs.items() if label != "bf16" for lv in run["levels"]]  # fmt: skip
 
 
 def build_models(args: argparse.Namespace, work: Path) -> tuple[Path, Path, str]:
@@ -210,6 +273,13 @@ def markdown(result: dict[str, Any]) -> str:
         for lv in run["levels"]:
             lines.append(f"| {run['label']} | {size} | {lv['concurrency']} | {lv['outputTokensPerSecond']} | "
                          f"{lv['ttftMsMean']} | {lv['ttftMsP99']} | {lv['itlMsMean']} | {lv['itlMsP99']} |")  # fmt: skip
+    if result.get("ratios"):
+        levels = sorted({r["concurrency"] for r in result["ratios"]})
+        lines += ["", "| out tok/s / bf16 | " + " | ".join(f"conc. {c}" for c in levels) + " |",
+                  "|---|" + "---|" * len(levels)]  # fmt: skip
+        for label in dict.fromkeys(r["label"] for r in result["ratios"]):
+            row = {r["concurrency"]: r["ratio"] for r in result["ratios"] if r["label"] == label}
+            lines.append(f"| {label} | " + " | ".join(f"{row[c]:.2f}x" for c in levels) + " |")
     return "\n".join(lines)
 
 
@@ -221,13 +291,16 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true", help="build the tiny 2x128 model and its GPTQ checkpoint")
     p.add_argument("--random", metavar="LAYERSxHIDDEN", help="build a random-init model, e.g. 6x512 (RTN)")
     p.add_argument("--vocab", type=int, default=8000)
+    p.add_argument("--kernels", nargs="+", choices=["torch-int4", "native"], default=["torch-int4", "native"],
+                   help="4-bit CPU kernels to serve with (LLMFAB_VLLM_INT4); native is skipped where vLLM lacks it")
+    p.add_argument("--emulate-avx2", action="store_true", help="serve as on an AVX2-only CPU (module doc)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--requests", type=int, default=16, help="requests per level (at least the concurrency)")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--out", type=Path, help="write the JSON result here (and .md beside it)")
     args = p.parse_args()
 
-    result: dict[str, Any] = {"device": device_description(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    result: dict[str, Any] = {"device": device_description() + (" (emulating AVX2 only)" if args.emulate_avx2 else ""), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                               "maxTokens": args.max_tokens, "command": " ".join(sys.argv), "runs": []}  # fmt: skip
     if args.base_url:
         result["model"] = "as served"
@@ -244,8 +317,19 @@ def main() -> None:
         else:
             p.error("give --base-url, or --model-dir with --quantized-dir, or --tiny, or --random 6x512")
         result["model"] = desc
-        for label, d in (("bf16", bf16), ("w4a16", w4)):
-            result["runs"].append(serve_and_measure(d, label, args))
+        result["runs"].append(serve_and_measure(bf16, "bf16", args))
+        from llmfab.serving.workload import has_gpu
+
+        kernels = [] if has_gpu() else list(args.kernels)  # the override picks among CPU kernels only
+        if "native" in kernels and not native_kernel_available(args):
+            print("vLLM's native cpu_gemm_wna16 is missing on this CPU: no w4a16-native run", flush=True)
+            kernels.remove("native")
+        for kernel in kernels:
+            label = "w4a16-llmfab" if kernel == "torch-int4" else "w4a16-native"
+            result["runs"].append(serve_and_measure(w4, label, args, kernel=kernel))
+        if not kernels:
+            result["runs"].append(serve_and_measure(w4, "w4a16", args))
+        result["ratios"] = ratios(result)
     table = markdown(result)
     print(table)
     if args.out:

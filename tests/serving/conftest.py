@@ -7,14 +7,18 @@ GPTQ and RTN. The vLLM server is started once per session through ``llmfab serve
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -103,25 +107,19 @@ def requires_serve_venv() -> None:
         pytest.skip(f"{SERVE_PYTHON} missing: run scripts/setup_serve_venv.sh to create the vLLM serving venv")
 
 
-@pytest.fixture(scope="session")
-def vllm_server(tiny: TinySetup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """The real vLLM OpenAI server for the GPTQ model, started by ``llmfab serve run`` (once: ~30-90 s)."""
+@contextmanager
+def start_service(tiny: TinySetup, spec_dir: Path, name: str, spec: dict[str, Any],
+                  env: dict[str, str] | None = None) -> Iterator[LiveServer]:  # fmt: skip
+    """``llmfab serve run`` on ``spec`` until its status says ready (at most 600 s); stopped on exit."""
     requires_serve_venv()
-    port = free_port()
-    spec_dir = tmp_path_factory.mktemp("spec")
-    spec = {
-        "model": {"path": str(tiny.bf16)},
-        "quantization": {"algorithm": "gptq", "calibrationDataset": "tinyds", "calibrationSamples": 16},
-        "server": {"port": port, "maxModelLen": 256, "maxNumSeqs": 8, "servedModelName": "tiny"},
-    }
-    spec_file = write_service(spec_dir / "svc.yaml", "tiny-svc", spec)
-    log = spec_dir / "serve.out"
-    env = {**os.environ, "LLMFAB_HOME": str(tiny.root), "LLMFAB_SERVE_PYTHON": str(SERVE_PYTHON)}
+    spec_file = write_service(spec_dir / f"{name}.yaml", name, spec)
+    log = spec_dir / f"{name}.out"
+    full_env = {**os.environ, "LLMFAB_HOME": str(tiny.root), "LLMFAB_SERVE_PYTHON": str(SERVE_PYTHON), **(env or {})}
     with log.open("w") as out:
-        proc = subprocess.Popen(serve_command(spec_file), env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/v1"
+        proc = subprocess.Popen(serve_command(spec_file), env=full_env, stdout=out, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{spec['server']['port']}/v1"
     deadline = time.monotonic() + 600
-    status_file = tiny.root / "services" / "tiny-svc.status.json"
+    status_file = tiny.root / "services" / f"{name}.status.json"
     try:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -131,7 +129,7 @@ def vllm_server(tiny: TinySetup, tmp_path_factory: pytest.TempPathFactory) -> It
             time.sleep(1)
         else:
             pytest.fail(f"vLLM not ready in 600 s:\n{log.read_text()[-4000:]}")
-        yield LiveServer(url=url, name="tiny-svc", proc=proc, root=tiny.root, log=log)
+        yield LiveServer(url=url, name=name, proc=proc, root=tiny.root, log=log)
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -139,3 +137,37 @@ def vllm_server(tiny: TinySetup, tmp_path_factory: pytest.TempPathFactory) -> It
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny: TinySetup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The real vLLM OpenAI server for the GPTQ model, started by ``llmfab serve run`` (once: ~30-90 s)."""
+    spec = {
+        "model": {"path": str(tiny.bf16)},
+        "quantization": {"algorithm": "gptq", "calibrationDataset": "tinyds", "calibrationSamples": 16},
+        "server": {"port": free_port(), "maxModelLen": 256, "maxNumSeqs": 8, "servedModelName": "tiny"},
+    }
+    with start_service(tiny, tmp_path_factory.mktemp("spec"), "tiny-svc", spec) as server:
+        yield server
+
+
+def logprob_gaps(url: str, served_name: str, model_dir: Path, reference: torch.nn.Module | None = None) -> list[float]:
+    """|vLLM's prompt log-prob - transformers' (fp32)| for each token of a fixed sentence.
+
+    ``reference``: the transformers model to compare with; default ``model_dir`` loaded by
+    ``from_pretrained`` (which rejects asymmetric 4-bit checkpoints: pass ``load_dequantized``'s).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    text = "The small cat reads a story near the river and the bright garden."
+    body = {"model": served_name, "prompt": text, "max_tokens": 1, "prompt_logprobs": 0, "temperature": 0}
+    request = urllib.request.Request(f"{url}/completions", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as r:
+        served = json.load(r)["choices"][0]["prompt_logprobs"][1:]  # the first token has no log-prob
+    ids = AutoTokenizer.from_pretrained(model_dir)(text)["input_ids"]
+    model = reference or AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float(), dim=-1)
+    expected = [float(logp[i, t]) for i, t in enumerate(ids[1:])]
+    got = [entry[str(t)]["logprob"] for entry, t in zip(served, ids[1:], strict=True)]
+    return [abs(a - b) for a, b in zip(expected, got, strict=True)]
