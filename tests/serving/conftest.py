@@ -160,10 +160,14 @@ def logprob_gaps(url: str, served_name: str, model_dir: Path, reference: torch.n
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     text = "The small cat reads a story near the river and the bright garden."
-    body = {"model": served_name, "prompt": text, "max_tokens": 1, "prompt_logprobs": 0, "temperature": 0}
+    body = {"model": served_name, "prompt": text, "max_tokens": 8, "prompt_logprobs": 0, "temperature": 0,
+            "ignore_eos": True}
     request = urllib.request.Request(f"{url}/completions", json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as r:
-        served = json.load(r)["choices"][0]["prompt_logprobs"][1:]  # the first token has no log-prob
+        answer = json.load(r)
+    # The server generates too, not only scores the prompt: all the tokens asked for come back.
+    assert answer["usage"]["completion_tokens"] == 8, answer["usage"]
+    served = answer["choices"][0]["prompt_logprobs"][1:]  # the first token has no log-prob
     ids = AutoTokenizer.from_pretrained(model_dir)(text)["input_ids"]
     model = reference or AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
