@@ -68,6 +68,7 @@ class Observed:
     keda: KedaApis = field(default_factory=KedaApis)
     autoscaler: list[dict[str, Any]] = field(default_factory=list)
     server_pods: list[dict[str, Any]] = field(default_factory=list)
+    pods: list[dict[str, Any]] = field(default_factory=list)  # every pod of the resource: its usage (usage.py)
 
 
 @dataclass
