@@ -34,6 +34,12 @@ def read_status(kind_dir: str, name: str, root: Path | None = None) -> dict[str,
     return data if isinstance(data, dict) else {}
 
 
+def status_names(kind_dir: str, root: Path | None = None) -> list[str]:
+    """The names of a kind's resources that have a status file, sorted."""
+    folder = (root or artifact_root()) / kind_dir
+    return sorted(p.name[: -len(".status.json")] for p in folder.glob("*.status.json")) if folder.is_dir() else []
+
+
 def events_path(kind_dir: str, name: str, root: Path | None = None) -> Path:
     return (root or artifact_root()) / kind_dir / f"{name}.events.jsonl"
 

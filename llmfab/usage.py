@@ -5,8 +5,9 @@ operator: the pods it sees, ``llmfab/operator/usage.py``) and then price the sam
 figure means the same wherever it was made:
 
 - energy (kWh): the GPUs' energy NVML measured, plus ``wattsPerGpu`` x the GPU time it did not
-  measure, plus ``wattsPerCpu`` x CPU time where that is configured; unknown (absent) where some
-  GPU time was neither measured nor has a wattage to estimate it;
+  measure, plus ``wattsPerCpu`` x CPU time where that is configured (else the CPU's energy is not
+  counted: a CPU-only run shows 0 kWh); unknown (absent) where some GPU time was neither measured
+  nor has a wattage to estimate it;
 - cost: ``pricePerGpuHour`` x GPU hours + ``pricePerKwh`` x kWh, only where a price is configured
   (never a price invented), in the configured currency; absent where a configured price's quantity
   is unknown (a price per kWh without energy).
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from llmfab.api.common import CostInputs, Spec, Usage, UsageTotals
 
@@ -48,6 +49,11 @@ class Prices(Spec):
     watts_per_cpu: float | None = Field(
         default=None, ge=0, description="Draw of one busy CPU core; unset: CPU energy is not estimated."
     )
+
+    @field_validator("currency", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value  # the chart's default
 
     @model_validator(mode="after")
     def _price_needs_currency(self) -> Prices:
@@ -98,10 +104,8 @@ def energy(totals: UsageTotals, prices: Prices) -> tuple[float | None, str | Non
         return None, None
     gpu_j = measured_j + (prices.watts_per_gpu or 0.0) * unmeasured
     cpu_j = (prices.watts_per_cpu or 0.0) * (totals.cpu_seconds or 0.0)
-    if totals.gpu_seconds <= 1e-9 and totals.gpu_energy_joules is None and prices.watts_per_cpu is None:
-        return None, None  # no GPU ran and no CPU wattage: nothing to say
     if totals.gpu_seconds <= 1e-9 and totals.gpu_energy_joules is None:
-        how = None
+        how = None  # no GPU ran: 0 kWh of GPU energy, plus the CPU's where a wattage is configured
     elif unmeasured <= 1e-9:
         how = "measured"
     else:
@@ -175,5 +179,6 @@ def local_prices(root: Path, environ: Mapping[str, str] | None = None) -> Prices
         return Prices.model_validate(values)
     except ValidationError as e:
         where = f"{path} / {ENV_PREFIX}*" if path.exists() else f"{ENV_PREFIX}* variables"
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'cost'}: {err['msg']}" for err in e.errors())
+        problems = "; ".join((f"{'.'.join(str(p) for p in err['loc'])}: " if err["loc"] else "")
+                             + err["msg"].removeprefix("Value error, ") for err in e.errors())
         raise ValueError(f"{where}: {problems}") from None
