@@ -182,7 +182,6 @@ def test_deleting_a_training_run_with_policy_delete_leaves_no_run_directory_for_
     endless["spec"].update(maxSteps=100_000, deletionPolicy="Delete", checkpoint={"everySteps": 10, "keepLast": 1},
                            evalEverySteps=None)
     run_dir = claim / "runs" / "tiny"
-    started = time.monotonic()
     with run_operator(kube), LocalKubelet(kube, "default", {CLAIM: claim}, tmp_path / "pods", kubeconfig) as kubelet:
         kube_apiserver.create(dataset)
         kube_apiserver.create(copy.deepcopy(endless))
