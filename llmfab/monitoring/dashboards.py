@@ -254,7 +254,7 @@ def pipeline() -> Dashboard:
              ), "Each resource's estimated cost at the chart's prices: pricePerGpuHour x GPU hours + pricePerKwh x kWh.")),
             (Panel("GPU-hours over time", "timeseries", "short", (
                 Target(f"{per_resource} ({gpu_seconds}) / 3600", "{{kind}}/{{resource}}"),
-            ), "Each resource's GPU-hours as they accrue (rewritten at least every usageWriteSeconds of runtime).",
+            ), "Each resource's GPU-hours as they accrue (rewritten after every minute of runtime, at once when a pod starts, ends or goes).",
                 width=24),),
         ),
     )
