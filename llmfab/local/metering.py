@@ -32,7 +32,7 @@ class MeteredProcess:
         self.popen = popen
         self.pid = popen.pid
         self._started = time.monotonic()
-        self._counters = read_counters()  # None without NVML or a GPU: then no GPU is sampled
+        self._counters = read_counters()  # None without NVML, a GPU or its energy counter
         self._devices: set[int] = set()
         self._usage: UsageTotals | None = None
 
@@ -50,8 +50,7 @@ class MeteredProcess:
             self._finish(self.popen.poll(), None)
             return self.popen.returncode
         if pid == 0:
-            if self._counters is not None:
-                self._devices |= devices_of(self.pid)
+            self._devices |= devices_of(self.pid)  # nothing (and no cost) without NVML
             return None
         self._finish(os.waitstatus_to_exitcode(wait_status), rusage.ru_utime + rusage.ru_stime)
         return self.popen.returncode
