@@ -227,6 +227,19 @@ def describe(
 
 
 @app.command()
+def usage(
+    kind: Annotated[str | None, _kind_argument("Kind, plural or short name; default: all kinds.")] = None,
+    name: Annotated[str | None, _name_argument("Resource name: it and every resource it references, summed.")] = None,
+) -> None:
+    """What local resources used (attempts, wall, CPU and GPU time, energy, cost) and their total;
+    with KIND NAME, a resource and everything it references, e.g. a whole post-training chain."""
+    from llmfab.local.usage_report import usage_table
+    from llmfab.store import artifact_root
+
+    console.print(usage_table(kind, name, artifact_root()))
+
+
+@app.command()
 def delete(
     kind: Annotated[str, _kind_argument("Kind, plural or short name.")],
     name: Annotated[str, _name_argument("Resource name.")],

@@ -47,6 +47,12 @@ def asleep(status: dict[str, Any]) -> bool:
     return isinstance(scale, dict) and scale.get("state") in ("Idle", "Waking")
 
 
+def status_names(kind_dir: str, root: Path | None = None) -> list[str]:
+    """The names of a kind's resources that have a status file, sorted."""
+    folder = (root or artifact_root()) / kind_dir
+    return sorted(p.name[: -len(".status.json")] for p in folder.glob("*.status.json")) if folder.is_dir() else []
+
+
 def events_path(kind_dir: str, name: str, root: Path | None = None) -> Path:
     return (root or artifact_root()) / kind_dir / f"{name}.events.jsonl"
 

@@ -24,6 +24,7 @@ from llmfab.api import KINDS, ValidationFailed, parse_resource
 from llmfab.api.common import Phase, Resource
 from llmfab.api.loading import read_yaml_documents
 from llmfab.errors import DependencyNotReady, StageNotSupported, WorkloadError
+from llmfab.gpu_energy import report_pod_energy
 from llmfab.signals import exit_code, signal_of, stop_reason, stopping
 from llmfab.stages import STAGES, is_primary, owns_phase, stage_available
 from llmfab.status import StatusReporter, reporter_for
@@ -115,6 +116,13 @@ def run_stage(stage: str, spec_file: Path, force: bool = False) -> int:
         reporter.phase(Phase.SUCCEEDED, "UpToDate", "artifacts match the spec", artifactPath=str(out_dir))
         return 0
     ctx = WorkloadContext(resource, reporter, root, out_dir, wanted, force)
+    with report_pod_energy(reporter.patch):
+        return _execute(stage, fn, ctx)
+
+
+def _execute(stage: str, fn: Callable[[WorkloadContext], None], ctx: WorkloadContext) -> int:
+    """Run the stage function; every way out reports a final phase and gives an exit code."""
+    resource, reporter, out_dir = ctx.resource, ctx.reporter, ctx.out_dir
     primary = is_primary(stage, resource.KIND)
     fails_resource = owns_phase(stage, resource.KIND)
     label = stage.capitalize()

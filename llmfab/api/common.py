@@ -189,33 +189,99 @@ class Scheduling(Spec):
 
 
 class CostInputs(Spec):
-    """What an estimate of energy and cost used, so a reader can check it."""
+    """What an estimate of energy and cost used, so a reader can check it (the prices configured
+    when the figures were last written: the chart's ``cost`` values, or ``llmfab up``'s)."""
 
-    energy: Literal["measured", "estimated"] | None = Field(
-        default=None, description="measured: NVML's counter; estimated: wattsPerGpu x GPU time."
+    energy: Literal["measured", "estimated", "mixed"] | None = Field(
+        default=None,
+        description="GPU energy: measured (NVML's counter, every run), estimated (wattsPerGpu x GPU time) "
+        "or mixed (measured where a counter was read, estimated for the rest).",
     )
     watts_per_gpu: float | None = Field(default=None, ge=0, description="Configured draw of one GPU, where no counter exists.")
+    watts_per_cpu: float | None = Field(
+        default=None, ge=0, description="Configured draw of one busy CPU core: the CPU part of the energy estimate."
+    )
     price_per_kwh: float | None = Field(default=None, ge=0, description="Configured price of a kWh.")
     price_per_gpu_hour: float | None = Field(default=None, ge=0, description="Configured price of a GPU hour.")
 
 
-class Usage(Spec):
-    """What a resource used, over all its pods (or local processes) and all attempts, preempted ones
-    included; cost only where a price was given, with the inputs named."""
+class UsageTotals(Spec):
+    """Figures that add up over runs: what a resource's workloads used."""
 
-    wall_seconds: float = Field(default=0.0, ge=0, description="Time its workloads ran, summed over attempts.")
-    cpu_seconds: float | None = Field(default=None, ge=0, description="CPU time used (locally) or reserved (pods' CPU requests x time).")
+    wall_seconds: float = Field(
+        default=0.0, ge=0,
+        description="Time its workloads ran, summed over attempts (one pod per run counts: rank 0's, or each server replica).",
+    )
+    cpu_seconds: float | None = Field(
+        default=None, ge=0,
+        description="CPU time: used (locally: the processes' rusage) or reserved (cluster: pods' CPU requests x "
+        "time); see cpu. Absent on the cluster where no pod requested CPU.",
+    )
     gpu_seconds: float = Field(default=0.0, ge=0, description="GPUs x time, over all pods and attempts.")
     gpu_energy_joules: float | None = Field(
         default=None, ge=0, description="GPU energy from NVML's total-energy counter; absent where none was read."
     )
-    attempts: int = Field(default=0, ge=0, description="Runs of its workloads (a preempted and re-admitted run counts twice).")
-    energy_kwh: float | None = Field(
-        default=None, ge=0, description="GPU energy in kWh: measured, else estimated from the configured watts per GPU."
+    measured_gpu_seconds: float = Field(
+        default=0.0, ge=0, description="The part of gpuSeconds whose energy NVML measured (the rest is estimated)."
     )
-    cost: float | None = Field(default=None, ge=0, description="Estimated cost; only where a price is configured.")
+    attempts: int = Field(
+        default=0, ge=0,
+        description="Runs of its workloads: each stage's process or pod group (a retried, preempted and "
+        "re-admitted or re-run one counts again), each server replica.",
+    )
+
+
+class PodUsage(Spec):
+    """Cluster: one pod of the resource as the operator last saw it. Its figures are in the totals;
+    once the pod is gone (Job pods are deleted on suspension and preemption, failed pods replaced)
+    they move into ``gonePods`` and the entry goes, so nothing is counted twice or lost."""
+
+    stage: str | None = Field(default=None, description="The stage the pod ran.")
+    start_time: str | None = Field(default=None, description="The pod's status.startTime (RFC 3339).")
+    seconds: float = Field(
+        default=0.0, ge=0, description="Its runtime: start to its containers' termination, else to the last look."
+    )
+    gpus: int = Field(default=0, ge=0, description="nvidia.com/gpu the pod requested.")
+    cpus: float | None = Field(default=None, ge=0, description="CPU cores the pod requested (reserved, not used).")
+    attempt: bool = Field(
+        default=False, description="It starts a run: index 0 of a stage Job, or a server replica."
+    )
+    ended: bool = Field(default=False, description="Its containers terminated (or it is gone): seconds is final.")
+    gone: bool = Field(
+        default=False, description="Not listed at the last look: folded into gonePods at the next."
+    )
+    gpu_energy_joules: float | None = Field(
+        default=None, ge=0,
+        description="Written by the workload in the pod: its GPUs' energy from NVML's counter, start to end.",
+    )
+
+
+class Usage(UsageTotals):
+    """What a resource used, over all its pods (or local processes) and all attempts, preempted ones
+    included; energy where measured or estimable, cost only where a price was given, with the
+    inputs named."""
+
+    cpu: Literal["used", "reserved"] | None = Field(
+        default=None, description="What cpuSeconds is: used (llmfab up) or reserved (pods' requests)."
+    )
+    gpu_hours: float = Field(default=0.0, ge=0, description="gpuSeconds / 3600, rounded to 3 decimals.")
+    energy_kwh: float | None = Field(
+        default=None, ge=0,
+        description="Energy in kWh: the GPUs' (measured, else wattsPerGpu x GPU time), plus wattsPerCpu x CPU "
+        "time where configured; absent where GPU time is neither measured nor estimable.",
+    )
+    cost: float | None = Field(
+        default=None, ge=0,
+        description="pricePerGpuHour x GPU hours + pricePerKwh x energyKwh (4 decimals); only where a price is configured.",
+    )
     currency: str | None = Field(default=None, description="Currency of cost, as configured.")
     cost_inputs: CostInputs | None = Field(default=None, description="What the energy and cost figures used.")
+    pods: dict[str, PodUsage] = Field(
+        default_factory=dict, description="Cluster: the pods listed at the operator's last look, by name."
+    )
+    gone_pods: UsageTotals | None = Field(
+        default=None, description="Cluster: what pods no longer listed used (folded in from pods)."
+    )
 
 
 class StatusBase(Spec):

@@ -65,6 +65,8 @@ def _structural(node: JSON, defs: JSON) -> JSON:
     extra = node.get("additionalProperties")
     if isinstance(extra, dict):
         node["additionalProperties"] = _structural(extra, defs)
+        if "description" in node["additionalProperties"]:  # a model's docstring, one line as fields have
+            node["additionalProperties"]["description"] = " ".join(node["additionalProperties"]["description"].split())
     elif node.get("type") == "object" and "properties" not in node:
         node.pop("additionalProperties", None)
         node["x-kubernetes-preserve-unknown-fields"] = True
@@ -101,9 +103,17 @@ def openapi_schema(cls: type[Resource]) -> JSON:
     }
 
 
+# Every kind's compute so far (status.usage): GPU hours over all attempts, and cost where priced.
+USAGE_COLUMNS: tuple[JSON, ...] = (
+    {"name": "GPU-h", "type": "number", "jsonPath": ".status.usage.gpuHours"},
+    {"name": "Cost", "type": "number", "jsonPath": ".status.usage.cost"},
+)
+
+
 def printer_columns(cls: type[Resource]) -> list[JSON]:
     columns: list[JSON] = [{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}]
     columns.extend(dict(c) for c in cls.PRINTER_COLUMNS)
+    columns.extend(dict(c) for c in USAGE_COLUMNS)
     columns.append({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"})
     return columns
 

@@ -11,10 +11,10 @@ import yaml
 from rich.table import Table
 
 from llmfab.api import KINDS, resource_class
-from llmfab.api.common import Resource
 from llmfab.api.crds import printer_columns
+from llmfab.local.usage_report import usage_lines
 from llmfab.stages import spec_file_path
-from llmfab.status import events_path, log_path, read_status, status_path
+from llmfab.status import events_path, log_path, read_status, status_names, status_path
 from llmfab.store import artifact_dir, artifact_root, read_manifest
 
 
@@ -41,13 +41,6 @@ def _json_path(data: dict[str, Any], path: str) -> Any:
     return node
 
 
-def _known_names(cls: type[Resource], root: Path) -> list[str]:
-    folder = root / cls.ARTIFACT_DIR
-    if not folder.is_dir():
-        return []
-    return sorted(p.name[: -len(".status.json")] for p in folder.glob("*.status.json"))
-
-
 def _format(value: Any) -> str:
     if value is None:
         return "-"
@@ -64,7 +57,7 @@ def get_table(kind: str | None, name: str | None, root: Path | None = None) -> T
         table.add_column(col)
     rows = 0
     for cls in classes:
-        for res_name in _known_names(cls, root):
+        for res_name in status_names(cls.ARTIFACT_DIR, root):
             if name and res_name != name:
                 continue
             status = read_status(cls.ARTIFACT_DIR, res_name, root)
@@ -110,9 +103,11 @@ def describe_text(kind: str, name: str, root: Path | None = None) -> str:
     if spec_file.exists():
         spec = yaml.safe_load(spec_file.read_text()).get("spec", {})
         out += ["Spec:", _indent(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))]
-    scalar = {k: v for k, v in status.items() if k not in ("conditions", "steps", "phase", "message")}
+    scalar = {k: v for k, v in status.items() if k not in ("conditions", "steps", "phase", "message", "usage")}
     if scalar:
         out += ["Status:", _indent(yaml.safe_dump(scalar, sort_keys=False, allow_unicode=True))]
+    if status.get("usage"):
+        out += ["Usage:", *usage_lines(status["usage"])]
     steps = status.get("steps") or []
     if steps:
         out.append("Steps (documents in → out, removed by reason):")

@@ -27,6 +27,7 @@ from rich.table import Table
 
 from llmfab.api import KINDS, ValidationFailed, load_resources
 from llmfab.api.common import Phase, Resource
+from llmfab.local.metering import MeteredProcess
 from llmfab.local.ordering import OrderingError, dependents, order_resources
 from llmfab.signals import exit_code, signal_of, stop_process_group, stop_reason
 from llmfab.stages import (
@@ -40,6 +41,7 @@ from llmfab.stages import (
 )
 from llmfab.status import FileStatusReporter, accepts_requests, asleep, log_path, read_status
 from llmfab.store import artifact_dir, artifact_root, read_manifest, write_json_atomic
+from llmfab.usage import Prices, add, local_prices, priced, totals_of, usage_json
 
 STOP_GRACE_SECONDS = 30.0
 """How long a stopped child's process group may take to exit before SIGKILL: Kubernetes' default
@@ -53,7 +55,7 @@ class Outcome:
     succeeded: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    servers: list[tuple[Resource, subprocess.Popen[bytes]]] = field(default_factory=list)
+    servers: list[tuple[Resource, MeteredProcess]] = field(default_factory=list)
 
 
 def _progress_text(status: dict[str, object]) -> str:
@@ -94,7 +96,7 @@ def _status_table(rows: list[tuple[str, str, dict[str, object]]]) -> Table:
     return table
 
 
-def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> None:
+def _stop(proc: MeteredProcess, sig: int = signal.SIGINT) -> None:
     """Stop a child started by :func:`_start`: its process group is its workload (which stops
     torchrun and the workers itself, or vLLM)."""
     stop_process_group(proc.pid, sig, STOP_GRACE_SECONDS, proc.poll)
@@ -117,23 +119,35 @@ def _log_tail(path: Path, lines: int = 25) -> str:
         return ""
 
 
-def _start(res: Resource, stage: str, spec_file: Path, force: bool, root: Path) -> subprocess.Popen[bytes]:
+def _start(res: Resource, stage: str, spec_file: Path, force: bool, root: Path) -> MeteredProcess:
     log = log_path(res.ARTIFACT_DIR, res.name, root)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as f:
         f.write(f"\n===== {time.strftime('%Y-%m-%dT%H:%M:%S')} llmfab {stage} run =====\n".encode())
         env = {**os.environ, "LLMFAB_HOME": str(root), "PYTHONUNBUFFERED": "1"}
-        return subprocess.Popen(
+        return MeteredProcess(subprocess.Popen(
             stage_command(stage, spec_file, force, python=sys.executable),
             stdout=f,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,
-        )
+        ))
 
 
-def _wait_serving(res: Resource, proc: subprocess.Popen[bytes], root: Path, live: Live) -> bool:
+def _record_usage(res: Resource, proc: MeteredProcess, root: Path, prices: Prices) -> None:
+    """Add what a reaped child used to its resource's ``status.usage``, priced. Every run adds up:
+    a rerun that resumes, one that finds its artifact up to date (its start-up seconds), a
+    ``--force`` rebuild (the compute was spent); ``llmfab delete`` starts the count again."""
+    run = proc.take_usage()
+    if run is None:
+        return
+    reporter = FileStatusReporter(res, root)
+    totals = add(totals_of(reporter.read().get("usage")), run)
+    reporter.patch({"usage": usage_json(priced(totals, prices, "used"))})
+
+
+def _wait_serving(res: Resource, proc: MeteredProcess, root: Path, live: Live) -> bool:
     """Wait until the server accepts requests (or dies)."""
     deadline = time.monotonic() + SERVE_READY_TIMEOUT
     while time.monotonic() < deadline:
@@ -148,7 +162,8 @@ def _wait_serving(res: Resource, proc: subprocess.Popen[bytes], root: Path, live
 
 
 def _run_stage(
-    res: Resource, stage: str, spec_file: Path, force: bool, root: Path, console: Console, outcome: Outcome
+    res: Resource, stage: str, spec_file: Path, force: bool, root: Path, console: Console, outcome: Outcome,
+    prices: Prices,
 ) -> bool:
     label = escape(f"{res.key} [{stage}]")
     if stage == "serve":  # what _wait_serving waits for, as a previous run may have left it
@@ -182,8 +197,10 @@ def _run_stage(
                     time.sleep(0.5)
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as llmfab.signals.Terminated
         _stop(proc, signal_of(stop))
+        _record_usage(res, proc, root, prices)
         _record_stop(res, stage, root, signal_of(stop))
         raise
+    _record_usage(res, proc, root, prices)
     seconds = time.monotonic() - started
     if proc.returncode == 0:
         console.print(
@@ -224,6 +241,11 @@ def run_up(
     except OrderingError as e:
         console.print(f"[red]error[/red]: {e}", highlight=False, soft_wrap=True)
         return 2
+    try:
+        prices = local_prices(root)
+    except ValueError as e:
+        console.print(f"[red]error[/red]: {e}", highlight=False, soft_wrap=True)
+        return 2
     plan = [(res, stages_for(res)) for res in ordered if _selected(res, only)]
     unknown = [n for n in only if not any(_selected(r, [n]) for r in ordered)]
     if unknown:
@@ -261,7 +283,7 @@ def run_up(
                         failed_keys.add((res.KIND, res.name))
                         break
                     continue
-                if not _run_stage(res, stage, spec_file, force, root, console, outcome):
+                if not _run_stage(res, stage, spec_file, force, root, console, outcome, prices):
                     if owns_phase(stage, res.KIND):  # else its artifact is still usable downstream
                         failed_keys.add((res.KIND, res.name))
                     break
@@ -278,13 +300,15 @@ def run_up(
                 return 1
     except KeyboardInterrupt as stop:
         console.print(f"[yellow]interrupted by {signal.Signals(signal_of(stop)).name}; stopping[/yellow]")
-        for _, proc in outcome.servers:
+        for res, proc in outcome.servers:
             _stop(proc, signal_of(stop))
+            _record_usage(res, proc, root, prices)
         return exit_code(signal_of(stop))
     finally:
         if not detach:
-            for _, proc in outcome.servers:
+            for res, proc in outcome.servers:
                 _stop(proc)
+                _record_usage(res, proc, root, prices)
     return 1 if outcome.failed else 0
 
 
@@ -301,7 +325,9 @@ def _pid_file(root: Path) -> Path:
     return root / "services" / "detached.json"
 
 
-def _record_detached(servers: list[tuple[Resource, subprocess.Popen[bytes]]], root: Path) -> None:
+def _record_detached(servers: list[tuple[Resource, MeteredProcess]], root: Path) -> None:
+    """Detached servers outlive ``llmfab up``, which therefore cannot reap them: their usage is not
+    recorded (``llmfab down`` stops a process that is not its child)."""
     pids = {}
     with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
         pids = json.loads(_pid_file(root).read_text())

@@ -54,6 +54,12 @@ SERVE_REPLICAS = "llmfab_serve_replicas"
 SERVE_PROXIED_REQUESTS = "llmfab_serve_proxied_requests_total"
 SERVE_WAKE_TIMEOUTS = "llmfab_serve_wake_timeouts_total"
 
+# Each resource's status.usage, from the operator (llmfab/operator/metrics.py observe_usage):
+# {resource_namespace, kind, resource}, the cost also {currency}.
+USAGE_GPU_SECONDS = "llmfab_usage_gpu_seconds"
+USAGE_CPU_SECONDS = "llmfab_usage_cpu_reserved_seconds"
+USAGE_ENERGY = "llmfab_usage_energy_kwh"
+USAGE_COST = "llmfab_usage_cost"
 DATASET_DOCUMENTS = "llmfab_dataset_documents"  # {namespace, dataset, step, stage="in"|"out"}
 DATASET_REMOVED = "llmfab_dataset_documents_removed"  # {namespace, dataset, step, reason}
 
@@ -221,10 +227,13 @@ def pipeline() -> Dashboard:
     errors = rate("llmfab_operator_reconcile_errors_total", sel)
     kept = selector(DATASET_DOCUMENTS, ds, 'stage="out"')
     read = selector(DATASET_DOCUMENTS, ds, 'stage="in"')
+    per_resource = "sum by (resource_namespace, kind, resource)"
+    gpu_seconds, cost = selector(USAGE_GPU_SECONDS, sel), selector(USAGE_COST, sel)
     return Dashboard(
         uid="llmfab-pipeline",
         title="llmfab / Pipeline",
-        description="The operator: resources by phase, reconcile rate, errors and duration; Dataset step counts.",
+        description="The operator: resources by phase, reconcile rate, errors and duration; Dataset step counts; "
+        "GPU-hours, energy and cost per resource.",
         variables=(
             *job_and_instance("llmfab_operator_reconciles_total"),
             query_variable("dataset", "Dataset", DATASET_DOCUMENTS, after=("job", "instance")),
@@ -261,6 +270,27 @@ def pipeline() -> Dashboard:
                  Target(f"sum by (dataset, step, reason) ({selector(DATASET_REMOVED, ds)})",
                         "{{dataset}} {{step}}: {{reason}}"),
              ), "Why each step dropped documents (status.steps[].removed).")),
+            (Panel("GPU-hours", "stat", "short", (Target(f"sum({gpu_seconds}) / 3600"),),
+                   "GPUs x time of every resource's pods, all attempts (status.usage.gpuSeconds).", width=6, height=4),
+             Panel("CPU core-hours reserved", "stat", "short", (Target(f"sum({selector(USAGE_CPU_SECONDS, sel)}) / 3600"),),
+                   "CPU requests x time of every resource's pods (status.usage.cpuSeconds): reserved, not used.",
+                   width=6, height=4),
+             Panel("Energy (kWh)", "stat", "short", (Target(f"sum({selector(USAGE_ENERGY, sel)})"),),
+                   "Measured by NVML in the pods, else the chart's cost.wattsPerGpu x GPU hours (status.usage.energyKwh).",
+                   width=6, height=4),
+             Panel("Cost", "stat", "short", (Target(f"sum({cost})"),),
+                   "At the chart's cost prices (status.usage.cost); no data where no price is set.", width=6, height=4)),
+            (Panel("GPU-hours by resource", "bargauge", "short", (
+                Target(f"{per_resource} ({gpu_seconds}) / 3600", "{{kind}}/{{resource}}"),
+            ), "GPU-hours each resource used over all its attempts, preempted and failed ones included."),
+             Panel("Cost by resource", "bargauge", "short", (
+                 Target(f"sum by (resource_namespace, kind, resource, currency) ({cost})",
+                        "{{kind}}/{{resource}} ({{currency}})"),
+             ), "Each resource's estimated cost at the chart's prices: pricePerGpuHour x GPU hours + pricePerKwh x kWh.")),
+            (Panel("GPU-hours over time", "timeseries", "short", (
+                Target(f"{per_resource} ({gpu_seconds}) / 3600", "{{kind}}/{{resource}}"),
+            ), "Each resource's GPU-hours as they accrue (rewritten after every minute of runtime, at once when a pod starts, ends or goes).",
+                width=24),),
         ),
     )
 

@@ -37,6 +37,7 @@ from llmfab.operator.deletion import DeletionStep, decide_deletion, is_cleanup, 
 from llmfab.operator.kube import MERGE_PATCH, Kube, connection_info, path_for
 from llmfab.operator.reconcile import WORKLOAD_KINDS, Decision, Observed, decide, job_state
 from llmfab.operator.settings import OperatorSettings
+from llmfab.operator.usage import account
 from llmfab.status import conditions_for
 
 CHILD_KINDS = (("batch/v1", "Job"), ("ray.io/v1", "RayJob"), ("v1", "ConfigMap"))
@@ -75,6 +76,7 @@ def observe(res: Resource, kube: Kube, status: dict[str, Any]) -> Observed:
     _observe_workloads(kube, ns, observed)
     for kind, name in res.references():
         observed.dependencies[f"{kind}/{name}"] = kube.get(f"{API_GROUP}/{API_VERSION}", kind, ns, name)
+    observed.pods = [p for p in kube.list("v1", "Pod", ns, selector(res.KIND, res.name)) if not is_cleanup(p)]
     return observed
 
 
@@ -140,7 +142,12 @@ def reconcile(body: Any, status: Any, kube: Kube, settings: OperatorSettings, lo
             raise kopf.PermanentError(str(e)) from None
         observed = observe(res, kube, dict(status or {}))
         decision = decide(res, observed, settings)
+        usage = account(observed.status.get("usage"), observed.pods, datetime.datetime.now(datetime.UTC),
+                        settings.cost, settings.usage_write_seconds)
+        if usage is not None:
+            decision.status["usage"] = usage
         carry_out(decision, res, body, kube)
+        metrics.observe_usage(res.metadata.namespace, kind, res.name, usage or (status or {}).get("usage"))
         metrics.observe_phase(res.metadata.uid or res.name, kind, decision.status.get("phase", (status or {}).get("phase")))
         if isinstance(res, InferenceService):
             metrics.observe_serving(res.metadata.namespace, res.name, observed.deployment, decision.cold_start_seconds)
@@ -249,6 +256,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: 
         def on_delete(body: Any, **_: Any) -> None:
             meta = body.get("metadata") or {}
             metrics.observe_phase(meta.get("uid", ""), str(body.get("kind")), None)
+            metrics.observe_usage(meta.get("namespace", ""), str(body.get("kind")), meta.get("name", ""), None)
             if body.get("kind") == "Dataset":
                 metrics.observe_dataset(meta.get("namespace", ""), meta.get("name", ""), None)
             if body.get("kind") == "InferenceService":

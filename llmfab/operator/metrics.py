@@ -102,3 +102,42 @@ def forget_serving(namespace: str, name: str) -> None:
                                (LAST_COLD_START, (namespace, name))):
             with contextlib.suppress(KeyError):  # never observed
                 metric.remove(*labels)
+
+
+# Each resource's status.usage (llmfab/operator/usage.py), for the Pipeline dashboard's GPU-hours
+# and cost per resource. Gauges, not counters: the operator re-reads the sums from status, and a
+# restart must not start them from zero.
+USAGE_LABELS = ("resource_namespace", "kind", "resource")
+USAGE_GPU_SECONDS = Gauge("llmfab_usage_gpu_seconds", "GPUs x time of each resource's pods, all attempts.",
+                          USAGE_LABELS, registry=REGISTRY)
+USAGE_CPU_SECONDS = Gauge("llmfab_usage_cpu_reserved_seconds", "CPU requests x time of each resource's pods.",
+                          USAGE_LABELS, registry=REGISTRY)
+USAGE_ENERGY = Gauge("llmfab_usage_energy_kwh", "Energy of each resource: measured (NVML) or estimated.",
+                     USAGE_LABELS, registry=REGISTRY)
+USAGE_COST = Gauge("llmfab_usage_cost", "Estimated cost of each resource at the chart's prices.",
+                   [*USAGE_LABELS, "currency"], registry=REGISTRY)
+USAGE_ATTEMPTS = Gauge("llmfab_usage_attempts", "Runs of each resource's workloads (retries and preemptions count).",
+                       USAGE_LABELS, registry=REGISTRY)
+_usage_series: dict[tuple[str, str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
+
+
+def observe_usage(namespace: str, kind: str, name: str, usage: dict[str, Any] | None) -> None:
+    """Export a resource's usage (None: deleted, drop its series); a figure status lacks (no
+    price, no energy) has no series."""
+    key = (namespace, kind, name)
+    with _lock:
+        for gauge, labels in _usage_series.pop(key, []):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
+        if usage is None:
+            return
+        series: list[tuple[Gauge, tuple[str, ...]]] = []
+        for gauge, field in ((USAGE_GPU_SECONDS, "gpuSeconds"), (USAGE_CPU_SECONDS, "cpuSeconds"),
+                             (USAGE_ENERGY, "energyKwh"), (USAGE_ATTEMPTS, "attempts")):
+            if usage.get(field) is not None:
+                series.append((gauge, key))
+                gauge.labels(*key).set(float(usage[field]))
+        if usage.get("cost") is not None:
+            series.append((USAGE_COST, (*key, str(usage.get("currency") or ""))))
+            USAGE_COST.labels(*series[-1][1]).set(float(usage["cost"]))
+        _usage_series[key] = series

@@ -77,6 +77,7 @@ class Observed:
     # whether the cluster serves Workloads to this operator at all.
     workloads: dict[str, dict[str, Any]] = field(default_factory=dict)
     workloads_readable: bool = False
+    pods: list[dict[str, Any]] = field(default_factory=list)  # every pod of the resource: its usage (usage.py)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmfab import __version__
+from llmfab.usage import Prices
 
 ENV_PREFIX = "LLMFAB_OPERATOR_"
 # Read by the operator's process itself (llmfab/operator/__main__.py), not by builders.
@@ -98,6 +99,17 @@ class OperatorSettings(BaseModel):
         default_factory=lambda: ["*"],
         description="spec.pod.tolerations[].key patterns; a toleration without a key (it tolerates every "
         "taint) counts as the key '' and only '*' allows it. []: no tolerations.",
+    )
+
+    # The chart's cost values: what status.usage prices GPU time and energy at (llmfab/usage.py).
+    cost: Prices = Field(
+        default_factory=Prices,
+        description="currency, pricePerGpuHour, pricePerKwh, wattsPerGpu, wattsPerCpu; unset: no cost is shown.",
+    )
+    usage_write_seconds: float = Field(
+        default=60.0, gt=0,
+        description="status.usage of a running pod is rewritten after this much more runtime (at once when a "
+        "pod starts, ends, goes or is being deleted).",
     )
 
     @classmethod

@@ -21,6 +21,7 @@ from llmfab.api.loading import KINDS
 from llmfab.operator import rbac
 from llmfab.operator.kube import USER_AGENT
 from llmfab.operator.settings import OperatorSettings
+from llmfab.usage import Prices
 from tests.cluster.kubelet import wait_for
 from tests.cluster.operator_runner import run_operator
 from tests.cluster.test_operator import DATASET, rbac_call
@@ -85,6 +86,18 @@ def test_a_typo_in_values_fails_the_install() -> None:
     assert out.returncode != 0 and "additional properties 'replicass' not allowed" in out.stderr
     out = helm("template", "x", str(CHART), "--set", "artifacts.accessMode=ReadWriteSometimes", check=False)
     assert out.returncode != 0 and "accessMode" in out.stderr
+
+
+def test_cost_values_become_the_operators_prices_and_a_price_needs_a_currency() -> None:
+    docs = render("-f", str(CHART / "ci" / "shared-cluster-values.yaml"))
+    cost = OperatorSettings.from_env(operator_env(docs)).cost
+    assert (cost.currency, cost.price_per_gpu_hour, cost.price_per_kwh, cost.watts_per_gpu) == ("EUR", 0.8, 0.3, 350)
+    assert cost.watts_per_cpu is None
+    assert OperatorSettings.from_env(operator_env(render())).cost == Prices()  # the default: no price, no cost
+    out = helm("template", "x", str(CHART), "--set", "cost.pricePerKwh=0.3", check=False)
+    assert out.returncode != 0 and "/cost/currency" in out.stderr
+    set_on_the_command_line = render("--set", "cost.pricePerKwh=0.3", "--set", "cost.currency=EUR")  # "0.3": a string
+    assert OperatorSettings.from_env(operator_env(set_on_the_command_line)).cost.price_per_kwh == 0.3
 
 
 def test_multi_node_training_on_a_read_write_once_claim_is_refused() -> None:

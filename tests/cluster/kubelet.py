@@ -6,7 +6,8 @@ host directory per claim, a ConfigMap its data written as files, an emptyDir a f
 ``/etc/hosts`` gets the pod's ``<hostname>.<subdomain>.<namespace>.svc`` name (the kubelet writes
 it so in real pods), environment variables are resolved (``value`` and the downward API's
 ``fieldRef``), and the pod's phase goes back through the API: ``Running``, then ``Succeeded`` or
-``Failed`` with the container's exit code, which the Job controller reads.
+``Failed`` with the container's exit code, which the Job controller reads, and the times the
+operator's usage reads (``startTime``, ``startedAt``, ``finishedAt``).
 
 Pods are bound to this node first (``pods/binding``, the scheduler's call), so the API server
 deletes them gracefully ("Termination of Pods"): a pod being deleted keeps its
@@ -101,6 +102,7 @@ class LocalKubelet:
         self.logs: dict[str, Path] = {}
         self.exit_codes: dict[str, int] = {}
         self.signalled: dict[str, signal.Signals] = {}  # the last signal sent to a pod being deleted
+        self.started: dict[str, str] = {}  # pod name -> when its process started (RFC 3339)
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kubelet", daemon=True)
@@ -185,10 +187,15 @@ class LocalKubelet:
             os.killpg(proc.pid, sig)
 
     def _report(self, name: str, phase: str, exit_code: int | None) -> None:
-        state: dict[str, Any] = {"running": {}} if exit_code is None else {
-            "terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error"}}
-        body = {"status": {"phase": phase, "containerStatuses": [{"name": "workload", "state": state,
-                                                                  "ready": exit_code is None}]}}
+        """The pod's phase and its container's state, with the times a kubelet writes: the pod's
+        ``startTime`` and the container's ``startedAt`` when it starts, ``finishedAt`` when it ends."""
+        at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        started = self.started.setdefault(name, at)
+        state: dict[str, Any] = {"running": {"startedAt": started}} if exit_code is None else {
+            "terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                           "startedAt": started, "finishedAt": at}}
+        body = {"status": {"phase": phase, "startTime": started,
+                           "containerStatuses": [{"name": "workload", "state": state, "ready": exit_code is None}]}}
         self.kube.request("PATCH", f"/api/v1/namespaces/{self.namespace}/pods/{name}/status", body,
                           content_type=MERGE_PATCH)
 

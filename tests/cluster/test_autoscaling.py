@@ -181,7 +181,7 @@ def test_status_scale_follows_the_deployment_idle_waking_ready_and_times_the_wak
     table = kubectl("get", "lis", "wake").stdout
     print(table)
     header, row = table.splitlines()
-    assert header.split() == ["NAME", "PHASE", "URL", "READY", "STATE", "AGE"]
+    assert header.split() == ["NAME", "PHASE", "URL", "READY", "STATE", "GPU-H", "COST", "AGE"]
     assert row.split()[:5] == ["wake", "Running", "http://wake-proxy.default.svc:8080/v1", "1", "Ready"]
 
     def reasons() -> list[str]:

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ def test_kubectl_apply_runs_a_dataset_and_training_in_real_pods(
     dataset["spec"]["sources"][0].update(documentPer="paragraph", paragraphsPerDocument=6)
     manifest = tmp_path / "pipeline.yaml"
     manifest.write_text(yaml.safe_dump_all([dataset, training(nodes)]))
+    started = time.monotonic()
     with run_operator(kube), LocalKubelet(kube, "default", {CLAIM: claim}, tmp_path / "pods", kubeconfig) as kubelet:
         kubectl("apply", "-f", str(manifest))
 
@@ -91,9 +93,17 @@ def test_kubectl_apply_runs_a_dataset_and_training_in_real_pods(
     [last] = sorted((claim / "runs" / "tiny" / "checkpoints").glob("step-*"))
     assert len(list(last.glob("*.distcp"))) == nodes, sorted(p.name for p in last.iterdir())
 
+    # Usage from the pods' own times (the kubelet's startTime and finishedAt): one run of `nodes`
+    # pods, rank 0's time as its wall time, no GPU; the figures fit inside the test's own clock.
+    usage = s["usage"]
+    assert usage["attempts"] == 1 and usage["gpuSeconds"] == 0 and len(usage["pods"]) == nodes, usage
+    assert all(p["ended"] and p["stage"] == "train" for p in usage["pods"].values()), usage
+    assert 0 < usage["wallSeconds"] <= time.monotonic() - started + 1, usage
+    assert status(kube_apiserver, "datasets", "books")["usage"]["attempts"] == 1
+
     table = kubectl("get", "trainingruns").stdout.splitlines()
     print("\n".join(table))
-    assert table[0].split() == ["NAME", "PHASE", "STEP", "LOSS", "ETA(S)", "AGE"], table
+    assert table[0].split() == ["NAME", "PHASE", "STEP", "LOSS", "ETA(S)", "GPU-H", "COST", "AGE"], table
     row = table[1].split()
     assert row[:3] == ["tiny", "Succeeded", "6"], table
     datasets = kubectl("get", "lds").stdout.splitlines()

@@ -92,7 +92,12 @@ BASE_PROVIDES = {
 # Imported only where a spec asks for it, behind an ImportError that names the field and the fix.
 OPTIONAL = {"wandb", "ray", "datasets"}
 # Imported by code that this image's pods do not run.
-NOT_RUN = {"serving": {"kubernetes"}}  # serving pods report no status: LLMFAB_STATUS=off
+NOT_RUN = {
+    "serving": {"kubernetes"},  # serving pods report no status: LLMFAB_STATUS=off
+    "operator": {"pynvml"},  # the operator reads no GPU: llmfab.gpu_energy runs in workloads and `llmfab up`
+}
+# Import names whose distribution this checkout may lack (nvidia-ml-py: the train and serve extras).
+NOT_INSTALLED_HERE = {"pynvml": "nvidia-ml-py"}
 
 
 def third_party_imports(entries: list[str]) -> set[str]:
@@ -132,7 +137,7 @@ def third_party_imports(entries: list[str]) -> set[str]:
 
 
 def distribution(module: str) -> str:
-    dists = importlib.metadata.packages_distributions().get(module, [module])
+    dists = importlib.metadata.packages_distributions().get(module, [NOT_INSTALLED_HERE.get(module, module)])
     return dists[0].lower().replace("_", "-").replace(".", "-")
 
 

@@ -124,15 +124,17 @@ class KubeAPIServer(kmock.KubernetesEmulator):
         return self.store.list(self.resource_type(resource), namespace, label_selector(labels))[0]
 
     def set_pod_phase(
-        self, pod: str | JSON, phase: str, namespace: str = "default", exit_code: int | None = None
+        self, pod: str | JSON, phase: str, namespace: str = "default", exit_code: int | None = None,
+        started: str | None = None, finished: str | None = None,
     ) -> JSON:
-        """Report ``phase`` for a pod as its kubelet would; the Job controller then updates its Job."""
+        """Report ``phase`` for a pod as its kubelet would; the Job controller then updates its Job.
+        ``started``/``finished``: the pod's start and its container's end (RFC 3339), default now."""
         if isinstance(pod, dict):
             namespace, pod = pod["metadata"]["namespace"], pod["metadata"]["name"]
         pods = self.resource_type("pods")
         with self.store.lock:
             current = self.store.get(pods, namespace, pod)
-            body = {**current, "status": pod_status(current, phase, exit_code)}
+            body = {**current, "status": pod_status(current, phase, exit_code, started, finished)}
             return self.store.update(pods, namespace, pod, body, subresource="status")[0]
 
     # --- resource types and CRDs ----------------------------------------------------------

@@ -51,13 +51,16 @@ INDEX = "batch.kubernetes.io/job-completion-index"
 FINISHED = ("Succeeded", "Failed")
 
 
-def pod_status(pod: JSON, phase: str, exit_code: int | None = None) -> JSON:
-    """What the kubelet would report for ``pod`` in ``phase`` (Pending, Running, Succeeded, Failed)."""
+def pod_status(pod: JSON, phase: str, exit_code: int | None = None, started: str | None = None,
+               finished: str | None = None) -> JSON:
+    """What the kubelet would report for ``pod`` in ``phase`` (Pending, Running, Succeeded, Failed);
+    ``started`` (the pod's ``startTime``) and ``finished`` (its container's ``finishedAt``) default
+    to now."""
     status = copy.deepcopy(pod.get("status") or {})
     status["phase"] = phase
     ready = "True" if phase == "Running" else "False"
     if phase != "Pending":
-        status.setdefault("startTime", now())
+        status.setdefault("startTime", started or now())
         status.setdefault("podIP", "10.42.0.10")
     status["conditions"] = [
         {"type": "Ready", "status": ready, "lastProbeTime": None, "lastTransitionTime": now()},
@@ -73,7 +76,7 @@ def pod_status(pod: JSON, phase: str, exit_code: int | None = None) -> JSON:
                 "exitCode": code,
                 "reason": reason,
                 "startedAt": status["startTime"],
-                "finishedAt": now(),
+                "finishedAt": finished or now(),
             }
         }
     else:

@@ -192,6 +192,29 @@ def test_the_autoscaling_dashboard_shows_replicas_cold_starts_and_held_requests(
     assert "interceptor_pending_requests" not in " ".join(exprs("autoscaling"))
 
 
+def test_the_pipeline_dashboard_shows_gpu_hours_and_cost_per_resource() -> None:
+    """Issue 22: each resource's GPU-hours and cost (the operator's copy of status.usage), and the
+    totals over the selected operator's resources."""
+    assert {dashboards.USAGE_GPU_SECONDS, dashboards.USAGE_COST, dashboards.USAGE_ENERGY,
+            dashboards.USAGE_CPU_SECONDS} <= metric_names("pipeline")
+    titles = {p["title"]: p for p in panels("pipeline")}
+    [gpu] = titles["GPU-hours by resource"]["targets"]
+    assert gpu["expr"].startswith("sum by (resource_namespace, kind, resource) (") and gpu["expr"].endswith(") / 3600")
+    assert gpu["legendFormat"] == "{{kind}}/{{resource}}"
+    [cost] = titles["Cost by resource"]["targets"]
+    assert "currency" in cost["expr"] and cost["legendFormat"] == "{{kind}}/{{resource}} ({{currency}})"
+    # The operator exports the series those panels read, for a resource it has seen.
+    operator_metrics.observe_usage("ns", "TrainingRun", "tiny", {"gpuSeconds": 7200.0, "cost": 1.6, "currency": "EUR"})
+    try:
+        labels = {"resource_namespace": "ns", "kind": "TrainingRun", "resource": "tiny"}
+        assert operator_metrics.REGISTRY.get_sample_value(dashboards.USAGE_GPU_SECONDS, labels) == 7200.0
+        assert operator_metrics.REGISTRY.get_sample_value(dashboards.USAGE_COST, {**labels, "currency": "EUR"}) == 1.6
+        assert operator_metrics.REGISTRY.get_sample_value(dashboards.USAGE_ENERGY, labels) is None  # none in status
+    finally:
+        operator_metrics.observe_usage("ns", "TrainingRun", "tiny", None)
+    assert operator_metrics.REGISTRY.get_sample_value(dashboards.USAGE_GPU_SECONDS, labels) is None
+
+
 def test_no_dashboard_uses_a_vllm_name_that_v1_removed() -> None:
     for name in BUILT:
         assert not metric_names(name) & GONE_FROM_VLLM

@@ -3,7 +3,7 @@
 Serves ``llmfab.operator.metrics.REGISTRY`` (the operator's own counters, histogram and phase
 gauge, fed through its own ``observe_phase``) plus the Dataset step gauges the Pipeline dashboard
 queries, with the names and labels the operator is to export, and an autoscaled InferenceService
-that sleeps and wakes (``observe_serving``). On a second port it stands in for the KEDA HTTP
+that sleeps and wakes (``observe_serving``), and each resource's usage (``observe_usage``). On a second port it stands in for the KEDA HTTP
 add-on's interceptor (``interceptor_request_concurrency`` per route, as its OTel Prometheus
 exporter writes it), which needs a cluster. Run: ``python fake_operator_exporter.py PORT INTERCEPTOR_PORT``.
 """
@@ -52,6 +52,10 @@ def sleep_and_wake(tick: int, rng: random.Random) -> None:
 def main(port: int, interceptor_port: int) -> None:
     for uid, (kind, phase) in RESOURCES.items():
         metrics.observe_phase(uid, kind, phase)
+        gpu_seconds = {"Dataset": 0.0, "TrainingRun": 7200.0, "RewardModel": 1800.0, "InferenceService": 3600.0}[kind]
+        metrics.observe_usage("default", kind, uid.removesuffix("-uid"), {
+            "gpuSeconds": gpu_seconds, "cpuSeconds": 4 * gpu_seconds + 600, "energyKwh": gpu_seconds / 3600 * 0.35,
+            "attempts": 1, "cost": gpu_seconds / 3600 * 0.8, "currency": "EUR"})
     for step, documents_in, documents_out, removed in STEPS:
         DOCUMENTS.labels(namespace="default", dataset="tinyds", step=step, stage="in").set(documents_in)
         DOCUMENTS.labels(namespace="default", dataset="tinyds", step=step, stage="out").set(documents_out)
