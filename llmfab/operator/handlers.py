@@ -122,11 +122,10 @@ def carry_out(decision: Decision, res: Resource, body: Any, kube: Kube) -> None:
         kube.apply(manifest)
     for manifest in decision.patch:
         kube.patch(manifest)
-    for child in decision.delete:
-        kube.delete(child)
+    deleted = [kube.delete(child) for child in decision.delete]
     if decision.status:
         kube.patch_status(res, decision.status)
-    for type_, reason, message in decision.events:
+    for type_, reason, message in decision.events + (decision.events_if_deleted if any(deleted) else []):
         kopf.event(body, type=type_, reason=reason, message=message[:1024])
 
 

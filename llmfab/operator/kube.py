@@ -165,13 +165,16 @@ class Kube:
         result: dict[str, Any] = self._ok(status, data, f"patch {manifest['kind']}/{meta['name']}")
         return result
 
-    def delete(self, obj: dict[str, Any], propagation: str = "Background") -> None:
+    def delete(self, obj: dict[str, Any], propagation: str = "Background") -> bool:
+        """Delete ``obj``; False where it was already gone (404)."""
         meta = obj["metadata"]
         path = path_for(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
         status, data = self.request("DELETE", path, body)
-        if status != 404:
-            self._ok(status, data, f"delete {obj['kind']}/{meta['name']}")
+        if status == 404:
+            return False
+        self._ok(status, data, f"delete {obj['kind']}/{meta['name']}")
+        return True
 
     def patch_status(self, res: Resource, fields: dict[str, Any]) -> None:
         path = path_for(res.api_version, res.KIND, res.metadata.namespace, res.name) + "/status"

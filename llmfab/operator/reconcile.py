@@ -87,6 +87,9 @@ class Decision:
     delete: list[dict[str, Any]] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)  # merge patch of .status; {} = unchanged
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    # Posted only where one of ``delete`` removed something: a timer pass and a change pass may
+    # decide the same stop at once, and the second one's delete finds nothing (404).
+    events_if_deleted: list[tuple[str, str, str]] = field(default_factory=list)
     waiting: str | None = None  # the handler retries later (kopf.TemporaryError)
     cold_start_seconds: float | None = None  # a wake from zero completed (the operator's metrics)
 
@@ -208,7 +211,7 @@ def _stop(d: Decision, observed: Observed, why: str) -> None:
     if stop:
         d.delete.extend(stop)
         names = ", ".join(f"{w['kind']}/{w['metadata']['name']}" for w in stop)
-        d.events.append(("Warning", "Stopped", f"stopped {names} (artifacts kept) because this cluster refuses "
+        d.events_if_deleted.append(("Warning", "Stopped", f"stopped {names} (artifacts kept) because this cluster refuses "
                                                f"the spec; fix it and the operator recreates them: {why}"))
 
 

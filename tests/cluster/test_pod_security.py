@@ -162,12 +162,12 @@ def test_a_resource_refused_after_its_children_exist_has_its_running_workloads_d
     d = decide(svc, observed, SETTINGS)
     assert failed(d)[0] == "InsecureSpec"
     assert [(w["kind"], w["metadata"]["name"]) for w in d.delete] == [("Job", "demo-eval-old"), ("Deployment", "demo")]
-    [stopped] = [e for e in d.events if e[1] == "Stopped"]
+    [stopped] = [e for e in d.events_if_deleted if e[1] == "Stopped"]
     assert stopped[0] == "Warning" and stopped[2].startswith("stopped Job/demo-eval-old, Deployment/demo (artifacts kept)")
     assert "spec.feedback.tokenSecret" in stopped[2]  # why, and the fix
     # Once they are gone (or going), nothing more is deleted and no event repeats.
     again = decide(svc, Observed(status=settle_failed(d), deployment=going), SETTINGS)
-    assert again.delete == [] and again.events == [] and again.status == {}
+    assert again.delete == [] and again.events == again.events_if_deleted == [] and again.status == {}
     # A Job's running pods are stopped; a finished Job runs nothing and keeps its verdict.
     outside = resource("Dataset", {"sources": [{"path": "a"}], "pod": {"image": "evil.example/miner:1"}})
     jobs = {"data": workload("Job", "demo-data-r", active=1),
