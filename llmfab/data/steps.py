@@ -23,7 +23,10 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-DOCUMENT_SCHEMA = pa.schema([("text", pa.large_string()), ("source", pa.string()), ("id", pa.string())])
+# url and meta (a JSON object: a WARC record's date, a wiki page's title and ids) are null where a
+# reader has none
+DOCUMENT_SCHEMA = pa.schema([("text", pa.large_string()), ("source", pa.string()), ("id", pa.string()),
+                             ("url", pa.string()), ("meta", pa.string())])
 EXAMPLES_PER_REASON = 3
 EXAMPLE_CHARS = 240
 REMOVAL_TYPE = pa.struct([("step", pa.string()), ("reason", pa.string())])
@@ -95,6 +98,7 @@ class StepCounter:
     examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     documents_edited: int = 0  # kept, but with lines removed (C4's line rules)
     characters_removed: int = 0
+    details: dict[str, Any] = field(default_factory=dict)  # step-specific, stats.json only (the readers' sources)
 
     def drop(self, reason: str, ex: dict[str, str] | None = None, count: int = 1) -> None:
         self.removed[reason] = self.removed.get(reason, 0) + count
@@ -116,7 +120,7 @@ class StepCounter:
         out = {**self.status(), "examples": self.examples}
         if self.documents_edited:
             out.update(documentsEdited=self.documents_edited, charactersRemoved=self.characters_removed)
-        return out
+        return {**out, **self.details}
 
 
 class StepStatsBook:
