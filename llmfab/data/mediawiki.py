@@ -13,7 +13,7 @@ magic word or title.
 
 Wikitext becomes text with mwparserfromhell's parse tree: templates (and so infoboxes and
 navboxes, nested ones with them), references, tables, comments, files, images and categories are
-dropped; a link becomes its shown text; a section title becomes a line of its own (dropped when
+dropped, and so are interlanguage links and bold/italic quotes; a link becomes its shown text; a section title becomes a line of its own (dropped when
 nothing of its section is left, as with "References"). Each document: id = the page id, url =
 the wiki's base URL + title, meta = ``{"title", "pageId", "revisionId", "timestamp"}``.
 """
@@ -43,6 +43,9 @@ DISAMBIGUATION_TEMPLATES = frozenset((
 TEMPLATE_NAME = re.compile(r"\{\{\s*([^{}|\n]+?)\s*(?:\||\}\})")
 REDIRECT = re.compile(r"^\s*#\s*redirect", re.IGNORECASE)
 MAGIC_WORD = re.compile(r"__[A-Z]+__")
+BOLD_ITALIC = re.compile(r"'{2,5}")  # bold and italic quotes: left as text (skip_style_tags), dropped here
+# [[de:Ada Lovelace]]: a link to the same article in another language's wiki
+INTERLANGUAGE = re.compile(r"[a-z]{2,3}(?:-[a-z]+)*")
 DROPPED_NAMESPACES = frozenset({"file", "image", "media", "category"})
 DROPPED_TAGS = frozenset({"ref", "references", "table", "gallery", "math", "chem", "ce", "timeline", "score",
                           "graph", "imagemap", "inputbox", "templatedata", "templatestyles", "categorytree",
@@ -67,7 +70,7 @@ def wikitext_to_text(wikitext: str) -> str:
     import mwparserfromhell
 
     rendered = _render(mwparserfromhell.parse(wikitext, skip_style_tags=True))
-    rendered = MAGIC_WORD.sub("", rendered)
+    rendered = BOLD_ITALIC.sub("", MAGIC_WORD.sub("", rendered))
     lines = [SPACE_RUNS.sub(" ", line).strip() for line in rendered.split("\n")]
     kept: list[str] = []
     for i, line in enumerate(lines):
@@ -89,7 +92,9 @@ def _render(code: Any) -> str:
             out.append(node.value)
         elif isinstance(node, nodes.Wikilink):
             title = str(node.title).strip()
-            if not title.startswith(":") and title.split(":", 1)[0].strip().lower() in DROPPED_NAMESPACES:
+            prefix = title.split(":", 1)[0].strip() if ":" in title else ""
+            if not title.startswith(":") and (prefix.lower() in DROPPED_NAMESPACES or
+                                              (node.text is None and INTERLANGUAGE.fullmatch(prefix))):
                 continue
             out.append(_render(node.text) if node.text is not None else title.lstrip(":"))
         elif isinstance(node, nodes.ExternalLink):

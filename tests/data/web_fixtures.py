@@ -185,3 +185,183 @@ def write_openwebtext(path: Path, subsets: list[dict[str, str]]) -> Path:
              for n, subset in enumerate(subsets)}
     path.write_bytes(lzma.compress(tar_bytes(inner)))
     return path
+
+
+# --- MediaWiki export (schema 0.11, as dumps.wikimedia.org writes *-pages-articles.xml) ------------
+
+WIKI_ARTICLES: dict[str, str] = {
+    "Ada Lovelace": """{{Short description|English mathematician (1815–1852)}}
+{{Use dmy dates|date=March 2024}}
+{{Infobox person
+| name        = Ada Lovelace
+| image       = Ada Lovelace portrait.jpg
+| birth_date  = {{birth date|df=yes|1815|12|10}}
+| birth_place = [[London]], England
+| known_for   = {{hlist|[[Analytical Engine]]|first computer program}}
+}}
+'''Augusta Ada King, Countess of Lovelace''' (''née'' '''Byron''') was an English [[mathematician]] and writer, \
+chiefly known for her work on [[Charles Babbage]]'s proposed mechanical general-purpose computer, the \
+[[Analytical Engine]].<ref name="Toole">{{cite book |last=Toole |first=Betty |title=Ada, the Enchantress of \
+Numbers |year=1998 |publisher=Strawberry Press}}</ref> She was the first to recognise that the machine had \
+applications beyond pure calculation.<ref>{{cite web |url=https://example.org/ada |title=Ada {{!}} notes}}</ref>
+
+[[File:Ada Lovelace portrait.jpg|thumb|upright|Portrait of Lovelace by [[Alfred Edward Chalon]], about 1840]]
+
+== Early life ==
+Lovelace was the only legitimate child of the poet [[George Gordon Byron, 6th Baron Byron|Lord Byron]] and \
+[[Anne Isabella Milbanke]]. Her mother encouraged her interest in [[mathematics]] and [[logic]] from an early age, \
+hoping to keep her away from what she saw as her father's temperament.<ref name="Toole" />
+
+=== Education ===
+She was taught by private tutors, among them the mathematician [[Augustus De Morgan]], and she corresponded with \
+scientists of her day. Her notes show a careful and curious mind at work.
+
+== Work on the Analytical Engine ==
+In 1843 Lovelace translated an article by the Italian engineer [[Luigi Federico Menabrea]] and added her own notes, \
+which were longer than the article itself. Note G describes an [[algorithm]] for computing [[Bernoulli number]]s \
+with the engine.{{sfn|Toole|1998|p=42}}
+
+{| class="wikitable"
+|+ Notes by length
+|-
+! Note !! Pages
+|-
+| A || 4
+|-
+| G || 7
+|}
+
+== References ==
+{{Reflist}}
+
+== External links ==
+* {{Commons category-inline}}
+* [https://example.org/lovelace The Ada Lovelace project]
+
+{{Authority control}}
+[[Category:1815 births]]
+[[Category:English mathematicians]]
+[[de:Ada Lovelace]]
+""",
+    "Analytical Engine": """{{Infobox machine |name=Analytical Engine |inventor=[[Charles Babbage]] |year={{circa|1837}}}}
+The '''Analytical Engine''' was a proposed [[mechanical computer|mechanical general-purpose computer]] designed by \
+the English mathematician [[Charles Babbage]]. It was first described in 1837 as the successor to Babbage's \
+[[difference engine]].<ref>{{harvnb|Bromley|1982}}</ref> The design had an arithmetic unit, control flow in the \
+form of conditional branching and loops, and integrated memory.
+
+== Design ==
+The machine was to be programmed with [[punched card]]s, an idea taken from the [[Jacquard machine|Jacquard loom]]. \
+The store would hold one thousand numbers of forty decimal digits each, and the mill would carry out the four \
+arithmetic operations on them.<!-- figures from the 1837 description -->
+
+<gallery>
+File:Analytical Engine model.jpg|A trial model
+</gallery>
+
+== Legacy ==
+Although the engine was never built, historians regard its logical design as the first of a \
+[[Turing completeness|Turing-complete]] machine. Parts of the mill were assembled by Babbage's son after his death.
+
+== See also ==
+{{Portal|Computing}}
+
+[[Category:Mechanical computers]]
+""",
+    "Punched card": """{{About|the data medium|the voting method|Punched card ballot}}
+A '''punched card''' is a piece of stiff paper that holds digital data represented by the presence or absence of \
+holes in predefined positions.<ref group="note">Also called a punch card.</ref> Punched cards were widely used \
+for data processing through much of the twentieth century.
+
+== History ==
+Early looms used chains of cards to control the pattern being woven, and the idea later spread to \
+[[tabulating machine]]s built for the [[United States census]].<ref name=census/> Clerks could sort and count \
+the cards far faster than they could read written returns.
+
+* Cards were read by [[Electrical contact|electrical contacts]] passing through the holes.
+* Later readers used light and [[photodiode]]s.
+
+== Notes ==
+{{notelist}}
+
+== References ==
+<references>
+<ref name=census>{{cite journal |title=The census of 1890 |journal=Example Review |year=1990}}</ref>
+</references>
+
+[[Category:Storage media]]
+""",
+}
+WIKI_SPECIAL = {  # title → (namespace, wikitext): pages the reader must leave out
+    "Lovelace": ("0", "#REDIRECT [[Ada Lovelace]]\n\n{{Redirect category shell|{{R from surname}}}}"),
+    "Engine (disambiguation)": ("0", "'''Engine''' may refer to:\n* [[Analytical Engine]]\n* [[Steam engine]]\n\n"
+                                     "{{disambiguation}}"),
+    "Babbage": ("0", "'''Babbage''' may refer to:\n* [[Charles Babbage]], mathematician\n"
+                     "* [[Babbage (crater)]]\n{{Disambig|surname}}\n[[Category:Surnames]]"),
+    "Talk:Ada Lovelace": ("1", "== Birth date ==\nIs the date right? ~~~~"),
+    "Template:Infobox machine": ("10", "{| class=infobox\n|-\n| {{{name}}}\n|}<noinclude>{{Documentation}}</noinclude>"),
+    "Category:Mechanical computers": ("14", "Computers that work by mechanical means.\n[[Category:Computers]]"),
+    "File:Ada Lovelace portrait.jpg": ("6", "== Summary ==\n{{Information |description=Portrait}}"),
+}
+WIKI_REDIRECT_ELEMENT = "Countess of Lovelace"  # a redirect marked by <redirect> (its text is also #REDIRECT)
+
+
+def _xml(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def wiki_page_xml(title: str, ns: str, page_id: int, text: str, redirect: str | None = None) -> str:
+    sha = hashlib.sha1(text.encode()).hexdigest()
+    redirect_xml = f'    <redirect title="{_xml(redirect)}" />\n' if redirect else ""
+    return (f"  <page>\n    <title>{_xml(title)}</title>\n    <ns>{ns}</ns>\n    <id>{page_id}</id>\n{redirect_xml}"
+            f"    <revision>\n      <id>{page_id * 1000 + 7}</id>\n      <parentid>{page_id * 1000 + 3}</parentid>\n"
+            f"      <timestamp>2024-03-0{page_id % 9 + 1}T12:00:00Z</timestamp>\n"
+            f"      <contributor>\n        <username>Example</username>\n        <id>42</id>\n      </contributor>\n"
+            f"      <comment>copyedit</comment>\n      <model>wikitext</model>\n      <format>text/x-wiki</format>\n"
+            f'      <text bytes="{len(text.encode())}" sha1="{sha}" xml:space="preserve">{_xml(text)}</text>\n'
+            f"      <sha1>{sha}</sha1>\n    </revision>\n  </page>\n")
+
+
+WIKI_HEADER = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.11/" \
+xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" \
+xsi:schemaLocation="http://www.mediawiki.org/xml/export-0.11/ http://www.mediawiki.org/xml/export-0.11.xsd" \
+version="0.11" xml:lang="en">
+  <siteinfo>
+    <sitename>Wikipedia</sitename>
+    <dbname>enwiki</dbname>
+    <base>https://en.wikipedia.org/wiki/Main_Page</base>
+    <generator>MediaWiki 1.42.0-wmf.20</generator>
+    <case>first-letter</case>
+    <namespaces>
+      <namespace key="0" case="first-letter" />
+      <namespace key="1" case="first-letter">Talk</namespace>
+      <namespace key="6" case="first-letter">File</namespace>
+      <namespace key="10" case="first-letter">Template</namespace>
+      <namespace key="14" case="first-letter">Category</namespace>
+    </namespaces>
+  </siteinfo>
+"""
+
+
+def write_wiki_dump(path: Path, articles: dict[str, str] | None = None, copies: int = 1) -> Path:
+    """A ``*-pages-articles.xml`` (``.bz2`` by suffix): the articles ``copies`` times (retitled), the
+    special pages, and a ``<redirect>`` page; page ids count up from 10."""
+    import bz2
+
+    articles = WIKI_ARTICLES if articles is None else articles
+    opener = bz2.open if path.suffix == ".bz2" else open
+    page_id = 10
+    with opener(path, "wt", encoding="utf-8") as f:  # type: ignore[operator]
+        f.write(WIKI_HEADER)
+        for copy in range(copies):
+            for title, text in articles.items():
+                f.write(wiki_page_xml(title if copy == 0 else f"{title} {copy}", "0", page_id, text))
+                page_id += 1
+            if copy == 0:
+                for title, (ns, text) in WIKI_SPECIAL.items():
+                    f.write(wiki_page_xml(title, ns, page_id, text))
+                    page_id += 1
+                f.write(wiki_page_xml(WIKI_REDIRECT_ELEMENT, "0", page_id, "#REDIRECT [[Ada Lovelace]]",
+                                      redirect="Ada Lovelace"))
+                page_id += 1
+        f.write("</mediawiki>\n")
+    return path
