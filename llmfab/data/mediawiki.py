@@ -135,8 +135,6 @@ class _Page:
 class _DumpParser:
     """expat handlers that turn ``<page>`` elements into :class:`_Page` s (see the module docstring)."""
 
-    FIELDS = {"title": "title", "ns": "ns", "timestamp": "timestamp"}
-
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.parser = expat.ParserCreate()
@@ -192,8 +190,8 @@ class _DumpParser:
         if page is None:
             if name == "base":
                 self.base = value
-        elif name in self.FIELDS:
-            setattr(page, self.FIELDS[name], value)
+        elif name in ("title", "ns", "timestamp"):
+            setattr(page, name, value)
         elif name == "id":
             if parent == "page":
                 page.page_id = value
