@@ -145,15 +145,17 @@ Privacy policy</a></li><li><a href="/terms">Terms of use</a></li><li><a href="/c
 def run(python: str, script: str, warc: Path, out: Path) -> dict[str, float | str]:
     """Run ``script`` in its own process; wall seconds and CPU seconds with all its children."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    log = out.with_suffix(".log")
     start = time.perf_counter()
-    proc = subprocess.Popen([python, "-c", script, str(warc), str(out)], env=env, stderr=subprocess.PIPE,
-                            text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    with open(log, "w") as stderr:  # a file, not a pipe: datatrove logs a lot, and a full pipe would block it
+        proc = subprocess.Popen([python, "-c", script, str(warc), str(out)], env=env, stderr=stderr)
+        _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
-    err = proc.stderr.read() if proc.stderr else ""
+    err = log.read_text()
     if status != 0:
         raise SystemExit(f"{python} failed ({status}):\n{err[-3000:]}")
-    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "log": err.strip()[-400:]}
+    lines = [line for line in err.splitlines() if "datatrove" in line.lower() or line.startswith("{")]
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "log": "\n".join(lines[-2:])}
 
 
 def load(path: Path) -> dict[str, str]:

@@ -11,7 +11,11 @@ import bz2
 import gzip
 import json
 import lzma
+import os
 import random
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +34,19 @@ from .test_workload import write_spec
 from .web_fixtures import (
     FOREIGN,
     WIKI_ARTICLES,
+    WIKI_HEADER,
     WIKI_SPECIAL,
     http_response,
     tar_bytes,
     warc_record,
+    wiki_page_xml,
     write_crawl,
     write_openwebtext,
     write_wet,
     write_wiki_dump,
 )
 
-Rows = list[tuple[str, str, str]]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def read_full(tmp_path: Path, *sources: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -272,3 +278,65 @@ def test_each_raw_form_builds_a_dataset(form: str, home: Path, tmp_path: Path) -
     train = open_split(out, "train")
     text = sp.decode(train.read(0, train.num_tokens).tolist())
     assert {"cc-news": "XSLT", "wikipedia": "Babbage", "openwebtext": "Story"}[form] in text
+
+
+BOMB_CHILD = """
+import json, resource, sys
+from pathlib import Path
+from llmfab.api.dataset import DatasetSpec
+from llmfab.data.readers import read_documents
+from llmfab.data.steps import StepCounter
+limit = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize() + (512 << 20)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # MemoryError, not a full machine, if unbounded
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+spec = DatasetSpec.model_validate({"sources": [{"path": sys.argv[1], "onError": "skip", "maxDocumentBytes": 1 << 20}]})
+counter = StepCounter("read")
+texts = [t for b in read_documents(spec, Path, counter) for t in b.column("text").to_pylist()]
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"texts": texts, "removed": counter.removed, "grew": peak - before}))
+"""
+
+
+def _bomb(path: Path, head: bytes, tail: bytes, mib: int = 256) -> Path:
+    """``head`` + ``mib`` MiB of "a" + ``tail``, gzip'd a MiB per member (~1 KiB each)."""
+    member = gzip.compress(b"a" * (1 << 20), compresslevel=9)
+    with open(path, "wb") as f:
+        f.write(gzip.compress(head))
+        for _ in range(mib):
+            f.write(member)
+        f.write(gzip.compress(tail))
+    return path
+
+
+@pytest.mark.parametrize("form", ["warc", "mediawiki", "tar"])
+def test_a_record_of_256_mib_is_skipped_in_bounded_memory(form: str, tmp_path: Path) -> None:
+    """One WARC payload, wiki page or archive member of 256 MiB (a ~300 KB gzip bomb) between two
+    small ones: counted as too_long, and the reader's peak RSS grows by far less than the record."""
+    size = 256 << 20
+    small = b"<html><body><p>small page after the big one</p></body></html>"
+    if form == "warc":
+        http = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n"
+        big = warc_record("response", "https://x.example/big", b"", 1).replace(b"Content-Length: 0",
+                                                                               f"Content-Length: {len(http) + size}".encode())
+        path = _bomb(tmp_path / "bomb.warc.gz", big.removesuffix(b"\r\n\r\n") + http,
+                     b"\r\n\r\n" + warc_record("response", "https://x.example/ok", http_response(small, "text/html"), 2))
+        expected = ["small page after the big one"]
+    elif form == "mediawiki":
+        page = wiki_page_xml("Big", "0", 1, "").split("</text>")
+        path = _bomb(tmp_path / "bomb-pages-articles.xml.gz", (WIKI_HEADER + page[0].replace('bytes="0" ', "")).encode(),
+                     ("</text>" + page[1] + wiki_page_xml("Small", "0", 2, "A small article.") + "</mediawiki>").encode())
+        expected = ["A small article."]
+    else:
+        header = tarfile.TarInfo("big.txt")
+        header.size = size
+        tail = b"\0" * (-size % 512) + tar_bytes({"small.txt": b"small member"})
+        path = _bomb(tmp_path / "bomb.tar.gz", header.tobuf(format=tarfile.GNU_FORMAT), tail)
+        expected = ["small member"]
+    assert path.stat().st_size < 1 << 20
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", BOMB_CHILD, str(path)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["texts"] == expected and result["removed"] == {"too_long": 1}, result
+    assert result["grew"] < 64 << 20, result
