@@ -4,7 +4,7 @@
 Two inputs, both written here from the HTML pages Debian packages ship under /usr/share/doc:
 
 - **debian**: every page up to 2 MB as a Common Crawl-style response record (``.warc.gz``, one gzip
-  member per record). Throughput: documents/s (wall) and CPU-seconds per GB of WARC, each side in
+  member per record), ``--repeat`` times under other URLs. Throughput: documents/s (wall) and CPU-seconds per GB of WARC, each side in
   its own process, CPU counted with its children (llmfab's extraction child, datatrove's
   extraction sandbox). Agreement of the texts, per document kept by both: token-set Jaccard of
   lowercased ``\\w+`` tokens, mean and median.
@@ -16,7 +16,7 @@ Two inputs, both written here from the HTML pages Debian packages ship under /us
 
 datatrove runs from its own virtual environment (``--datatrove-python``, default
 /tmp/dt-venv/bin/python; create it with ``python -m venv /tmp/dt-venv && /tmp/dt-venv/bin/pip install
-datatrove warcio trafilatura faust-cchardet python-magic``), so its dependencies never touch .venv.
+datatrove warcio trafilatura lxml_html_clean faust-cchardet python-magic``), so its dependencies never touch .venv.
 
     .venv/bin/python benchmarks/warc_extract.py [--work /tmp/warc-bench]
 """
@@ -72,6 +72,25 @@ with open(out, "w") as f:
         text, reason = page_text(r.reader.read(), r.http_charset)
         if reason is None:
             f.write(json.dumps({"url": r.headers.get("WARC-Target-URI"), "text": text}) + "\\n")
+"""
+
+PARSE_FASTWARC = """
+import json, sys
+from fastwarc.warc import ArchiveIterator, WarcRecordType
+n = size = 0
+for r in ArchiveIterator(open(sys.argv[1], "rb"), record_types=WarcRecordType.response, parse_http=True):
+    n, size = n + 1, size + len(r.reader.read())
+open(sys.argv[2], "w").write(json.dumps({"url": "records", "text": str(n)}) + "\\n")
+"""
+
+PARSE_WARCIO = """
+import json, sys
+from warcio.archiveiterator import ArchiveIterator
+n = size = 0
+for r in ArchiveIterator(open(sys.argv[1], "rb")):
+    if r.rec_type == "response":
+        n, size = n + 1, size + len(r.content_stream().read())
+open(sys.argv[2], "w").write(json.dumps({"url": "records", "text": str(n)}) + "\\n")
 """
 
 DATATROVE = """
@@ -182,12 +201,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/warc-bench"))
     parser.add_argument("--datatrove-python", default="/tmp/dt-venv/bin/python")
     parser.add_argument("--news-pages", type=int, default=120)
+    parser.add_argument("--repeat", type=int, default=3, help="each Debian page this many times (new URLs), "
+                        "so start-up costs are small beside the work")
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     files = pages()
     debian = work / "debian.warc.gz"
-    write_warc(debian, [(f"https://docs.example.org/{p.relative_to(DOC)}", p.read_bytes()) for p in files])
+    write_warc(debian, [(f"https://docs{k}.example.org/{p.relative_to(DOC)}", p.read_bytes())
+                        for k in range(args.repeat) for p in files])
     rng = random.Random(0)
     articles = [a for a in (article(p.read_bytes()) for p in files) if sum(len(x) for x in a[1]) >= 500]
     rng.shuffle(articles)
@@ -198,8 +220,9 @@ def main() -> None:
     write_warc(news, [(url, news_page(t, ps, [x for x in titles if x != t], rng).encode())
                       for url, (t, ps) in zip(truth, articles, strict=True)])
     gb = debian.stat().st_size / 1e9
-    print(f"input debian: {len(files)} pages, {debian.stat().st_size / 1e6:.1f} MB gzip'd WARC "
-          f"({sum(p.stat().st_size for p in files) / 1e6:.1f} MB of HTML); news: {len(articles)} pages")
+    gb_html = args.repeat * sum(p.stat().st_size for p in files) / 1e9
+    print(f"input debian: {len(files)} pages x {args.repeat}, {debian.stat().st_size / 1e6:.1f} MB gzip'd WARC "
+          f"({args.repeat * sum(p.stat().st_size for p in files) / 1e6:.1f} MB of HTML); news: {len(articles)} pages")
 
     sides = {"llmfab (FastWARC + Resiliparse, child process)": (sys.executable, LLMFAB),
              "llmfab extraction in-process (no time bound)": (sys.executable, INPROCESS),
@@ -212,14 +235,19 @@ def main() -> None:
             out = work / f"{slug}-{corpus}.jsonl"
             r = run(python, script, warc, out)
             texts.setdefault(name, {})[corpus] = load(out)
+            if not texts[name][corpus]:
+                raise SystemExit(f"{name} extracted no text from {warc}; its log ({out.with_suffix('.log')}) ends:\n"
+                                 f"{out.with_suffix('.log').read_text()[-2000:]}")
             if corpus == "debian":
                 results[name] = r
     llm, _, dt = sides
-    print("\n| reader + extractor | documents | documents/s | CPU-s per GB of WARC | wall s |")
-    print("| --- | --- | --- | --- | --- |")
+    print("\n| reader + extractor | documents | documents/s | CPU-s per GB of WARC (gzip'd) | CPU-s per GB of HTML "
+          "| wall s | CPU s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
-        n = len(texts[name]["debian"])
-        print(f"| {name} | {n} | {n / float(r['wall']):.1f} | {float(r['cpu']) / gb:.0f} | {float(r['wall']):.1f} |")
+        n, cpu_s = len(texts[name]["debian"]), float(r["cpu"])
+        print(f"| {name} | {n} | {n / float(r['wall']):.1f} | {cpu_s / gb:.0f} | {cpu_s / gb_html:.0f} | "
+              f"{float(r['wall']):.1f} | {cpu_s:.1f} |")
     speed = (len(texts[llm]["debian"]) / float(results[llm]["wall"])) / (
         len(texts[dt]["debian"]) / float(results[dt]["wall"]))
     cpu = (float(results[dt]["cpu"]) / len(texts[dt]["debian"])) / (float(results[llm]["cpu"]) / len(texts[llm]["debian"]))
@@ -236,6 +264,14 @@ def main() -> None:
         pr = [precision_recall(got.get(u, ""), t) for u, t in truth.items()]
         print(f"| {name} | {len(got)} | {statistics.mean(p for p, _ in pr):.3f} | "
               f"{statistics.mean(r for _, r in pr):.3f} |")
+    print("\n| WARC parsing only (response records, payload read) | documents/s | CPU-s per GB of WARC |")
+    print("| --- | --- | --- |")
+    for name, python, script in (("FastWARC", sys.executable, PARSE_FASTWARC),
+                                 ("warcio", args.datatrove_python, PARSE_WARCIO)):
+        out = work / f"parse-{name}.jsonl"
+        r = run(python, script, debian, out)
+        n = int(load(out)["records"])
+        print(f"| {name} | {n / float(r['wall']):.0f} | {float(r['cpu']) / gb:.0f} |")
     print(f"\nlogs: {results[llm]['log']}\n{results[dt]['log']}")
     print(f"this process's peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
