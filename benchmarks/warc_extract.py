@@ -53,7 +53,8 @@ from llmfab.api.dataset import DatasetSpec
 from llmfab.data.readers import read_documents
 from llmfab.data.steps import StepCounter
 warc, out = Path(sys.argv[1]), Path(sys.argv[2])
-spec = DatasetSpec.model_validate({"sources": [{"path": str(warc), "onError": "skip"}]})
+spec = DatasetSpec.model_validate({"sources": [{"path": str(warc), "onError": "skip",
+                                                "html": {"extractor": "EXTRACTOR"}}]})
 counter = StepCounter("read")
 with open(out, "w") as f:
     for batch in read_documents(spec, lambda p: Path(p), counter):
@@ -224,9 +225,11 @@ def main() -> None:
     print(f"input debian: {len(files)} pages x {args.repeat}, {debian.stat().st_size / 1e6:.1f} MB gzip'd WARC "
           f"({args.repeat * sum(p.stat().st_size for p in files) / 1e6:.1f} MB of HTML); news: {len(articles)} pages")
 
-    sides = {"llmfab (FastWARC + Resiliparse, child process)": (sys.executable, LLMFAB),
+    sides = {"llmfab (FastWARC + Resiliparse, child process)": (sys.executable,
+                                                                 LLMFAB.replace("EXTRACTOR", "resiliparse")),
              "llmfab extraction in-process (no time bound)": (sys.executable, INPROCESS),
-             "datatrove (warcio + Trafilatura)": (args.datatrove_python, DATATROVE)}
+             "datatrove (warcio + Trafilatura)": (args.datatrove_python, DATATROVE),
+             "llmfab, html.extractor: trafilatura": (sys.executable, LLMFAB.replace("EXTRACTOR", "trafilatura"))}
     results: dict[str, dict[str, float | str]] = {}
     texts: dict[str, dict[str, dict[str, str]]] = {}
     for name, (python, script) in sides.items():
@@ -240,7 +243,7 @@ def main() -> None:
                                  f"{out.with_suffix('.log').read_text()[-2000:]}")
             if corpus == "debian":
                 results[name] = r
-    llm, _, dt = sides
+    llm, _, dt, llm_traf = sides
     print("\n| reader + extractor | documents | documents/s | CPU-s per GB of WARC (gzip'd) | CPU-s per GB of HTML "
           "| wall s | CPU s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -252,14 +255,16 @@ def main() -> None:
         len(texts[dt]["debian"]) / float(results[dt]["wall"]))
     cpu = (float(results[dt]["cpu"]) / len(texts[dt]["debian"])) / (float(results[llm]["cpu"]) / len(texts[llm]["debian"]))
     print(f"\nllmfab / datatrove: {speed:.1f}x documents/s, {cpu:.1f}x less CPU per document")
-    both = sorted(set(texts[llm]["debian"]) & set(texts[dt]["debian"]))
-    sims = [jaccard(texts[llm]["debian"][u], texts[dt]["debian"][u]) for u in both]
-    print(f"agreement with trafilatura (token-set Jaccard, {len(both)} documents kept by both; llmfab only "
-          f"{len(set(texts[llm]['debian']) - set(both))}, datatrove only {len(set(texts[dt]['debian']) - set(both))}): "
-          f"mean {statistics.mean(sims):.3f}, median {statistics.median(sims):.3f}")
+    for name in (llm, llm_traf):
+        mine, theirs = texts[name]["debian"], texts[dt]["debian"]
+        both = sorted(set(mine) & set(theirs))
+        sims = [jaccard(mine[u], theirs[u]) for u in both]
+        print(f"{name}: agreement with datatrove's text (token-set Jaccard, {len(both)} documents kept by both; "
+              f"only llmfab {len(set(mine) - set(both))}, only datatrove {len(set(theirs) - set(both))}): "
+              f"mean {statistics.mean(sims):.3f}, median {statistics.median(sims):.3f}")
     print("\n| extractor on the news template | pages with text | token precision | token recall |")
     print("| --- | --- | --- | --- |")
-    for name in (llm, dt):
+    for name in (llm, dt, llm_traf):
         got = texts[name]["news"]
         pr = [precision_recall(got.get(u, ""), t) for u, t in truth.items()]
         print(f"| {name} | {len(got)} | {statistics.mean(p for p, _ in pr):.3f} | "

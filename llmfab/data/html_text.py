@@ -5,7 +5,8 @@
 the page's ``<meta charset>``, else uchardet's guess (Resiliparse's ``detect_encoding``); bytes
 that do not decode strictly in it are tried as UTF-8 and then Windows-1252 (the WHATWG fallback
 for Latin text), and a page that decodes in none of them is ``bad_charset``. The text is
-Resiliparse's ``extract_plain_text`` with ``main_content=True``, as DCLM extracts Common Crawl.
+Resiliparse's ``extract_plain_text`` with ``main_content=True``, as DCLM extracts Common Crawl, or
+trafilatura's ``extract`` with ``favor_precision`` as datatrove calls it (``html.extractor``).
 
 :class:`PageExtractor` runs :func:`page_text` in a child process, because no thread can stop C
 code that does not return: Resiliparse's main-content pass is quadratic in a page's nesting depth
@@ -62,23 +63,32 @@ def decode_page(payload: bytes, charset: str | None) -> tuple[str, str] | None:
     return None
 
 
-def page_text(payload: bytes, charset: str | None, main_content: bool = True) -> tuple[str, str | None]:
+def page_text(payload: bytes, charset: str | None, main_content: bool = True,
+              extractor: str = "resiliparse") -> tuple[str, str | None]:
     """An HTML page's text: ``(text, None)``, or ``("", reason)`` (``bad_charset``, ``empty_text``)."""
-    from resiliparse.extract.html2text import extract_plain_text
-
     decoded = decode_page(payload, charset)
     if decoded is None:
         return "", "bad_charset"
-    text = extract_plain_text(decoded[0], main_content=main_content, alt_texts=False).strip()
+    if extractor == "trafilatura":
+        # datatrove's settings but deduplicate=False: trafilatura's duplicate cache lives in the
+        # process, so a restarted child would give other text
+        import trafilatura
+
+        text = (trafilatura.extract(decoded[0], favor_precision=main_content, favor_recall=not main_content,
+                                    include_comments=False, deduplicate=False) or "").strip()
+    else:
+        from resiliparse.extract.html2text import extract_plain_text
+
+        text = extract_plain_text(decoded[0], main_content=main_content, alt_texts=False).strip()
     return (text, None) if text else ("", "empty_text")
 
 
-def _child(main_content: bool) -> None:
+def _child(main_content: bool, extractor: str) -> None:
     """The child's loop: ``(payload, charset)`` in on stdin, ``(text, reason)`` out on stdout, until EOF."""
     inbox = Connection(os.dup(0), writable=False)
     outbox = Connection(os.dup(1), readable=False)
     os.dup2(2, 1)  # a stray print must not corrupt the answers
-    page_text(b"<p>warm</p>", "utf-8", main_content)  # import and first use before the first deadline
+    page_text(b"<p>warm</p>", "utf-8", main_content, extractor)  # import and first use before the first deadline
     outbox.send(None)
     while True:
         try:
@@ -86,7 +96,7 @@ def _child(main_content: bool) -> None:
         except EOFError:
             return
         try:
-            result = page_text(payload, charset, main_content)
+            result = page_text(payload, charset, main_content, extractor)
         except Exception as e:  # a parser error on one page is that page's
             result = ("", f"extraction_error: {type(e).__name__}")
         outbox.send(result)
@@ -119,9 +129,11 @@ class PageExtractor:
     Use as a context manager (or call :meth:`close`) so the child ends with the reader.
     """
 
-    def __init__(self, timeout: float, main_content: bool = True, in_flight: int = IN_FLIGHT) -> None:
+    def __init__(self, timeout: float, main_content: bool = True, in_flight: int = IN_FLIGHT,
+                 extractor: str = "resiliparse") -> None:
         self.timeout = timeout
         self.main_content = main_content
+        self.extractor = extractor
         self.in_flight = in_flight
         self.restarts = 0
         self.pipe_bytes = 64 << 10  # Linux's default pipe size, until a child's pipe says otherwise
@@ -140,7 +152,8 @@ class PageExtractor:
         # multiprocessing's spawn (it re-imports the caller's __main__)
         root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        process = subprocess.Popen([sys.executable, "-m", "llmfab.data.html_text", str(int(self.main_content))],
+        process = subprocess.Popen([sys.executable, "-m", "llmfab.data.html_text", str(int(self.main_content)),
+                                    self.extractor],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         assert process.stdin is not None and process.stdout is not None
         self.pipe_bytes = _enlarge_pipe(process.stdin.fileno())
@@ -157,7 +170,7 @@ class PageExtractor:
         except EOFError:
             self._kill()
             raise RuntimeError(f"the HTML extraction process exited at start (code {process.wait()}); "
-                               "is llmfab's data extra (resiliparse) installed?") from None
+                               f"is llmfab's data extra ({self.extractor}) installed?") from None
         return self._conn
 
     def close(self) -> None:
@@ -252,4 +265,4 @@ class PageExtractor:
 
 
 if __name__ == "__main__":
-    _child(sys.argv[1] == "1")
+    _child(sys.argv[1] == "1", sys.argv[2])

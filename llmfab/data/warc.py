@@ -59,7 +59,7 @@ class _Page:
 
 def warc_documents(stream: IO[bytes], name: str, sink: RecordSink, html: HtmlExtraction) -> Iterator[Doc]:
     """Documents of one WARC/WET stream, in record order (see the module docstring)."""
-    with PageExtractor(html.timeout_seconds, html.main_content) as extractor:
+    with PageExtractor(html.timeout_seconds, html.main_content, extractor=html.extractor) as extractor:
         try:
             for page, text, reason in extractor.extract(_pages(stream, name, sink)):
                 if reason is not None:

@@ -90,6 +90,16 @@ def test_warc_pages_keep_url_date_and_charset_and_count_what_is_left_out(crawl_d
     assert all(main <= full for main, full in lengths) and any(main < full for main, full in lengths)
 
 
+def test_trafilatura_as_the_extractor(crawl_dir: Path) -> None:
+    crawl = write_crawl(crawl_dir / "traf.warc.gz", count=4, broken=False)
+    rows, stats = read_full(crawl_dir, {"path": "traf.warc.gz", "html": {"extractor": "trafilatura"}})
+    texts = {r["url"]: r["text"] for r in rows}
+    for url, sentence in crawl.foreign.items():
+        assert sentence in texts[url], url
+    assert set(texts) <= set(crawl.pages) and len(texts) >= 3
+    assert stats["sources"][0]["skipped"]["bad_charset"] == 1
+
+
 def test_a_broken_warc_record_fails_naming_file_and_offset_unless_skipped(crawl_dir: Path) -> None:
     crawl = write_crawl(crawl_dir / "broken.warc.gz", count=4)
     with pytest.raises(WorkloadError, match=r"spec.sources\[0\]: broken.warc.gz@\d+: a WARC record whose header "
