@@ -97,9 +97,12 @@ def _child(main_content: bool, extractor: str) -> None:
             return
         try:
             result = page_text(payload, charset, main_content, extractor)
-        except Exception as e:  # a parser error on one page is that page's
-            result = ("", f"extraction_error: {type(e).__name__}")
-        outbox.send(result)
+        except Exception:  # a parser error on one page is that page's
+            result = ("", "extraction_error")
+        try:
+            outbox.send(result)
+        except OSError:  # the reader stopped (closed the pipe): nothing is waiting for the answer
+            return
 
 
 def _enlarge_pipe(fd: int) -> int:
@@ -125,7 +128,8 @@ class PageExtractor:
     """Extract pages in a child process, in order, each within ``timeout`` seconds.
 
     ``extract(pages)`` takes ``(item, payload, charset)`` triples and yields ``(item, text,
-    reason)`` in the same order; ``restarts`` counts children killed for a page that took too long.
+    reason)`` in the same order; ``restarts`` counts children replaced (killed at a page's timeout, or
+    dead).
     Use as a context manager (or call :meth:`close`) so the child ends with the reader.
     """
 
@@ -205,6 +209,7 @@ class PageExtractor:
         source = iter(pages)
         waiting: _Pending | None = None  # taken from ``pages``, not yet sent
         exhausted = False
+        failed: BaseException | None = None  # raised by ``pages``: raised again once the pages before it are out
         started = 0.0  # when the child became free to begin the oldest page sent
         while True:
             while len(pending) < self.in_flight:
@@ -213,6 +218,8 @@ class PageExtractor:
                         waiting = _Pending(*next(source))
                     except StopIteration:
                         exhausted = True
+                    except Exception as e:  # a truncated file: the pages read before it still count
+                        exhausted, failed = True, e
                 if waiting is None:
                     break
                 if waiting.payload is not None:
@@ -230,6 +237,8 @@ class PageExtractor:
                 pending.append(waiting)
                 waiting = None
             if not pending:
+                if failed is not None:
+                    raise failed
                 return
             if pending[0].payload is None:
                 done = pending.popleft()

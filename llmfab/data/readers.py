@@ -47,7 +47,7 @@ TEXT_SUFFIXES = {".txt", ".md", ".text", ".markdown"}
 JSON_SUFFIXES = {".jsonl", ".json", ".ndjson"}
 PARQUET_SUFFIXES = {".parquet"}
 ARROW_SUFFIXES = {".arrow"}
-WARC_SUFFIXES = {".warc", ".wet", ".arc"}
+WARC_SUFFIXES = {".warc", ".wet"}
 COMPRESSED = set(COMPRESSION_SUFFIXES)
 BATCH_DOCUMENTS = 1000
 BATCH_BYTES = 8 << 20
@@ -162,6 +162,7 @@ class SourceReader:
         # where reading is, for an error the decompressor or Arrow raises: "file:row", or the next line
         self.position = ""
         self.next_line = 0
+        self.stream_name = ""
         self.counts = SourceCounts()
 
     def _bad(self, where: str, what: str, fix: str, text: str = "", reason: str = "malformed_record",
@@ -216,6 +217,7 @@ class SourceReader:
         fmt = fmt or _format_of(path, self.source.format)
         name = path.name
         self.file, self.position, self.next_line = path, name, 1 if fmt in ("text", "jsonl") else 0
+        self.stream_name = name  # the file, or the archive member being read
         self.counts.formats.add(fmt)
         try:
             if fmt == "archive":
@@ -234,7 +236,7 @@ class SourceReader:
         except (*DECOMPRESSION_ERRORS, pa.ArrowException, UnicodeDecodeError, tarfile.TarError,
                 expat.ExpatError) as e:  # UnicodeDecodeError: Parquet metadata
             if self.next_line:
-                self.position = f"{name}:{self.next_line}"
+                self.position = f"{self.stream_name}:{self.next_line}"
             if self.strict:
                 raise WorkloadError(f"{self.field}.{field}: cannot read {path} (at or after {self.position}): {e}; fix or "
                                     "remove the file, or set onError: skip to count it and go on") from e
@@ -257,7 +259,7 @@ class SourceReader:
     def _archive(self, raw: IO[bytes], name: str) -> Iterator[tuple[str, str] | Doc]:
         """Every member of a tar archive in archive order, each read by its own name's format."""
         for path, member in tar_members(raw, name):
-            self.position, self.next_line = path, 0
+            self.position, self.stream_name, self.next_line = path, path, 0
             self.counts.records["member"] += 1
             fmt = _format_of(PurePosixPath(strip_compression(path.rsplit("!", 1)[1])), self.source.format)
             if fmt in ("", "archive"):

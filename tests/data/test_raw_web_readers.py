@@ -123,6 +123,17 @@ def test_wet_text_and_warc_compressed_whole_with_xz_or_bz2(tmp_path: Path) -> No
     assert urls[0] == list(crawl.pages) and all(u == urls[0] for u in urls)
 
 
+def test_a_truncated_warc_keeps_the_pages_before_the_cut(tmp_path: Path) -> None:
+    crawl = write_crawl(tmp_path / "c.warc.gz", count=8, broken=False)
+    data = crawl.path.read_bytes()
+    (tmp_path / "t.warc.gz").write_bytes(data[: len(data) * 3 // 4])
+    rows, stats = read_full(tmp_path, {"path": "t.warc.gz", "onError": "skip"})
+    assert rows and [r["url"] for r in rows] == list(crawl.pages)[: len(rows)]  # those sent ahead are not lost
+    assert stats["removed"]["unreadable_file"] == 1
+    with pytest.raises(WorkloadError, match=r"cannot read .*t.warc.gz .*Compressed file ended"):
+        read(tmp_path, {"path": "t.warc.gz"})
+
+
 def test_a_page_that_stalls_the_extractor_is_skipped_and_the_next_one_read(tmp_path: Path) -> None:
     """10^4+ nested <div>s make Resiliparse's main-content pass take seconds (it is quadratic in depth)."""
     stall = b"<html><body>" + b"<div>" * 30_000 + b"deep" + b"</div>" * 30_000 + b"</body></html>"
@@ -152,8 +163,8 @@ def test_warc_payload_over_the_cap_is_too_long_without_being_read(tmp_path: Path
 
 
 def test_mediawiki_articles_become_plain_text_with_title_and_page_id(tmp_path: Path) -> None:
-    write_wiki_dump(tmp_path / "enwiki-20240301-pages-articles-multistream.xml.bz2")
-    rows, stats = read_full(tmp_path, {"path": "enwiki-20240301-pages-articles-multistream.xml.bz2"})
+    write_wiki_dump(tmp_path / "enwiki-20240301-pages-articles1.xml-p1p41242.bz2")
+    rows, stats = read_full(tmp_path, {"path": "enwiki-20240301-pages-articles1.xml-p1p41242.bz2"})
     assert [json.loads(r["meta"])["title"] for r in rows] == list(WIKI_ARTICLES)
     assert [r["id"] for r in rows] == ["10", "11", "12"]
     assert rows[0]["url"] == "https://en.wikipedia.org/wiki/Ada_Lovelace"
