@@ -61,7 +61,8 @@ def tar_members(raw: IO[bytes], name: str) -> Iterator[tuple[str, IO[bytes]]]:
 
 def _members(stream: IO[bytes], label: str, depth: int) -> Iterator[tuple[str, IO[bytes]]]:
     with tarfile.open(fileobj=stream, mode="r|") as tar:
-        for member in tar:
+        while (member := tar.next()) is not None:
+            tar.members.clear()  # a stream-mode TarFile keeps every header it read: millions, for a big archive
             if not member.isfile():
                 continue
             handle = tar.extractfile(member)

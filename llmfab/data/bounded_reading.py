@@ -50,7 +50,7 @@ def decompressed(raw: IO[bytes], name: str) -> IO[bytes]:
     result closes ``raw``); ``raw`` itself otherwise."""
     kind = COMPRESSION_SUFFIXES.get(Path(name).suffix.lower())
     if kind == "gzip":
-        return _closing_both(gzip.GzipFile(fileobj=raw, mode="rb"), raw)
+        return _closing_both(cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb")), raw)
     if kind == "zstd":
         return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(raw, closefd=True,
                                                                            read_across_frames=True))

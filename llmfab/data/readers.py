@@ -482,7 +482,7 @@ class SourceReader:
                 batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
             yield from self._table_batches(batches, path.name, path, validate=True)
 
-    def _huggingface(self) -> Iterator[tuple[str, str]]:
+    def _huggingface(self) -> Iterator[tuple[str, str] | Doc]:
         hf = self.source.huggingface
         assert hf is not None
         field = f"{self.field}.huggingface.path"

@@ -361,3 +361,24 @@ def test_a_record_of_256_mib_is_skipped_in_bounded_memory(form: str, tmp_path: P
     result = json.loads(proc.stdout)
     assert result["texts"] == expected and result["removed"] == {"too_long": 1}, result
     assert result["grew"] < 64 << 20, result
+
+
+def test_an_archive_of_many_members_is_read_in_flat_memory() -> None:
+    """A stream-mode TarFile keeps every member's header unless told not to: 20,000 would be ~10 MB."""
+    import io
+    import tracemalloc
+
+    from llmfab.data.archives import tar_members
+
+    data = tar_bytes({f"d/{i}.txt": b"x" for i in range(20_000)})
+    tracemalloc.start()
+    try:
+        for n, (_, member) in enumerate(tar_members(io.BytesIO(data), "many.tar"), 1):
+            member.read()
+            if n == 1_000:
+                early = tracemalloc.get_traced_memory()[0]
+            if n == 20_000:  # still inside the archive (once it is closed, everything is freed)
+                late = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert n == 20_000 and late - early < 1 << 20, (early, late)
