@@ -14,23 +14,27 @@ magic word or title.
 Wikitext becomes text with mwparserfromhell's parse tree: templates (and so infoboxes and
 navboxes, nested ones with them), references, tables, comments, files, images and categories are
 dropped, and so are interlanguage links and bold/italic quotes; a link becomes its shown text; a section title becomes a line of its own (dropped when
-nothing of its section is left, as with "References"). Each document: id = the page id, url =
-the wiki's base URL + title, meta = ``{"title", "pageId", "revisionId", "timestamp"}``.
+nothing of its section is left, as with "References"). The conversion runs in a child process
+(:mod:`llmfab.data.isolated`) while this one parses the XML, and a page that takes longer than
+:data:`CONVERSION_SECONDS` is skipped (``conversion_timeout``). Each document: id = the page id,
+url = the wiki's base URL + title, meta = ``{"title", "pageId", "revisionId", "timestamp"}``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import quote
 from xml.parsers import expat
 
+from llmfab.data.isolated import IsolatedConverter
 from llmfab.data.record_sink import Doc, RecordSink
 
 CHUNK_BYTES = 1 << 20
+CONVERSION_SECONDS = 30.0  # longest one page's wikitext may take to become text (conversion_timeout)
 DISAMBIGUATION_TEMPLATES = frozenset((
     "disambiguation", "disambig", "disamb", "dab", "disambiguation page", "hndis", "human name disambiguation",
     "geodis", "geographic disambiguation", "school disambiguation", "hospital disambiguation",
@@ -226,9 +230,44 @@ def page_url(base: str, title: str) -> str | None:
     return base.rsplit("/", 1)[0] + "/" + quote(title.replace(" ", "_"), safe="/:(),'!*@$;")
 
 
+def make_task() -> Callable[[bytes, str | None], tuple[str, str | None]]:
+    """The child's function (:mod:`llmfab.data.isolated`): UTF-8 wikitext → ``(text, reason)``."""
+
+    def task(payload: bytes, _: str | None) -> tuple[str, str | None]:
+        text = wikitext_to_text(payload.decode("utf-8", "surrogatepass"))
+        return (text, None) if text else ("", "empty_text")
+
+    task(b"a [[b]] {{c}}", None)  # imports and first use before the first deadline
+    return task
+
+
+@dataclass(frozen=True, slots=True)
+class _Article:
+    page: _Page
+    where: str
+
+
 def mediawiki_documents(stream: IO[bytes], name: str, sink: RecordSink) -> Iterator[Doc]:
     """Articles of one dump stream (see the module docstring); ``expat.ExpatError`` on broken XML."""
     parser = _DumpParser(sink.cap)
+    with IsolatedConverter("llmfab.data.mediawiki:make_task", [], CONVERSION_SECONDS, reason="conversion") as child:
+        try:
+            for article, text, reason in child.convert(_articles(parser, stream, name, sink)):
+                page = article.page
+                if reason is not None:
+                    sink.skip(reason, article.where, page.title)
+                    continue
+                meta = {"title": page.title, "pageId": page.page_id, "revisionId": page.revision_id,
+                        "timestamp": page.timestamp}
+                url = page_url(parser.base, page.title) if parser.base else None
+                yield Doc(text, page.page_id or article.where, url, json.dumps(meta, ensure_ascii=False))
+        finally:
+            sink.counts.extraction_restarts += child.restarts
+
+
+def _articles(parser: _DumpParser, stream: IO[bytes], name: str, sink: RecordSink
+              ) -> Iterator[tuple[_Article, bytes, None]]:
+    """``(article, its wikitext as UTF-8, None)`` for each page that is an article; the rest counted."""
     for page in parser.feed(stream):
         sink.counts.records["page"] += 1
         where = f"{name}: page {page.page_id} {page.title!r}"
@@ -242,8 +281,9 @@ def mediawiki_documents(stream: IO[bytes], name: str, sink: RecordSink) -> Itera
             sink.too_long(where, "the page's wikitext", max(page.text_size, sink.cap + 1))
             continue
         wikitext = "".join(page.text)
-        if len(wikitext.encode("utf-8", "surrogatepass")) > sink.cap:
-            sink.too_long(where, "the page's wikitext", len(wikitext.encode("utf-8", "surrogatepass")))
+        payload = wikitext.encode("utf-8", "surrogatepass")
+        if len(payload) > sink.cap:
+            sink.too_long(where, "the page's wikitext", len(payload))
             continue
         if REDIRECT.match(wikitext):
             sink.skip("redirect", where, page.title)
@@ -251,11 +291,5 @@ def mediawiki_documents(stream: IO[bytes], name: str, sink: RecordSink) -> Itera
         if is_disambiguation(page.title, wikitext):
             sink.skip("disambiguation", where, page.title)
             continue
-        text = wikitext_to_text(wikitext)
-        if not text:
-            sink.skip("empty_text", where, page.title)
-            continue
-        meta = {"title": page.title, "pageId": page.page_id, "revisionId": page.revision_id,
-                "timestamp": page.timestamp}
-        yield Doc(text, page.page_id or where, page_url(parser.base, page.title) if parser.base else None,
-                  json.dumps(meta, ensure_ascii=False))
+        page.text = []  # the payload holds it now
+        yield _Article(page, where), payload, None

@@ -5,7 +5,8 @@ and reading goes on at the next). A ``response`` record is a page when its HTTP 
 and its payload is HTML: by ``WARC-Identified-Payload-Type`` (Common Crawl's detected type), else
 the HTTP ``Content-Type``, else sniffed from its first bytes as the WHATWG MIME Sniffing standard
 sniffs HTML (a leading ``<!DOCTYPE HTML``, ``<html``, ``<p``, ... tag). Pages become text in
-:class:`llmfab.data.html_text.PageExtractor` (charset, Resiliparse, a time bound per page); a
+:func:`llmfab.data.html_text.page_text` (charset, Resiliparse) in an
+:class:`~llmfab.data.isolated.IsolatedConverter` (a child process, a time bound per page); a
 WET ``conversion`` record's UTF-8 text is used as it is. Other record types (``warcinfo``,
 ``request``, ``metadata``, ``revisit``) are counted by type only.
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from llmfab.api.dataset import HtmlExtraction
-from llmfab.data.html_text import PageExtractor
+from llmfab.data.isolated import IsolatedConverter
 from llmfab.data.record_sink import Doc, RecordSink
 
 HTML_TYPES = {"text/html", "application/xhtml+xml"}
@@ -59,9 +60,10 @@ class _Page:
 
 def warc_documents(stream: IO[bytes], name: str, sink: RecordSink, html: HtmlExtraction) -> Iterator[Doc]:
     """Documents of one WARC/WET stream, in record order (see the module docstring)."""
-    with PageExtractor(html.timeout_seconds, html.main_content, extractor=html.extractor) as extractor:
+    options = [str(int(html.main_content)), html.extractor]
+    with IsolatedConverter("llmfab.data.html_text:make_task", options, html.timeout_seconds) as extractor:
         try:
-            for page, text, reason in extractor.extract(_pages(stream, name, sink)):
+            for page, text, reason in extractor.convert(_pages(stream, name, sink)):
                 if reason is not None:
                     sink.skip(reason, page.where, page.url or "")
                     continue
