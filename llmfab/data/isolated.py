@@ -12,8 +12,9 @@ function ``(payload, arg) -> (text, reason)``.
 Records are sent ahead while their bytes fit in the child's stdin pipe (enlarged to 1 MiB where
 Linux allows), so parent and child rarely wait for each other (on a loaded machine each hand-over
 waits for a time slice) and the reader's own work (parsing) overlaps the child's: two cores.
-A record's clock starts when the child is free to begin it. ``(item, None, text)`` is text
-already and passes through in its place without going to the child.
+A record's clock starts when its child is free to begin it. With ``workers`` children, each
+record goes to the child with the fewest bytes waiting and the answers are put back in input
+order. ``(item, None, text)`` is text already and passes through in its place.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as connection_wait
 from pathlib import Path
 from typing import Any
 
@@ -76,30 +78,66 @@ class _Pending:
     item: Any
     payload: bytes | None  # None: ``arg`` holds the text already
     arg: str | None
+    answer: tuple[str, str | None] | None = None  # (text, reason) once known
+
+
+class _Child:
+    """One child process and the records sent to it, oldest first."""
+
+    def __init__(self, target: str, reason: str, options: list[str]) -> None:
+        # a new interpreter, not fork (the reader's process may hold threads: Arrow, Ray) nor
+        # multiprocessing's spawn (it re-imports the caller's __main__)
+        root = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        self.process = subprocess.Popen([sys.executable, "-m", "llmfab.data.isolated", target, reason, *options],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.pipe_bytes = _enlarge_pipe(self.process.stdin.fileno())
+        _enlarge_pipe(self.process.stdout.fileno())
+        self.send = Connection(os.dup(self.process.stdin.fileno()), readable=False)
+        self.recv = Connection(os.dup(self.process.stdout.fileno()), writable=False)
+        self.process.stdin.close()
+        self.process.stdout.close()
+        self.sent: deque[_Pending] = deque()
+        self.started = 0.0  # when the child became free to begin ``sent[0]``
+        self.ready = False  # its first message (imports done) has come
+
+    def unanswered(self) -> int:
+        return sum(len(p.payload or b"") + PIPE_SLACK for p in self.sent)
+
+    def close(self, kill: bool) -> None:
+        self.send.close()
+        self.recv.close()
+        if not kill:
+            try:
+                self.process.wait(timeout=1)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        self.process.kill()
+        self.process.wait()
 
 
 class IsolatedConverter:
-    """Convert records in a child process, in order, each within ``timeout`` seconds.
+    """Convert records in ``workers`` child processes, in order, each within ``timeout`` seconds.
 
     ``target`` is ``"module:function"`` and ``options`` its string arguments (see the module
     docstring); ``reason`` is the prefix of the reasons it adds: ``<reason>_timeout`` for a record
     that took too long, ``<reason>_crashed`` for one whose child died, ``<reason>_error`` for one
     that raised. ``restarts`` counts children replaced. Use as a context manager (or call
-    :meth:`close`) so the child ends with the reader.
+    :meth:`close`) so the children end with the reader.
     """
 
     def __init__(self, target: str, options: list[str], timeout: float, reason: str = "extraction",
-                 in_flight: int = IN_FLIGHT) -> None:
+                 workers: int = 1, in_flight: int = IN_FLIGHT) -> None:
         self.target = target
         self.options = options
         self.timeout = timeout
         self.reason = reason
+        self.workers = max(1, workers)
         self.in_flight = in_flight
         self.restarts = 0
-        self.pipe_bytes = 64 << 10  # Linux's default pipe size, until a child's pipe says otherwise
-        self._process: subprocess.Popen[bytes] | None = None
-        self._send: Connection | None = None  # to the child's stdin
-        self._conn: Connection | None = None  # from its stdout
+        self._children: list[_Child | None] = [None] * self.workers
 
     def __enter__(self) -> IsolatedConverter:
         return self
@@ -107,67 +145,112 @@ class IsolatedConverter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _start(self) -> Connection:
-        # a new interpreter, not fork (the reader's process may hold threads: Arrow, Ray) nor
-        # multiprocessing's spawn (it re-imports the caller's __main__)
-        root = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        process = subprocess.Popen([sys.executable, "-m", "llmfab.data.isolated", self.target, self.reason,
-                                    *self.options], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        assert process.stdin is not None and process.stdout is not None
-        self.pipe_bytes = _enlarge_pipe(process.stdin.fileno())
-        self._process = process
-        self._send = Connection(os.dup(process.stdin.fileno()), readable=False)
-        self._conn = Connection(os.dup(process.stdout.fileno()), writable=False)
-        process.stdin.close()
-        process.stdout.close()
-        if not self._conn.poll(START_SECONDS):
-            self._kill()
+    def close(self) -> None:
+        for i, child in enumerate(self._children):
+            if child is not None:
+                child.close(kill=False)
+                self._children[i] = None
+
+    def _child(self, i: int) -> _Child:
+        child = self._children[i]
+        if child is None:
+            child = self._children[i] = _Child(self.target, self.reason, self.options)
+        return child
+
+    def _wait_ready(self, child: _Child) -> None:
+        """The first message: the child has imported its libraries (not counted against a record)."""
+        if not child.recv.poll(START_SECONDS):
+            child.close(kill=True)
             raise RuntimeError(f"the conversion process ({self.target}) did not start within {START_SECONDS:.0f} s")
         try:
-            self._conn.recv()
+            child.recv.recv()
         except EOFError:
-            self._kill()
+            code = child.process.wait()
+            child.close(kill=True)
             raise RuntimeError(f"the conversion process ({self.target} {' '.join(self.options)}) exited at "
-                               f"start (code {process.wait()}); is llmfab's data extra installed?") from None
-        return self._conn
+                               f"start (code {code}); is llmfab's data extra installed?") from None
+        child.ready, child.started = True, time.monotonic()
 
-    def close(self) -> None:
-        for conn in (self._send, self._conn):
-            if conn is not None:
-                conn.close()
-        self._send = self._conn = None
-        if self._process is not None:
-            try:
-                self._process.wait(timeout=1)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-            self._process = None
-
-    def _kill(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait()
-            self._process = None
-        for conn in (self._send, self._conn):
-            if conn is not None:
-                conn.close()
-        self._send = self._conn = None
+    def _replace(self, i: int, lost: _Pending | None) -> None:
+        """Kill child ``i`` and give the records it had not answered (but ``lost``) to a new one."""
+        old = self._children[i]
+        assert old is not None
+        old.close(kill=True)
+        self._children[i] = None
         self.restarts += 1
+        resend = [p for p in old.sent if p is not lost]
+        if resend:
+            child = self._child(i)
+            self._wait_ready(child)
+            for p in resend:
+                child.send.send((p.payload, p.arg))
+                child.sent.append(p)
+
+    def _dispatch(self, record: _Pending) -> bool:
+        """Send ``record`` to the child with the fewest unanswered bytes that has room; False if none has.
+        Room: never more unanswered bytes than its stdin pipe holds, or a send that blocks while the
+        child blocks sending an answer would wait for ever."""
+        best: tuple[int, int] | None = None
+        for i in range(self.workers):
+            child = self._children[i]
+            if child is None:
+                best = (0, i)
+                break
+            if len(child.sent) >= self.in_flight:
+                continue
+            load = child.unanswered()
+            if load and load + len(record.payload or b"") + PIPE_SLACK > child.pipe_bytes:
+                continue
+            if best is None or load < best[0]:
+                best = (load, i)
+        if best is None:
+            return False
+        child = self._child(best[1])
+        if not child.ready:
+            self._wait_ready(child)
+        if not child.sent:
+            child.started = time.monotonic()
+        child.send.send((record.payload, record.arg))
+        child.sent.append(record)
+        return True
+
+    def _collect(self, wait: float) -> None:
+        """Take the answers that are there (waiting up to ``wait`` s for one); kill children past a deadline."""
+        busy = [c for c in self._children if c is not None and c.sent]
+        if not busy:
+            return
+        now = time.monotonic()
+        wait = min(wait, *(c.started + self.timeout - now for c in busy))
+        ready = connection_wait([c.recv for c in busy], max(wait, 0))
+        for i, child in enumerate(self._children):
+            if child is None or not child.sent:
+                continue
+            if child.recv in ready:
+                head = child.sent[0]
+                try:
+                    head.answer = child.recv.recv()
+                except EOFError:  # the child died (out of memory): that record is lost, the rest go on
+                    head.answer = ("", f"{self.reason}_crashed")
+                    self._replace(i, head)
+                    continue
+                child.sent.popleft()
+                child.started = time.monotonic()
+            elif time.monotonic() >= child.started + self.timeout:
+                head = child.sent[0]
+                head.answer = ("", f"{self.reason}_timeout")
+                self._replace(i, head)
 
     def convert(self, records: Iterable[tuple[Any, bytes | None, str | None]]
                 ) -> Iterator[tuple[Any, str, str | None]]:
         """``(item, payload, arg)`` → ``(item, text, reason)`` in order; ``(item, None, text)`` is
-        text already (a WET record) and passes through in its place. The child starts at the first record."""
-        pending: deque[_Pending] = deque()  # in order; those with a payload were sent to the child
+        text already (a WET record) and passes through in its place. Children start as records come."""
+        order: deque[_Pending] = deque()  # every record taken and not yet given back, in input order
         source = iter(records)
         waiting: _Pending | None = None  # taken from ``records``, not yet sent
         exhausted = False
         failed: BaseException | None = None  # raised by ``records``: raised again once those before it are out
-        started = 0.0  # when the child became free to begin the oldest record sent
         while True:
-            while len(pending) < self.in_flight:
+            while len(order) < self.in_flight * self.workers:
                 if waiting is None and not exhausted:
                     try:
                         waiting = _Pending(*next(source))
@@ -177,55 +260,21 @@ class IsolatedConverter:
                         exhausted, failed = True, e
                 if waiting is None:
                     break
-                if waiting.payload is not None:
-                    # never more unanswered bytes than the pipe holds: a send that blocks while the
-                    # child blocks sending an answer would wait for ever
-                    unanswered = sum(len(p.payload) + PIPE_SLACK for p in pending if p.payload is not None)
-                    if unanswered and unanswered + len(waiting.payload) + PIPE_SLACK > self.pipe_bytes:
-                        break
-                    if self._send is None:
-                        self._start()
-                    if not unanswered:
-                        started = time.monotonic()
-                    assert self._send is not None
-                    self._send.send((waiting.payload, waiting.arg))
-                pending.append(waiting)
+                if waiting.payload is None:
+                    waiting.answer = (waiting.arg or "", None)
+                elif not self._dispatch(waiting):
+                    break
+                order.append(waiting)
                 waiting = None
-            if not pending:
+            while order and order[0].answer is not None:
+                done = order.popleft()
+                assert done.answer is not None
+                yield done.item, done.answer[0], done.answer[1]
+            if not order:  # nothing taken and not given back: ``records`` is done (nothing waits to be sent)
                 if failed is not None:
                     raise failed
                 return
-            if pending[0].payload is None:
-                done = pending.popleft()
-                yield done.item, done.arg or "", None
-                continue
-            assert self._conn is not None
-            if self._conn.poll(max(started + self.timeout - time.monotonic(), 0)):
-                try:
-                    text, reason = self._conn.recv()
-                except EOFError:  # the child died (out of memory): that record is lost, the rest go on
-                    text, reason = "", f"{self.reason}_crashed"
-                    self._kill()
-                    self._resend(pending, skip_first=True)
-                done = pending.popleft()
-                started = time.monotonic()
-                yield done.item, text, reason
-                continue
-            done = pending.popleft()
-            self._kill()
-            self._resend(pending, skip_first=False)
-            started = time.monotonic()
-            yield done.item, "", f"{self.reason}_timeout"
-
-    def _resend(self, pending: deque[_Pending], skip_first: bool) -> None:
-        """A new child, sent the records the dead one had not answered (bar the first, if it is lost)."""
-        resend = [p for p in list(pending)[1 if skip_first else 0:] if p.payload is not None]
-        if not resend:
-            return  # the next record starts a child
-        self._start()
-        assert self._send is not None
-        for p in resend:
-            self._send.send((p.payload, p.arg))
+            self._collect(wait=START_SECONDS)
 
 
 if __name__ == "__main__":

@@ -250,7 +250,8 @@ class _Article:
 def mediawiki_documents(stream: IO[bytes], name: str, sink: RecordSink) -> Iterator[Doc]:
     """Articles of one dump stream (see the module docstring); ``expat.ExpatError`` on broken XML."""
     parser = _DumpParser(sink.cap)
-    with IsolatedConverter("llmfab.data.mediawiki:make_task", [], CONVERSION_SECONDS, reason="conversion") as child:
+    with IsolatedConverter("llmfab.data.mediawiki:make_task", [], CONVERSION_SECONDS, reason="conversion",
+                           workers=sink.converters) as child:
         try:
             for article, text, reason in child.convert(_articles(parser, stream, name, sink)):
                 page = article.page

@@ -37,6 +37,7 @@ from llmfab.data.bounded_reading import (
     peek,
     read_capped,
 )
+from llmfab.data.engine import default_workers
 from llmfab.data.mediawiki import NotADump, mediawiki_documents
 from llmfab.data.record_sink import Doc, SourceCounts
 from llmfab.data.steps import DOCUMENT_SCHEMA, StepCounter, example
@@ -149,8 +150,10 @@ class SourceReader:
     """Documents of one source as :class:`~llmfab.data.record_sink.Doc` s; malformed or too long records
     fail or are counted as skipped, records that are not documents are counted (``counts``)."""
 
-    def __init__(self, source: Source, index: int, resolve: Callable[[str], Path], counter: StepCounter) -> None:
+    def __init__(self, source: Source, index: int, resolve: Callable[[str], Path], counter: StepCounter,
+                 converters: int = 1) -> None:
         self.source = source
+        self.converters = converters  # child processes for HTML and wikitext (llmfab.data.isolated)
         self.index = index
         self.field = f"spec.sources[{index}]"
         self.label = source_label(source, index)
@@ -548,8 +551,9 @@ def read_documents(spec: DatasetSpec, resolve: Callable[[str], Path], counter: S
     columns: tuple[list[str | None], ...] = ([], [], [], [], [])
     size = 0
     sources = counter.details.setdefault("sources", [])
+    converters = spec.engine.workers or default_workers()  # the cores the cleaning workers would use
     for index, source in enumerate(spec.sources):
-        reader = SourceReader(source, index, resolve, counter)
+        reader = SourceReader(source, index, resolve, counter, converters)
         label = reader.label
         taken = 0
         try:

@@ -52,6 +52,7 @@ class RecordSink(Protocol):
 
     cap: int
     counts: SourceCounts
+    converters: int  # child processes that convert records (HTML, wikitext) for this reader
 
     def skip(self, reason: str, where: str, text: str = "") -> None: ...
 

@@ -61,7 +61,8 @@ class _Page:
 def warc_documents(stream: IO[bytes], name: str, sink: RecordSink, html: HtmlExtraction) -> Iterator[Doc]:
     """Documents of one WARC/WET stream, in record order (see the module docstring)."""
     options = [str(int(html.main_content)), html.extractor]
-    with IsolatedConverter("llmfab.data.html_text:make_task", options, html.timeout_seconds) as extractor:
+    with IsolatedConverter("llmfab.data.html_text:make_task", options, html.timeout_seconds,
+                           workers=sink.converters) as extractor:
         try:
             for page, text, reason in extractor.convert(_pages(stream, name, sink)):
                 if reason is not None:

@@ -387,3 +387,15 @@ def test_an_archive_of_many_members_is_read_in_flat_memory() -> None:
     finally:
         tracemalloc.stop()
     assert n == 20_000 and late - early < 1 << 20, (early, late)
+
+
+def test_isolated_converter_keeps_order_across_children_timeouts_crashes_and_errors() -> None:
+    from llmfab.data.isolated import IsolatedConverter
+
+    records = [(i, None if p is None else p.encode(), "as is" if p is None else None)
+               for i, p in enumerate(["a", "crash", "b", "raise", None, "hang", "c", "d"])]
+    with IsolatedConverter("tests.data.isolated_tasks:make", ["!"], timeout=1.0, reason="x", workers=2) as pool:
+        out = list(pool.convert(records))
+    assert out == [(0, "A!", None), (1, "", "x_crashed"), (2, "B!", None), (3, "", "x_error"), (4, "as is", None),
+                   (5, "", "x_timeout"), (6, "C!", None), (7, "D!", None)]
+    assert pool.restarts == 2
