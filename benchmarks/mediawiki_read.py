@@ -32,9 +32,10 @@ from tests.data.web_fixtures import WIKI_ARTICLES, write_wiki_dump  # noqa: E402
 class Sink:
     """Counts only: what the benchmark needs of the reader's sink."""
 
-    def __init__(self) -> None:
+    def __init__(self, converters: int) -> None:
         self.cap = 8 << 20
         self.counts = SourceCounts()
+        self.converters = converters
 
     def skip(self, reason: str, where: str, text: str = "") -> None:
         self.counts.skipped[reason] += 1
@@ -55,6 +56,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pages", type=int, default=20_000)
     parser.add_argument("--work", type=Path, default=Path("/tmp/wiki-bench"))
+    parser.add_argument("--converters", type=int, nargs="+", default=[1, len(os.sched_getaffinity(0))],
+                        help="conversion child processes (a Dataset uses one per engine worker); one run each")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     dump = args.work / f"benchwiki-{args.pages}-pages-articles.xml.bz2"
@@ -69,10 +72,16 @@ def main() -> None:
             xml_bytes += len(block)
     print(f"dump: {args.pages} articles of {len(body.encode())} bytes of wikitext, {xml_bytes / 1e6:.0f} MB of XML, "
           f"{dump.stat().st_size / 1e6:.1f} MB bzip2")
-    sink = Sink()
-    every = max(1, args.pages // 10)
+    for converters in args.converters:
+        measure(dump, args.pages, xml_bytes, converters)
+
+
+def measure(dump: Path, articles: int, xml_bytes: int, converters: int) -> None:
+    sink = Sink(converters)
+    every = max(1, articles // 10)
     samples: list[tuple[int, float]] = [(0, rss_mb())]
-    def cpu_seconds() -> float:  # this process and its waited-for children (the conversion child)
+
+    def cpu_seconds() -> float:  # this process and its waited-for children (the conversion children)
         own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
@@ -85,11 +94,12 @@ def main() -> None:
                 samples.append((documents, rss_mb()))
     wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
     pages = sum(sink.counts.records.values())
-    print(f"{pages} pages read, {documents} articles kept, skipped {dict(sink.counts.skipped)}")
-    print(f"{pages / wall:.0f} pages/s wall, {pages / cpu:.0f} pages/s per CPU-second, "
+    print(f"\n{converters} conversion child(ren), load average {os.getloadavg()[0]:.1f}: {pages} pages read, "
+          f"{documents} articles kept, skipped {dict(sink.counts.skipped)}")
+    print(f"{pages / wall:.0f} pages/s wall, {pages / cpu:.0f} pages per CPU-second, "
           f"{xml_bytes / 1e6 / cpu:.1f} MB of XML per CPU-second ({wall:.1f} s wall, {cpu:.1f} s CPU)")
     print("RSS (MB) after N articles: " + ", ".join(f"{n}: {mb:.0f}" for n, mb in samples))
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB, the conversion child's "
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB, the conversion children's "
           f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB")
 
 

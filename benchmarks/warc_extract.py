@@ -5,8 +5,8 @@ Two inputs, both written here from the HTML pages Debian packages ship under /us
 
 - **debian**: every page up to 2 MB as a Common Crawl-style response record (``.warc.gz``, one gzip
   member per record), ``--repeat`` times under other URLs. Throughput: documents/s (wall) and CPU-seconds per GB of WARC, each side in
-  its own process, CPU counted with its children (llmfab's extraction child, datatrove's
-  extraction sandbox). Agreement of the texts, per document kept by both: token-set Jaccard of
+  its own process, CPU counted with its children (llmfab's extraction children, datatrove's
+  extraction sandbox); llmfab with one extraction child (``engine.workers: 1``) and with one per core. Agreement of the texts, per document kept by both: token-set Jaccard of
   lowercased ``\\w+`` tokens, mean and median.
 - **news**: the ``<p>`` paragraphs of ~120 of those pages set as the article of a news-site template
   (cookie banner, navigation, "most read" sidebar, comments, footer). The article's text is known,
@@ -54,7 +54,8 @@ from llmfab.data.readers import read_documents
 from llmfab.data.steps import StepCounter
 warc, out = Path(sys.argv[1]), Path(sys.argv[2])
 spec = DatasetSpec.model_validate({"sources": [{"path": str(warc), "onError": "skip",
-                                                "html": {"extractor": "EXTRACTOR"}}]})
+                                                "html": {"extractor": "EXTRACTOR"}}],
+                                   "engine": {"workers": WORKERS}})
 counter = StepCounter("read")
 with open(out, "w") as f:
     for batch in read_documents(spec, lambda p: Path(p), counter):
@@ -225,17 +226,25 @@ def main() -> None:
     print(f"input debian: {len(files)} pages x {args.repeat}, {debian.stat().st_size / 1e6:.1f} MB gzip'd WARC "
           f"({args.repeat * sum(p.stat().st_size for p in files) / 1e6:.1f} MB of HTML); news: {len(articles)} pages")
 
-    sides = {"llmfab (FastWARC + Resiliparse, child process)": (sys.executable,
-                                                                 LLMFAB.replace("EXTRACTOR", "resiliparse")),
+    cores = len(os.sched_getaffinity(0))
+
+    def llmfab(extractor: str, workers: int) -> str:
+        return LLMFAB.replace("EXTRACTOR", extractor).replace("WORKERS", str(workers))
+
+    sides = {"llmfab (FastWARC + Resiliparse, 1 child process)": (sys.executable, llmfab("resiliparse", 1)),
              "llmfab extraction in-process (no time bound)": (sys.executable, INPROCESS),
              "datatrove (warcio + Trafilatura)": (args.datatrove_python, DATATROVE),
-             "llmfab, html.extractor: trafilatura": (sys.executable, LLMFAB.replace("EXTRACTOR", "trafilatura"))}
+             "llmfab, html.extractor: trafilatura (1 child)": (sys.executable, llmfab("trafilatura", 1)),
+             f"llmfab, Resiliparse, {cores} children (engine.workers: {cores})": (sys.executable,
+                                                                                  llmfab("resiliparse", cores))}
     results: dict[str, dict[str, float | str]] = {}
     texts: dict[str, dict[str, dict[str, str]]] = {}
     for name, (python, script) in sides.items():
         for corpus, warc in (("debian", debian), ("news", news)):
             slug = re.sub(r"\W+", "_", name)
             out = work / f"{slug}-{corpus}.jsonl"
+            if corpus == "news" and "children" in name:
+                continue  # the same text as with one child
             r = run(python, script, warc, out)
             texts.setdefault(name, {})[corpus] = load(out)
             if not texts[name][corpus]:
@@ -243,7 +252,7 @@ def main() -> None:
                                  f"{out.with_suffix('.log').read_text()[-2000:]}")
             if corpus == "debian":
                 results[name] = r
-    llm, _, dt, llm_traf = sides
+    llm, _, dt, llm_traf, llm_pool = sides
     print("\n| reader + extractor | documents | documents/s | CPU-s per GB of WARC (gzip'd) | CPU-s per GB of HTML "
           "| wall s | CPU s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -254,7 +263,10 @@ def main() -> None:
     speed = (len(texts[llm]["debian"]) / float(results[llm]["wall"])) / (
         len(texts[dt]["debian"]) / float(results[dt]["wall"]))
     cpu = (float(results[dt]["cpu"]) / len(texts[dt]["debian"])) / (float(results[llm]["cpu"]) / len(texts[llm]["debian"]))
-    print(f"\nllmfab / datatrove: {speed:.1f}x documents/s, {cpu:.1f}x less CPU per document")
+    print(f"\nllmfab (1 child) / datatrove: {speed:.1f}x documents/s, {cpu:.1f}x less CPU per document")
+    pool = (len(texts[llm_pool]["debian"]) / float(results[llm_pool]["wall"])) / (
+        len(texts[dt]["debian"]) / float(results[dt]["wall"]))
+    print(f"llmfab ({cores} children) / datatrove: {pool:.1f}x documents/s")
     for name in (llm, llm_traf):
         mine, theirs = texts[name]["debian"], texts[dt]["debian"]
         both = sorted(set(mine) & set(theirs))

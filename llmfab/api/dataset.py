@@ -44,15 +44,15 @@ class HtmlExtraction(Spec):
     """How WARC response records become text: the page's charset, then its main text.
 
     Resiliparse (DCLM's extraction) by default, or trafilatura (datatrove's and FineWeb's); either
-    runs in a child process that is killed and restarted when one page takes longer than
-    ``timeoutSeconds`` (Resiliparse's main-content pass is quadratic in the nesting depth of a
-    page: 10,000 nested ``div`` s take seconds).
+    runs in child processes (one per engine worker), a child killed and replaced when one page
+    takes longer than ``timeoutSeconds`` (Resiliparse's main-content pass is quadratic in the
+    nesting depth of a page: 10,000 nested ``div`` s take seconds).
     """
 
     extractor: Literal["resiliparse", "trafilatura"] = Field(
         default="resiliparse",
-        description="resiliparse: fast (about 5x datatrove's documents/s here); trafilatura: slower, keeps "
-        "less boilerplate (benchmarks/RESULTS.md, issue 23).",
+        description="resiliparse: fast (12x datatrove's documents/s on one core); trafilatura: ~12x slower, "
+        "keeps less boilerplate (benchmarks/RESULTS.md, issue 23).",
     )
     main_content: bool = Field(
         default=True,
