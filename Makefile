@@ -31,12 +31,14 @@ serve-venv:
 # System tools the tests drive for real: headless Chromium renders report.html; kubectl and helm
 # (from a PyPI wheel, into $(TOOLS)) run against the test API server; Prometheus scrapes vLLM and
 # the trainer for the dashboard tests. WordNet (Debian wordnet-base) is a source of the post-training
-# data (`make post-training-data`).
+# data (`make post-training-data`). libxslt1-dev's HTML documentation is among the real pages the
+# WARC test fixtures serve (tests/data/web_fixtures.py).
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -q -o Dpkg::Use-Pty=0
 TOOLS := .tools/bin
 tools:
 	@command -v chromium >/dev/null || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends chromium; }
 	@test -f /usr/share/wordnet/data.noun || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends wordnet-base; }
+	@test -d /usr/share/doc/libxslt1-dev/html || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends libxslt1-dev; }
 	@scripts/install_kube_tools.sh $(TOOLS)
 	@scripts/install_prometheus.sh
 

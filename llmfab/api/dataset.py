@@ -41,6 +41,34 @@ class HuggingFaceSource(Spec):
     revision: str | None = Field(default=None, description="Hub revision; ignored for local paths.")
 
 
+class HtmlExtraction(Spec):
+    """How WARC response records become text: the page's charset, then its main text.
+
+    Resiliparse (DCLM's extraction) by default, or trafilatura (datatrove's and FineWeb's); either
+    runs in child processes (one per engine worker), a child killed and replaced when one page
+    takes longer than ``timeoutSeconds`` (Resiliparse's main-content pass is quadratic in the
+    nesting depth of a page: 10,000 nested ``div`` s take seconds).
+    """
+
+    extractor: Literal["resiliparse", "trafilatura"] = Field(
+        default="resiliparse",
+        description="resiliparse: fast (12x datatrove's documents/s on one core); trafilatura: ~12x slower, "
+        "keeps less boilerplate (benchmarks/RESULTS.md, issue 23).",
+    )
+    main_content: bool = Field(
+        default=True,
+        description="Keep only the main content (navigation, headers, footers and sidebars dropped); "
+        "false keeps all visible text (Resiliparse) or favours recall (trafilatura).",
+    )
+    timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="Longest a page's extraction may take; a slower page is counted as "
+        "extraction_timeout and skipped.",
+    )
+
+
 class Source(Spec):
     """One input of a Dataset; a Dataset reads several and mixes them by weight."""
 
@@ -56,11 +84,22 @@ class Source(Spec):
     path: str | None = Field(
         default=None,
         description="File, directory or glob (relative to the spec file, or absolute). .txt, .md, "
-        ".jsonl/.json, .parquet; text and JSON optionally .gz/.zst/.bz2/.xz compressed.",
+        ".jsonl/.json, .parquet, WARC/WET (.warc, .wet), MediaWiki XML dumps (.xml, "
+        "*-pages-articles*.xml-p*); all but Parquet optionally .gz/.zst/.bz2/.xz compressed; tar "
+        "archives (.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz, .tar.zst) are read member by member, "
+        "members that are themselves compressed or tar archives too.",
     )
     huggingface: HuggingFaceSource | None = Field(default=None, description="A datasets dataset.")
-    format: Literal["auto", "text", "jsonl", "parquet"] = Field(
-        default="auto", description="auto picks by file extension."
+    format: Literal["auto", "text", "jsonl", "parquet", "warc", "mediawiki"] = Field(
+        default="auto",
+        description="auto picks by file extension (in an archive: by member name, a compressed member "
+        "without one is looked into for a tar archive); warc: response records with an HTML payload "
+        "become their extracted text (see html), WET conversion records their text; mediawiki: "
+        "articles (namespace 0) of a MediaWiki XML dump as plain text, redirects and "
+        "disambiguation pages skipped.",
+    )
+    html: HtmlExtraction = Field(
+        default_factory=HtmlExtraction, description="WARC only: charset and text extraction of HTML pages."
     )
     text_field: str = Field(default="text", description="JSONL key / Parquet or Arrow column of the text.")
     id_field: str | None = Field(default=None, description="Column with a document id; default: file:line.")

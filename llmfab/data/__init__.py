@@ -1,6 +1,9 @@
 """llmfab.data: the Dataset stage (``llmfab data run``).
 
-One module per step family, datatrove-style: :mod:`readers` (sources → Arrow batches),
+One module per step family, datatrove-style: :mod:`readers` (sources → Arrow batches; raw web
+text through :mod:`warc`, :mod:`mediawiki` and :mod:`archives`, HTML and wikitext converted by
+:mod:`html_text` and :mod:`mediawiki` in the child processes of :mod:`isolated`, each reader
+reporting to a :mod:`record_sink`),
 :mod:`url_filter` (block lists, patterns and an allow-list on the ``url`` column),
 :mod:`normalize`, :mod:`language`, :mod:`gopher_repetition`, :mod:`gopher_quality`, :mod:`c4`,
 :mod:`fineweb`, :mod:`pii` (per-document steps, run in workers by :mod:`cleaning`),

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Any, cast
 
 import zstandard
 
@@ -41,16 +42,70 @@ class TooLong:
 
 def open_decompressed(path: Path) -> IO[bytes]:
     """The file's bytes, decompressed as a stream when its last suffix names a compression."""
-    kind = COMPRESSION_SUFFIXES.get(path.suffix.lower())
+    return decompressed(open(path, "rb"), path.name)
+
+
+def decompressed(raw: IO[bytes], name: str) -> IO[bytes]:
+    """``raw`` decompressed as a stream when ``name``'s last suffix names a compression (closing the
+    result closes ``raw``); ``raw`` itself otherwise."""
+    kind = COMPRESSION_SUFFIXES.get(Path(name).suffix.lower())
     if kind == "gzip":
-        return cast(IO[bytes], gzip.open(path, "rb"))
+        return _closing_both(cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb")), raw)
     if kind == "zstd":
-        return cast(IO[bytes], zstandard.open(path, "rb"))
+        return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(raw, closefd=True,
+                                                                           read_across_frames=True))
     if kind == "bzip2":
-        return bz2.open(path, "rb")
+        return _closing_both(bz2.BZ2File(raw, "rb"), raw)
     if kind == "xz":
-        return lzma.open(path, "rb")
-    return open(path, "rb")
+        return _closing_both(lzma.LZMAFile(raw, "rb"), raw)
+    return raw
+
+
+def _closing_both(outer: IO[bytes], raw: IO[bytes]) -> IO[bytes]:
+    """gzip/bz2/lzma leave a file object they were given open: close it with them."""
+    close = outer.close
+
+    def close_both() -> None:
+        try:
+            close()
+        finally:
+            raw.close()
+
+    outer.close = close_both  # type: ignore[method-assign]
+    return outer
+
+
+class Prefixed(io.RawIOBase):
+    """``head`` (bytes already read from ``rest``) followed by the rest of ``rest``: a peek without seeking."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self.head, self.rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self.head:
+            n = min(len(view), len(self.head))
+            view[:n] = self.head[:n]
+            self.head = self.head[n:]
+            return n
+        data = self.rest.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.rest.close()
+        super().close()
+
+
+def peek(stream: IO[bytes], size: int) -> tuple[bytes, IO[bytes]]:
+    """Up to ``size`` first bytes of ``stream`` and a stream that still starts with them."""
+    head = b""
+    while len(head) < size and (block := stream.read(size - len(head))):
+        head += block
+    return head, cast(IO[bytes], io.BufferedReader(Prefixed(head, stream), CHUNK_BYTES))
 
 
 def read_capped(stream: IO[bytes], cap: int) -> bytes | TooLong:

@@ -16,30 +16,39 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import tarfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Protocol
+from xml.parsers import expat
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from llmfab.api.dataset import DatasetSpec, Source
+from llmfab.data.archives import is_archive, strip_compression, tar_members
 from llmfab.data.bounded_reading import (
     COMPRESSION_SUFFIXES,
     DECOMPRESSION_ERRORS,
     TooLong,
     capped_lines,
     open_decompressed,
+    peek,
     read_capped,
 )
+from llmfab.data.engine import default_workers
+from llmfab.data.mediawiki import NotADump, mediawiki_documents
+from llmfab.data.record_sink import Doc, SourceCounts
 from llmfab.data.steps import DOCUMENT_SCHEMA, StepCounter, example
+from llmfab.data.warc import warc_documents
 from llmfab.errors import WorkloadError
 
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".markdown"}
 JSON_SUFFIXES = {".jsonl", ".json", ".ndjson"}
 PARQUET_SUFFIXES = {".parquet"}
 ARROW_SUFFIXES = {".arrow"}
+WARC_SUFFIXES = {".warc", ".wet"}
 COMPRESSED = set(COMPRESSION_SUFFIXES)
 BATCH_DOCUMENTS = 1000
 BATCH_BYTES = 8 << 20
@@ -64,7 +73,7 @@ def source_label(source: Source, index: int) -> str:
     return f"hf:{source.huggingface.path}"
 
 
-def _suffixes(path: Path) -> tuple[str, str]:
+def _suffixes(path: Path | PurePosixPath) -> tuple[str, str]:
     """(format suffix, compression suffix) of ``data.jsonl.gz`` → (".jsonl", ".gz")."""
     suffixes = [s.lower() for s in path.suffixes]
     comp = suffixes[-1] if suffixes and suffixes[-1] in COMPRESSED else ""
@@ -72,7 +81,11 @@ def _suffixes(path: Path) -> tuple[str, str]:
     return (rest[-1] if rest else ""), comp
 
 
-def _format_of(path: Path, declared: str) -> str:
+def _format_of(path: Path | PurePosixPath, declared: str) -> str:
+    """The format a file's name says (``archive`` for a tar archive, whatever the declared format of
+    its members), or the declared one; "" when neither says."""
+    if is_archive(path.name):
+        return "archive"
     if declared != "auto":
         return declared
     ext, _ = _suffixes(path)
@@ -84,6 +97,10 @@ def _format_of(path: Path, declared: str) -> str:
         return "parquet"
     if ext in ARROW_SUFFIXES:
         return "arrow"
+    if ext in WARC_SUFFIXES:
+        return "warc"
+    if ext == ".xml" or ext.startswith(".xml-p"):  # enwiki-...-pages-articles1.xml-p1p41242.bz2
+        return "mediawiki"
     return ""
 
 
@@ -106,22 +123,12 @@ def expand_paths(source: Source, field: str, resolve: Callable[[str], Path]) -> 
                                 "(relative paths are relative to the spec file)")
     if not files:
         raise WorkloadError(f"{field}: {raw!r} matches no readable files (.txt .md .jsonl .json .parquet "
-                            ".arrow, optionally .gz/.zst/.bz2/.xz); fix the path or glob")
+                            ".arrow .warc .wet .xml .tar, optionally .gz/.zst/.bz2/.xz); fix the path or glob")
     for f in files:
         if not _format_of(f, source.format):
-            raise WorkloadError(f"{field}: cannot tell the format of {f.name}; set format: text|jsonl|parquet "
-                                "on the source or use a known extension")
+            raise WorkloadError(f"{field}: cannot tell the format of {f.name}; set format: "
+                                "text|jsonl|parquet|warc|mediawiki on the source or use a known extension")
     return files
-
-
-def _first_byte(path: Path) -> bytes:
-    """The first non-whitespace byte of a (decompressed) file: ``[`` for a JSON array; b"" when empty."""
-    with open_decompressed(path) as f:
-        while block := f.read(1 << 16):
-            rest = block.lstrip()
-            if rest:
-                return rest[:1]
-    return b""
 
 
 def _string_cells(column: pa.Array | pa.ChunkedArray, cap: int) -> tuple[list[bytes | None], list[int | None]]:
@@ -140,10 +147,13 @@ def _string_cells(column: pa.Array | pa.ChunkedArray, cap: int) -> tuple[list[by
 
 
 class SourceReader:
-    """Documents of one source as ``(text, id)``; malformed or too long records fail or are counted as skipped."""
+    """Documents of one source as :class:`~llmfab.data.record_sink.Doc` s; malformed or too long records
+    fail or are counted as skipped, records that are not documents are counted (``counts``)."""
 
-    def __init__(self, source: Source, index: int, resolve: Callable[[str], Path], counter: StepCounter) -> None:
+    def __init__(self, source: Source, index: int, resolve: Callable[[str], Path], counter: StepCounter,
+                 converters: int = 1) -> None:
         self.source = source
+        self.converters = converters  # child processes for HTML and wikitext (llmfab.data.isolated)
         self.index = index
         self.field = f"spec.sources[{index}]"
         self.label = source_label(source, index)
@@ -155,6 +165,8 @@ class SourceReader:
         # where reading is, for an error the decompressor or Arrow raises: "file:row", or the next line
         self.position = ""
         self.next_line = 0
+        self.stream_name = ""
+        self.counts = SourceCounts()
 
     def _bad(self, where: str, what: str, fix: str, text: str = "", reason: str = "malformed_record",
              count: int = 1) -> None:
@@ -163,6 +175,19 @@ class SourceReader:
                                 "such records")
         self.counter.documents_in += count
         self.counter.drop(reason, example(text[:240], self.label, where, what), count=count)
+        self.counts.skipped[reason] += count
+
+    def skip(self, reason: str, where: str, text: str = "") -> None:
+        """A record left out by design (a redirect, a PDF, a talk page): counted, never an error."""
+        self.counter.documents_in += 1
+        self.counter.drop(reason, example(text[:240], self.label, where))
+        self.counts.skipped[reason] += 1
+
+    def bad(self, where: str, what: str, fix: str, text: str = "", reason: str = "malformed_record") -> None:
+        self._bad(where, what, fix, text, reason)
+
+    def too_long(self, where: str, what: str, size: int | TooLong) -> None:
+        self._too_long(where, what, size)
 
     def _too_long(self, where: str, what: str, size: int | TooLong, count: int = 1) -> None:
         n = size.size if isinstance(size, TooLong) else size
@@ -183,11 +208,11 @@ class SourceReader:
                                 f"{e.start} of the record); convert it to UTF-8 or set onError: skip to replace "
                                 "bad bytes") from None
 
-    def __iter__(self) -> Iterator[tuple[str, str]]:
+    def __iter__(self) -> Iterator[tuple[str, str] | Doc]:
         for documents in self.units():
             yield from documents
 
-    def units(self) -> Iterator[Iterator[tuple[str, str]]]:
+    def units(self) -> Iterator[Iterator[tuple[str, str] | Doc]]:
         """The source's documents, an input file at a time (a Hugging Face source is one): the unit
         a build resumes by. A unit's file is opened only when its documents are asked for."""
         if self.source.huggingface is not None:
@@ -196,51 +221,84 @@ class SourceReader:
         for path in expand_paths(self.source, f"{self.field}.path", self.resolve):
             yield self._file(path)
 
-    def _file(self, path: Path, fmt: str = "", field: str = "path") -> Iterator[tuple[str, str]]:
+    def _file(self, path: Path, fmt: str = "", field: str = "path") -> Iterator[tuple[str, str] | Doc]:
         """One file's documents; a file that cannot be read fails naming it, or is counted (skip)."""
         fmt = fmt or _format_of(path, self.source.format)
         name = path.name
         self.file, self.position, self.next_line = path, name, 1 if fmt in ("text", "jsonl") else 0
+        self.stream_name = name  # the file, or the archive member being read
+        self.counts.formats.add(fmt)
         try:
-            if fmt == "text":
-                yield from self._text(path, name)
-            elif fmt == "jsonl":
-                yield from self._jsonl(path, name)
-            elif fmt == "parquet":
-                yield from self._parquet(path, name)
+            if fmt == "archive":
+                with open(path, "rb") as raw:
+                    yield from self._archive(raw, name)
+            elif fmt in ("parquet", "arrow"):
+                yield from self._parquet(path, name) if fmt == "parquet" else self._arrow_file(path)
             else:
-                yield from self._arrow_file(path)
+                with open_decompressed(path) as f:
+                    yield from self._stream(f, name, fmt)
         except WorkloadError:
             raise
-        except (*DECOMPRESSION_ERRORS, pa.ArrowException, UnicodeDecodeError) as e:  # the last: Parquet metadata
+        except NotADump as e:
+            raise WorkloadError(f"{self.field}.format: {self.position}: {e}; set format on the source to what "
+                                "the file holds") from None
+        except (*DECOMPRESSION_ERRORS, pa.ArrowException, UnicodeDecodeError, tarfile.TarError,
+                expat.ExpatError) as e:  # UnicodeDecodeError: Parquet metadata
             if self.next_line:
-                self.position = f"{name}:{self.next_line}"
+                self.position = f"{self.stream_name}:{self.next_line}"
             if self.strict:
                 raise WorkloadError(f"{self.field}.{field}: cannot read {path} (at or after {self.position}): {e}; fix or "
                                     "remove the file, or set onError: skip to count it and go on") from e
             self._bad(self.position, f"unreadable from here on ({e})", "", reason="unreadable_file")
 
-    def _text(self, path: Path, name: str) -> Iterator[tuple[str, str]]:
+    def _stream(self, f: IO[bytes], name: str, fmt: str) -> Iterator[tuple[str, str] | Doc]:
+        """The documents of a decompressed stream in one of the formats that are read as streams."""
+        if fmt == "text":
+            yield from self._text(f, name)
+        elif fmt == "jsonl":
+            yield from self._jsonl(f, name)
+        elif fmt == "warc":
+            yield from warc_documents(f, name, self, self.source.html)
+        elif fmt == "mediawiki":
+            yield from mediawiki_documents(f, name, self)
+        else:
+            raise WorkloadError(f"{self.field}.format: {name} is {fmt} inside an archive, which is read as a "
+                                "stream; unpack it, or write it as JSON Lines")
+
+    def _archive(self, raw: IO[bytes], name: str) -> Iterator[tuple[str, str] | Doc]:
+        """Every member of a tar archive in archive order, each read by its own name's format."""
+        for path, member in tar_members(raw, name):
+            self.position, self.stream_name, self.next_line = path, path, 0
+            self.counts.records["member"] += 1
+            fmt = _format_of(PurePosixPath(strip_compression(path.rsplit("!", 1)[1])), self.source.format)
+            if fmt in ("", "archive"):
+                self.skip("unknown_member_format", path, path)
+                continue
+            self.counts.formats.add(fmt)
+            if fmt in ("text", "jsonl"):
+                self.next_line = 1
+            yield from self._stream(member, path, fmt)
+
+    def _text(self, f: IO[bytes], name: str) -> Iterator[tuple[str, str]]:
         per = self.source.document_per
-        with open_decompressed(path) as f:
-            if per == "file":
-                data = read_capped(f, self.cap)
-                if isinstance(data, TooLong):
-                    self._too_long(name, "the file (documentPer: file)", data)
-                    return
-                yield self._decode(data, name, whole_file=True), name
+        if per == "file":
+            data = read_capped(f, self.cap)
+            if isinstance(data, TooLong):
+                self._too_long(name, "the file (documentPer: file)", data)
                 return
-            if per == "line":
-                for lineno, raw in capped_lines(f, self.cap):
-                    where, self.next_line = f"{name}:{lineno}", lineno + 1
-                    if isinstance(raw, TooLong):
-                        self._too_long(where, "the line", raw)
-                        continue
-                    line = self._decode(raw, name, lineno)
-                    if line.strip():
-                        yield line.rstrip("\r\n"), where
-                return
-            yield from self._paragraph_groups(self._paragraphs(f, name), name)
+            yield self._decode(data, name, whole_file=True), name
+            return
+        if per == "line":
+            for lineno, raw in capped_lines(f, self.cap):
+                where, self.next_line = f"{name}:{lineno}", lineno + 1
+                if isinstance(raw, TooLong):
+                    self._too_long(where, "the line", raw)
+                    continue
+                line = self._decode(raw, name, lineno)
+                if line.strip():
+                    yield line.rstrip("\r\n"), where
+            return
+        yield from self._paragraph_groups(self._paragraphs(f, name), name)
 
     def _paragraphs(self, f: IO[bytes], name: str) -> Iterator[tuple[int, str | TooLong, int]]:
         """``(first line, paragraph, bytes)`` per blank-line separated paragraph, capped like a line."""
@@ -288,14 +346,13 @@ class SourceReader:
         if group:
             yield "\n".join(group), f"{name}#{part}"
 
-    def _jsonl(self, path: Path, name: str) -> Iterator[tuple[str, str]]:
+    def _jsonl(self, f: IO[bytes], name: str) -> Iterator[tuple[str, str]]:
         key, id_key = self.source.text_field, self.source.id_field
-        array = _first_byte(path) == b"["
-        with open_decompressed(path) as f:
-            if array:  # a JSON array, not JSON Lines: read whole, so capped like one record
-                yield from self._records(self._json_array(f, name), key, id_key, name)
-                return
-            yield from self._records(self._parsed_lines(f, name), key, id_key, name)
+        head, f = peek(f, 1 << 16)
+        if head.lstrip()[:1] == b"[":  # a JSON array, not JSON Lines: read whole, so capped like one record
+            yield from self._records(self._json_array(f, name), key, id_key, name)
+            return
+        yield from self._records(self._parsed_lines(f, name), key, id_key, name)
 
     def _json_array(self, f: IO[bytes], name: str) -> Iterator[tuple[int, object, str]]:
         data = read_capped(f, self.cap)
@@ -434,7 +491,7 @@ class SourceReader:
                 batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
             yield from self._table_batches(batches, path.name, path, validate=True)
 
-    def _huggingface(self) -> Iterator[tuple[str, str]]:
+    def _huggingface(self) -> Iterator[tuple[str, str] | Doc]:
         hf = self.source.huggingface
         assert hf is not None
         field = f"{self.field}.huggingface.path"
@@ -498,53 +555,68 @@ class ReadProgress(Protocol):
         ...
 
 
+READING = "reading"  # the read step's detail: the counts of the source under way, for a resume
+
+
 def read_documents(spec: DatasetSpec, resolve: Callable[[str], Path], counter: StepCounter,
                    batch_documents: int = BATCH_DOCUMENTS, batch_bytes: int = BATCH_BYTES,
                    progress: ReadProgress | None = None) -> Iterator[pa.RecordBatch]:
     """All sources, in spec order, as record batches of :data:`DOCUMENT_SCHEMA`.
 
     ``counter`` ("read") counts documents kept, malformed records skipped and documents left out by
-    a source weight below 1. Batch boundaries depend only on the input, never on the worker count,
-    which is what makes the engines' output identical. With ``progress``, reading starts at its
-    ``start`` (the units before it are not opened) and each unit's end is reported to it.
+    a source weight below 1; its ``sources`` detail has each source's :class:`SourceCounts`. Batch
+    boundaries depend only on the input, never on the worker count, which is what makes the
+    engines' output identical. With ``progress``, reading starts at its ``start`` (the units before
+    it are not opened; the counts of a source read in part come back from the checkpointed
+    counter's ``reading`` detail) and each unit's end is reported to it.
     """
-    texts: list[str] = []
-    labels: list[str] = []
-    ids: list[str] = []
+    columns: tuple[list[str | None], ...] = ([], [], [], [], [])
     size = 0
     emitted = 0
+    sources = counter.details.setdefault("sources", [])
+    partial = counter.details.pop(READING, None)
+    converters = spec.engine.workers or default_workers()  # the cores the cleaning workers would use
     first_source, first_unit, first_taken = progress.start if progress is not None else (0, 0, 0)
     for index, source in enumerate(spec.sources):
         if index < first_source:
             continue
-        reader = SourceReader(source, index, resolve, counter)
+        reader = SourceReader(source, index, resolve, counter, converters)
+        if index == first_source and partial is not None:
+            reader.counts = SourceCounts.from_stats(partial)
         label = reader.label
         taken = first_taken if index == first_source else 0
         full = False
-        for unit, documents in enumerate(reader.units()):
-            if index == first_source and unit < first_unit:
-                continue
-            for text, doc_id in documents:
-                if source.max_documents is not None and taken >= source.max_documents:
-                    full = True
-                    break
-                taken += 1
-                counter.documents_in += 1
-                if source.weight < 1 and unit_hash(label, doc_id) >= source.weight:
-                    counter.drop("sampled_out_by_weight")
+        try:
+            for unit, documents in enumerate(reader.units()):
+                if index == first_source and unit < first_unit:
                     continue
-                counter.documents_out += 1
-                texts.append(text)
-                labels.append(label)
-                ids.append(doc_id)
-                size += len(text)
-                emitted += 1
-                if len(texts) >= batch_documents or size >= batch_bytes:
-                    yield pa.record_batch([texts, labels, ids], schema=DOCUMENT_SCHEMA)
-                    texts, labels, ids, size = [], [], [], 0
-            if progress is not None:
-                progress.unit_done(index, unit, taken, full, emitted)
-            if full:
-                break
-    if texts:
-        yield pa.record_batch([texts, labels, ids], schema=DOCUMENT_SCHEMA)
+                for item in documents:
+                    if source.max_documents is not None and taken >= source.max_documents:
+                        full = True
+                        break
+                    doc = Doc(*item)
+                    taken += 1
+                    counter.documents_in += 1
+                    if source.weight < 1 and unit_hash(label, doc.id) >= source.weight:
+                        counter.drop("sampled_out_by_weight")
+                        continue
+                    counter.documents_out += 1
+                    for column, value in zip(columns, (doc.text, label, doc.id, doc.url, doc.meta), strict=True):
+                        column.append(value)
+                    size += len(doc.text)
+                    emitted += 1
+                    if len(columns[0]) >= batch_documents or size >= batch_bytes:
+                        yield pa.record_batch(list(columns), schema=DOCUMENT_SCHEMA)
+                        columns, size = ([], [], [], [], []), 0
+                if progress is not None:
+                    reader.counts.documents = taken
+                    counter.details[READING] = reader.counts.stats()
+                    progress.unit_done(index, unit, taken, full, emitted)
+                if full:
+                    break
+        finally:
+            counter.details.pop(READING, None)
+            reader.counts.documents = taken
+            sources.append({"source": label, **reader.counts.stats()})
+    if columns[0]:
+        yield pa.record_batch(list(columns), schema=DOCUMENT_SCHEMA)

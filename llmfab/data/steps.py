@@ -22,6 +22,7 @@ because the Ray engine moves only Arrow tables. A build that resumes restores th
 from __future__ import annotations
 
 import collections
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -30,7 +31,10 @@ import pyarrow as pa
 
 from llmfab.data.audit import RemovedDocument, RemovedSample
 
-DOCUMENT_SCHEMA = pa.schema([("text", pa.large_string()), ("source", pa.string()), ("id", pa.string())])
+# url and meta (a JSON object: a WARC record's date, a wiki page's title and ids) are null where a
+# reader has none
+DOCUMENT_SCHEMA = pa.schema([("text", pa.large_string()), ("source", pa.string()), ("id", pa.string()),
+                             ("url", pa.string()), ("meta", pa.string())])
 EXAMPLES_PER_REASON = 3
 EXAMPLE_CHARS = 240
 REMOVAL_TYPE = pa.struct([("step", pa.string()), ("reason", pa.string())])
@@ -157,6 +161,7 @@ class StepCounter:
     documents_edited: int = 0  # kept, but with lines removed (C4's line rules)
     characters_removed: int = 0
     counted: dict[str, int] = field(default_factory=dict)  # see Tally
+    details: dict[str, Any] = field(default_factory=dict)  # step-specific, stats.json only (the readers' sources)
 
     def drop(self, reason: str, doc: RemovedDocument | None = None, count: int = 1, sample: bool = True) -> None:
         """Count ``count`` documents removed for ``reason``; ``doc`` is one of them, an example for
@@ -193,7 +198,7 @@ class StepCounter:
         out = {**self.status(), "examples": self.examples}
         if self.documents_edited:
             out.update(documentsEdited=self.documents_edited, charactersRemoved=self.characters_removed)
-        return out
+        return {**out, **self.details}
 
     def state(self) -> dict[str, Any]:
         """Everything, for a checkpoint (:meth:`from_state` gives it back)."""
@@ -201,7 +206,7 @@ class StepCounter:
                 "documentsOut": self.documents_out, "removed": self.removed, "examples": self.examples,
                 "samples": {r: s.state() for r, s in self.samples.items()},
                 "documentsEdited": self.documents_edited, "charactersRemoved": self.characters_removed,
-                "counted": self.counted}
+                "counted": self.counted, "details": copy.deepcopy(self.details)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> StepCounter:
@@ -209,7 +214,8 @@ class StepCounter:
         return cls(state["name"], k, state["documentsIn"], state["documentsOut"], dict(state["removed"]),
                    {r: list(e) for r, e in state["examples"].items()},
                    {r: RemovedSample.from_state(k, s) for r, s in state["samples"].items()},
-                   state["documentsEdited"], state["charactersRemoved"], dict(state["counted"]))
+                   state["documentsEdited"], state["charactersRemoved"], dict(state["counted"]),
+                   copy.deepcopy(state.get("details", {})))
 
 
 class StepStatsBook:
