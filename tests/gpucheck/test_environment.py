@@ -1,7 +1,8 @@
 """``scripts/gpu_check_env.py``: the checks' virtualenv over another virtualenv (as on the lent GPU
 machines), pip with no index taking from the wheels only what that python lacks, torch left as it
-is. The outer python here is the test suite's own, which lacks only nvidia-ml-py of
-``scripts/gpu_requirements.txt``; its wheel is a stand-in made here (no download in a test)."""
+is. The outer python here is the test suite's own, which has all of ``scripts/gpu_requirements.txt``;
+the requirements are extended by a stand-in distribution it lacks, whose wheel is made here (no
+download in a test)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
-def _env_module() -> object:
+def _load_env_module() -> object:
     spec = importlib.util.spec_from_file_location("gpu_check_env", SCRIPTS / "gpu_check_env.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -44,6 +45,18 @@ def _wheel(directory: Path, name: str, version: str, files: dict[str, str]) -> P
     return path
 
 
+STAND_IN = "llmfab-gpucheck-standin"
+
+
+def _env_module(requirements: Path | None = None) -> object:
+    """The module, its requirements extended by :data:`STAND_IN` (written to ``requirements``)."""
+    module = _load_env_module()
+    if requirements is not None:
+        requirements.write_text(module.REQUIREMENTS.read_text() + f"{STAND_IN}==1.0\n")  # type: ignore[attr-defined]
+        module.REQUIREMENTS = requirements  # type: ignore[attr-defined]
+    return module
+
+
 def _torch_version() -> str:
     import torch
 
@@ -52,15 +65,15 @@ def _torch_version() -> str:
 
 @pytest.mark.slow
 def test_the_virtualenv_adds_only_what_the_outer_python_lacks_and_keeps_its_torch(tmp_path: Path) -> None:
-    env = _env_module()
+    env = _env_module(tmp_path / "requirements.txt")
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    _wheel(wheels, "nvidia-ml-py", "13.615.71", {"pynvml.py": "STAND_IN = True\n"})
+    _wheel(wheels, STAND_IN, "1.0", {"llmfab_gpucheck_standin.py": "STAND_IN = True\n"})
     venv = tmp_path / "venv"
     python, installed = env.prepare(sys.executable, venv, wheels, _torch_version(), tmp_path / "env.log")  # type: ignore[attr-defined]
-    assert installed == "nvidia-ml-py-13.615.71"
-    where = subprocess.run([python, "-c", "import torch, pydantic, pynvml; print(torch.__file__); "
-                            "print(pydantic.__file__); print(pynvml.STAND_IN)"],
+    assert installed == f"{STAND_IN}-1.0"
+    where = subprocess.run([python, "-c", "import torch, pydantic, llmfab_gpucheck_standin as s; print(torch.__file__); "
+                            "print(pydantic.__file__); print(s.STAND_IN)"],
                            capture_output=True, text=True, check=True).stdout.split()
     outer = str(Path(sys.prefix))
     assert where[0].startswith(outer) and where[1].startswith(outer)  # the outer python's, not copies
@@ -71,6 +84,6 @@ def test_the_virtualenv_adds_only_what_the_outer_python_lacks_and_keeps_its_torc
 
 @pytest.mark.slow
 def test_without_wheels_it_says_to_make_them(tmp_path: Path) -> None:
-    env = _env_module()
+    env = _env_module(tmp_path / "requirements.txt")
     with pytest.raises(env.EnvironmentFailed, match=r"there are no wheels in .*run `make gpu-wheels`"):  # type: ignore[attr-defined]
         env.prepare(sys.executable, tmp_path / "venv", tmp_path / "none", _torch_version(), tmp_path / "env.log")  # type: ignore[attr-defined]
