@@ -58,6 +58,8 @@ def observe(res: Resource, kube: Kube, status: dict[str, Any]) -> Observed:
     referenced resource."""
     ns, current = res.metadata.namespace, revision(res)
     observed = Observed(status=dict(status))
+    # One list of the resource's pods serves usage (every pod) and the serving state (its servers).
+    observed.pods = [p for p in kube.list("v1", "Pod", ns, selector(res.KIND, res.name)) if not is_cleanup(p)]
     for api_version, kind in CHILD_KINDS:
         for child in kube.list(api_version, kind, ns, selector(res.KIND, res.name)):
             labels = child["metadata"].get("labels") or {}
@@ -71,18 +73,18 @@ def observe(res: Resource, kube: Kube, status: dict[str, Any]) -> Observed:
         observed.deployment = kube.get("apps/v1", "Deployment", ns, child_name(res))
         if res.spec.autoscaling is not None or status.get("scale"):
             _observe_autoscaler(res, kube, observed)
-        elif queue_name(res) is not None:  # are its servers waiting for Kueue?
-            observed.server_pods = kube.list("v1", "Pod", ns, selector_labels(res, SERVE))
+        if res.spec.autoscaling is not None or queue_name(res) is not None:  # its state; waiting for Kueue?
+            server = selector_labels(res, SERVE).items()
+            observed.server_pods = [p for p in observed.pods if server <= (p["metadata"].get("labels") or {}).items()]
     _observe_workloads(kube, ns, observed)
     for kind, name in res.references():
         observed.dependencies[f"{kind}/{name}"] = kube.get(f"{API_GROUP}/{API_VERSION}", kind, ns, name)
-    observed.pods = [p for p in kube.list("v1", "Pod", ns, selector(res.KIND, res.name)) if not is_cleanup(p)]
     return observed
 
 
 def _observe_autoscaler(res: InferenceService, kube: Kube, observed: Observed) -> None:
     """Which KEDA kinds the cluster serves (discovery, on every look: KEDA may be installed after
-    the operator started), KEDA's objects that exist for ``res``, and its server pods."""
+    the operator started), and KEDA's objects that exist for ``res``."""
     ns = res.metadata.namespace
     served = {api_version: kube.resources_served(api_version) for api_version in (SCALED_OBJECT[0], INTERCEPTOR_ROUTE[0])}
     observed.keda = KedaApis(scaled_objects="scaledobjects" in served[SCALED_OBJECT[0]],
@@ -94,8 +96,6 @@ def _observe_autoscaler(res: InferenceService, kube: Kube, observed: Observed) -
         child = kube.get(api_version, kind, ns, name)
         if child is not None and _owned_by(child, res):
             observed.autoscaler.append({"apiVersion": api_version, "kind": kind, **child})
-    if res.spec.autoscaling is not None:
-        observed.server_pods = kube.list("v1", "Pod", ns, selector_labels(res, SERVE))
 
 
 def _observe_workloads(kube: Kube, namespace: str, observed: Observed) -> None:
