@@ -59,7 +59,8 @@ def write(path: Path, kind: str, name: str, spec: dict[str, Any]) -> Path:
 
 def training_spec(model: dict[str, Any], steps: int, **extra: Any) -> dict[str, Any]:
     return {
-        "dataset": {"name": "books"}, "model": model, "maxSteps": steps, "seed": 0, "precision": "fp32",
+        "dataset": {"name": "books"}, "release": {"license": "apache-2.0"}, "model": model, "maxSteps": steps,
+        "seed": 0, "precision": "fp32",
         "batch": {"globalTokens": TOKENS_PER_STEP}, "optimizer": {"lr": 2e-3, "warmupSteps": 10},
         "checkpoint": {"everySteps": steps}, "evalEverySteps": steps, "evalBatches": 2,
         "monitoring": {"prometheusPort": None, "tensorboard": False, "logEverySteps": 50}, **extra,

@@ -84,6 +84,7 @@ def manifests(n: int, kinds: str) -> list[dict[str, Any]]:
     for i in range(n - n_ds):
         docs.append({"apiVersion": "llmfab.dev/v1alpha1", "kind": "TrainingRun", "metadata": {"name": f"tr-{i:04d}"},
                      "spec": {"dataset": {"name": f"ds-{i:04d}"}, "eval": {"enabled": False},
+                              "release": {"license": "apache-2.0"},
                               "model": {"layers": 2, "hidden": 64, "heads": 4, "contextLength": 32}}})
     return docs
 

@@ -32,7 +32,7 @@ from llmfab.training.loop.trainer import build, train_step
 
 def spec_for(a: argparse.Namespace, precision: str) -> TrainingRunSpec:
     return TrainingRunSpec.model_validate({
-        "dataset": {"name": "benchmark"}, "precision": precision, "seed": 0,
+        "dataset": {"name": "benchmark"}, "release": {"license": "apache-2.0"}, "precision": precision, "seed": 0,
         "model": {"layers": a.layers, "hidden": a.hidden, "heads": a.heads, "contextLength": a.ctx},
         "batch": {"globalTokens": a.batch * a.ctx, "microBatchSize": a.micro or a.batch},
         "lossChunkTokens": a.chunk,

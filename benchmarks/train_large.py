@@ -83,6 +83,7 @@ def _spec_dict(cfg: dict[str, Any]) -> dict[str, Any]:
     ctx = cfg.get("ctx", CTX)
     return {
         "dataset": {"name": "large"},
+        "release": {"license": "apache-2.0"},
         "model": {"layers": cfg["layers"], "hidden": cfg["hidden"], "heads": cfg["heads"], "contextLength": ctx},
         "maxSteps": cfg["steps"],
         "seed": 0,

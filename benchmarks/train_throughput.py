@@ -164,7 +164,8 @@ def llmfab_spec(shape: Shape, precision: str, compile_: bool, world: int, interm
     if intermediate is not None:
         model["intermediate"] = intermediate
     return TrainingRunSpec.model_validate({
-        "dataset": {"name": "benchmark"}, "precision": precision, "compile": compile_, "model": model,
+        "dataset": {"name": "benchmark"}, "release": {"license": "apache-2.0"}, "precision": precision,
+        "compile": compile_, "model": model,
         "batch": {"globalTokens": shape.batch * shape.ctx * world, "microBatchSize": shape.batch},
         "optimizer": {"lr": 3e-4, "warmupSteps": 0, "weightDecay": 0.1},
     })

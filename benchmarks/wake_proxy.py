@@ -216,7 +216,8 @@ def main() -> None:
     else:
         model_dir, shape = build_quickstart_model(work)
     name, model, port = "wake-bench", "bench", free_port()
-    spec = {"model": {"path": str(model_dir)}, "quantization": {"method": "none"}, "eval": {"enabled": False},
+    spec = {"model": {"path": str(model_dir)}, "release": {"license": "apache-2.0"},
+            "quantization": {"method": "none"}, "eval": {"enabled": False},
             "server": {"port": port, "maxModelLen": 128, "cpuKvCacheGib": 1, "servedModelName": model},
             "autoscaling": {"minReplicas": 0, "idleSeconds": args.idle_seconds, "coldStartTimeoutSeconds": 1800}}  # fmt: skip
     doc = {"apiVersion": "llmfab.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": name}, "spec": spec}

@@ -24,7 +24,8 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+# Errors are not wrapped: they name paths and the command to run, which a reader copies whole.
+err_console = Console(stderr=True, soft_wrap=True)
 
 FilesOption = Annotated[
     list[Path], typer.Option("-f", "--filename", help="YAML file or directory (repeatable).")
@@ -224,6 +225,30 @@ def describe(
     except (ValidationFailed, LookupError) as e:
         err_console.print(f"error: {e}")
         raise typer.Exit(1) from None
+
+
+@app.command()
+def card(
+    kind: Annotated[str, _kind_argument("TrainingRun, RewardModel or InferenceService (or a plural or short name).")],
+    name: Annotated[str, _name_argument("Resource name.")],
+    check: Annotated[bool, typer.Option("--check", help="Also check its metadata; exit 1 on a problem.")] = False,
+) -> None:
+    """Print a local model's card (README.md: licence, data, training chain, evaluation and bias,
+    compression, intended use), with its status as it is now."""
+    from llmfab.api import ValidationFailed
+    from llmfab.local.card import card as model_card
+    from llmfab.local.card import problems
+
+    try:
+        rendered = model_card(kind, name)
+    except (ValidationFailed, LookupError) as e:
+        err_console.print(f"error: {e}")
+        raise typer.Exit(1) from None
+    print(str(rendered), end="")
+    if check and (found := problems(rendered)):
+        for problem in found:
+            err_console.print(f"error: {problem}")
+        raise typer.Exit(1)
 
 
 @app.command()

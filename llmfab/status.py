@@ -110,6 +110,15 @@ class StatusReporter(ABC):
     def event(self, reason: str, message: str, type_: str = "Normal") -> None:
         """Record a Kubernetes-style event on the resource."""
 
+    def current(self) -> dict[str, Any]:
+        """The status as it is now (e.g. ``usage``, which the runner or operator writes), or ``{}``
+        where this backend cannot read it."""
+        return {}
+
+    def status_of(self, kind: str, name: str) -> dict[str, Any]:
+        """The status of another resource of the same namespace (a model card's chain), or ``{}``."""
+        return {}
+
     def progress(self, **fields: Any) -> None:
         """Merge progress numbers (camelCase keys, e.g. ``step=10, tokensPerSecond=1e3``)."""
         self.patch(fields)
@@ -143,6 +152,15 @@ class FileStatusReporter(StatusReporter):
 
     def read(self) -> dict[str, Any]:
         return read_status(self.resource.ARTIFACT_DIR, self.resource.name, self.root)
+
+    def current(self) -> dict[str, Any]:
+        return self.read()
+
+    def status_of(self, kind: str, name: str) -> dict[str, Any]:
+        from llmfab.api.loading import KINDS
+
+        cls = KINDS.get(kind)
+        return read_status(cls.ARTIFACT_DIR, name, self.root) if cls is not None else {}
 
     def patch(self, fields: dict[str, Any]) -> None:
         status = self.read()
@@ -192,6 +210,25 @@ class KubernetesStatusReporter(StatusReporter):
             self.resource.name,
             {"status": fields},
         )
+
+    def current(self) -> dict[str, Any]:
+        """``get`` on the ``/status`` subresource (the workload's role allows it); ``{}`` if refused."""
+        return self.status_of(self.resource.KIND, self.resource.name)
+
+    def status_of(self, kind: str, name: str) -> dict[str, Any]:
+        from llmfab.api.loading import KINDS
+
+        cls = KINDS.get(kind)
+        if cls is None:
+            return {}
+        group, version = self.resource.api_version.split("/")
+        try:
+            obj = self._custom.get_namespaced_custom_object_status(
+                group, version, self.resource.metadata.namespace, cls.PLURAL, name)
+        except self._client.exceptions.ApiException:
+            return {}
+        status = obj.get("status") if isinstance(obj, dict) else None
+        return status if isinstance(status, dict) else {}
 
     def event(self, reason: str, message: str, type_: str = "Normal") -> None:
         meta = self.resource.metadata

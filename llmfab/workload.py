@@ -79,6 +79,13 @@ def _stage_function(stage: str) -> tuple[Callable[[WorkloadContext], None], bool
     return module.run, getattr(module, "SKIP_IF_COMPLETE", True)
 
 
+def _up_to_date_hook(stage: str) -> Callable[[WorkloadContext], None] | None:
+    """The stage module's ``up_to_date(ctx)``, if it has one: what a no-op run still does (write
+    the model card again, whose ``spec.release`` is not part of the spec hash)."""
+    hook = getattr(importlib.import_module(STAGES[stage].module), "up_to_date", None)
+    return hook if callable(hook) else None
+
+
 def unsupported_stage_message(stage: str) -> str:
     kinds = " and ".join(STAGES[stage].kinds)
     return (
@@ -113,6 +120,8 @@ def run_stage(stage: str, spec_file: Path, force: bool = False) -> int:
     fn, skip_if_complete = _stage_function(stage)
     if skip_if_complete and not force and is_primary(stage, resource.KIND) and is_complete(out_dir, wanted):
         print(f"{resource.key}: up to date ({out_dir}); nothing to do (use --force to rebuild)")
+        if (hook := _up_to_date_hook(stage)) is not None:
+            hook(WorkloadContext(resource, reporter, root, out_dir, wanted, force))
         reporter.phase(Phase.SUCCEEDED, "UpToDate", "artifacts match the spec", artifactPath=str(out_dir))
         return 0
     ctx = WorkloadContext(resource, reporter, root, out_dir, wanted, force)

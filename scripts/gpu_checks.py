@@ -75,6 +75,7 @@ def train_resource(name: str, sizes: Sizes, processes: int = 1) -> dict[str, Any
     s = sizes
     return {"apiVersion": API, "kind": "TrainingRun", "metadata": {"name": name}, "spec": {
         "dataset": {"name": DATASET},
+        "release": {"license": "apache-2.0"},
         "model": {"layers": s.layers, "hidden": s.hidden, "heads": s.heads, "contextLength": s.context},
         "maxSteps": s.steps, "precision": "bf16", "compile": True,
         "activationCheckpointing": {"mode": "full"},
@@ -91,6 +92,7 @@ def oom_resource(name: str) -> dict[str, Any]:
     """Eager, no activation checkpointing, a micro-batch left to the probe (at most 64 sequences)."""
     return {"apiVersion": API, "kind": "TrainingRun", "metadata": {"name": name}, "spec": {
         "dataset": {"name": DATASET},
+        "release": {"license": "apache-2.0"},
         "model": {"layers": 4, "hidden": 512, "heads": 8, "contextLength": 1024},
         "maxSteps": OOM_STEPS, "precision": "bf16", "compile": False,
         "batch": {"globalTokens": OOM_MAX_MICRO * 1024, "maxMicroBatchSize": OOM_MAX_MICRO},

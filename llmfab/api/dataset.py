@@ -101,6 +101,16 @@ class Source(Spec):
     html: HtmlExtraction = Field(
         default_factory=HtmlExtraction, description="WARC only: charset and text extraction of HTML pages."
     )
+    license: str | None = Field(
+        default=None, max_length=256,
+        description="The licence of this source's text (e.g. public-domain, cc-by-sa-4.0), as the model cards "
+        "of models trained on it list it; unset: the cards say it was not stated.",
+    )
+    origin: str | None = Field(
+        default=None, max_length=2048,
+        description="Where the text came from (a URL, a crawl or dump name), for the model cards; the path "
+        "or dataset id is recorded besides.",
+    )
     text_field: str = Field(default="text", description="JSONL key / Parquet or Arrow column of the text.")
     id_field: str | None = Field(default=None, description="Column with a document id; default: file:line.")
     document_per: Literal["file", "paragraph", "line"] = Field(

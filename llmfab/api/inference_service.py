@@ -19,6 +19,7 @@ from llmfab.api.common import (
 )
 from llmfab.api.evaluation import EvalResults, EvalSpec
 from llmfab.api.pod import RESERVED_ENV, PodSettings, Storage
+from llmfab.api.release import RELEASE_DESCRIPTION, Release, license_required
 
 
 def _one_model_source(m: Any) -> str | None:
@@ -297,6 +298,12 @@ class InferenceServiceSpec(Spec):
             message="spec.feedback.tokenEnv may not name a variable the operator sets (LLMFAB_HOME, RANK, ...)",
             check=_token_env_not_reserved,
         ),
+        CelRule(
+            cel="has(self.model.trainingRun) || (has(self.release) && has(self.release.license))",
+            message="spec.release.license: a model served by path needs the licence it is released under "
+            "(a Hugging Face licence id such as apache-2.0, mit or cc-by-4.0); a served TrainingRun's is inherited",
+            check=lambda s: license_required(s.model.training_run is not None, s.release, "a model served by path"),
+        ),
     )
 
     model: ModelSource
@@ -313,6 +320,7 @@ class InferenceServiceSpec(Spec):
     )
     feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+    release: Release = Field(default_factory=Release, description=RELEASE_DESCRIPTION)
     storage: Storage = Field(default_factory=Storage)
     pod: PodSettings = Field(default_factory=PodSettings)
     scheduling: Scheduling = Field(default_factory=Scheduling)

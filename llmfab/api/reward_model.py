@@ -17,6 +17,7 @@ from llmfab.api.common import (
     StatusBase,
 )
 from llmfab.api.pod import PodSettings, Storage
+from llmfab.api.release import RELEASE_DESCRIPTION, Release
 from llmfab.api.training_run import (
     BatchSpec,
     CheckpointSpec,
@@ -78,6 +79,7 @@ class RewardModelSpec(Spec):
     parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+    release: Release = Field(default_factory=Release, description=RELEASE_DESCRIPTION)
     storage: Storage = Field(default_factory=Storage)
     pod: PodSettings = Field(default_factory=PodSettings)
     scheduling: Scheduling = Field(default_factory=Scheduling)
@@ -117,5 +119,5 @@ class RewardModel(Resource):
         return refs
 
     def spec_hash_input(self) -> dict[str, Any]:
-        data: dict[str, Any] = self.spec.model_dump(mode="json", by_alias=True, exclude={"pod", "monitoring"})
+        data: dict[str, Any] = self.spec.model_dump(mode="json", by_alias=True, exclude={"pod", "monitoring", "release"})
         return data

@@ -26,6 +26,7 @@ from llmfab.api.common import (
 )
 from llmfab.api.evaluation import EvalResults, EvalSpec
 from llmfab.api.pod import PodSettings, Storage
+from llmfab.api.release import RELEASE_DESCRIPTION, Release, license_required
 
 PRESETS: dict[str, dict[str, int]] = {
     "small": {"layers": 6, "hidden": 512, "heads": 8},
@@ -430,6 +431,12 @@ class TrainingRunSpec(Spec):
             check=_objective_blocks,
         ),
         CelRule(
+            cel="(has(self.release) && has(self.release.license)) || (has(self.initFrom) && has(self.initFrom.trainingRun))",
+            message="spec.release.license: a model trained from scratch needs the licence it is released under "
+            "(a Hugging Face licence id such as apache-2.0, mit or cc-by-4.0); runs from initFrom.trainingRun inherit it",
+            check=lambda s: license_required(s.init_from is not None and s.init_from.training_run is not None, s.release),
+        ),
+        CelRule(
             cel="has(self.maxSteps) || has(self.maxTokens)",
             message="set maxSteps or maxTokens",
             check=_steps_positive,
@@ -478,6 +485,7 @@ class TrainingRunSpec(Spec):
     rl: RlSpec | None = None
     distill: DistillSpec | None = None
     pruning: PruningSpec = Field(default_factory=PruningSpec)
+    release: Release = Field(default_factory=Release, description=RELEASE_DESCRIPTION)
     storage: Storage = Field(default_factory=Storage)
     pod: PodSettings = Field(default_factory=PodSettings)
     scheduling: Scheduling = Field(default_factory=Scheduling)
@@ -582,6 +590,6 @@ class TrainingRun(Resource):
     def spec_hash_input(self) -> dict[str, Any]:
         # Monitoring and pod placement do not change the trained weights.
         data: dict[str, Any] = self.spec.model_dump(
-            mode="json", by_alias=True, exclude={*NOT_OUTPUT_FIELDS, "monitoring"}
+            mode="json", by_alias=True, exclude={*NOT_OUTPUT_FIELDS, "monitoring", "release"}
         )
         return data

@@ -26,13 +26,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from llmfab.cards import CardFacts
 from llmfab.compress.gptq import HessianAccumulator, QuantizedWeight, gptq_quantize, rtn_quantize
 from llmfab.data.shards import DatasetInfo
+from llmfab.model.hf import with_model_card
 from llmfab.store import staged_directory, write_manifest
 
 BITS = 4
 KERNEL_MULTIPLE = 32  # CPUWNA16LinearKernel (and Marlin tiles) need sizes in multiples of 32
-SKIP_FILES = {"config.json", "model.safetensors.index.json", "manifest.json"}
+SKIP_FILES = {"config.json", "model.safetensors.index.json", "manifest.json", "README.md"}  # its own card
 
 
 class QuantizationError(ValueError):
@@ -251,6 +253,7 @@ def quantize_checkpoint(
     spec_hash: str | None = None,
     extra_manifest: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
+    card: CardFacts | None = None,
 ) -> dict[str, Any]:
     """Quantize the HF model in ``model_dir`` into ``out_dir`` (atomically, manifest last); return the manifest."""
     from safetensors.torch import load_file, save_file
@@ -274,6 +277,7 @@ def quantize_checkpoint(
     float_dtypes = [t.dtype for k, t in state.items() if k.endswith(".weight") and t.is_floating_point()]
     scale_dtype = float_dtypes[0] if float_dtypes and float_dtypes[0] in (torch.float16, torch.bfloat16) else torch.bfloat16
 
+    scale_dtype_name = str(scale_dtype).removeprefix("torch.")
     qweights, info = quantize_model(model, opts, calibration, scale_dtype, log)
     for name, qw in qweights.items():
         if f"{name}.weight" not in state:
@@ -307,6 +311,11 @@ def quantize_checkpoint(
             **info,
             **(extra_manifest or {}),
         }
+        if card is not None:
+            quantization = {k: v for k, v in manifest.items() if not isinstance(v, list | dict)}
+            facts = card.model_copy(update={"details": {**card.details, "quantization": quantization}})
+            manifest.update(with_model_card(tmp, facts, sum(p.numel() for p in model.parameters()),
+                                            dtype=f"int4 weights (W4A16, group {info['groupSize']}), {scale_dtype_name} scales"))
         write_manifest(tmp, manifest, spec_hash)
     log(
         f"quantized {info['layers']} linear layers ({opts.algorithm}, group {info['groupSize']}, "

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from llmfab.api.inference_service import InferenceService
+from llmfab.cards import refresh_card
+from llmfab.cards import stage as card_stage
+from llmfab.cards.facts import dataset_facts
 from llmfab.errors import WorkloadError
 from llmfab.store import is_complete, read_manifest
 from llmfab.workload import WorkloadContext
@@ -88,14 +91,19 @@ def ensure_quantized(ctx: WorkloadContext, model_dir: Path | None = None, force:
     assert isinstance(resource, InferenceService)
     q = resource.spec.quantization
     model_dir = model_dir or source_model_dir(ctx)
+    label = f"TrainingRun/{resource.spec.model.training_run}" if resource.spec.model.training_run else \
+        f"the model at {resource.spec.model.path}"
+    card_stage.release(resource.spec.release, model_dir, label)  # no licence: fail before the work
     out = ctx.out_dir / QUANTIZED_DIR
     wanted = quantization_hash(resource, model_dir)
     if not force and is_complete(out, wanted):
         print(f"{resource.key}: 4-bit model up to date ({out})")
+        refresh_card(out, ctx.reporter.current(), release=resource.spec.release)  # spec.release may have changed
         return out
 
     calib = None
     calib_name = None
+    ds_dir: Path | None = None
     if q.algorithm == "gptq":
         ds_dir = calibration_dataset_dir(ctx)
         if ds_dir is None:
@@ -122,6 +130,10 @@ def ensure_quantized(ctx: WorkloadContext, model_dir: Path | None = None, force:
         manifest = quantize_checkpoint(
             model_dir, out, opts, calib, spec_hash=wanted,
             extra_manifest={"calibrationDataset": calib_name, "service": resource.name},
+            card=card_stage.facts(
+                ctx, resource.spec.release, "quantized", steps=None, tokens=None, precision=None, world_size=None,
+                data=[dataset_facts(ds_dir, "calibration")] if ds_dir is not None else [],
+                figures={}, parent_dir=model_dir, parent_label=label, dataset=calib_name),
         )  # fmt: skip
     except QuantizationError as e:
         raise WorkloadError(str(e)) from e

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmfab.api.dataset import Dataset
+from llmfab.api.dataset import Dataset, Source
 from llmfab.data.pipeline import build_dataset
 from llmfab.store import staged_directory, write_manifest
 from llmfab.workload import WorkloadContext
@@ -27,7 +27,18 @@ def run(ctx: WorkloadContext) -> None:
             resource.spec, tmp, ctx.resolve, reporter=ctx.reporter, dependency=ctx.dependency, fresh=ctx.force
         )
         manifest["name"] = resource.name
+        manifest["sources"] = [source_record(s) for s in resource.spec.sources]
         write_manifest(tmp, manifest, ctx.spec_hash)
     splits = manifest["splits"]
     ctx.reporter.event("Built", f"{sum(s['documents'] for s in splits.values())} documents, "
                        f"{sum(s['tokens'] for s in splits.values())} tokens in {ctx.out_dir}")
+
+
+def source_record(source: Source) -> dict[str, Any]:
+    """What the model cards say of a source: its name, where it was read from, its licence and origin
+    as the spec states them (``None``: not stated). Documents read per source are in ``stats.json``."""
+    origin = ({"path": source.path} if source.path is not None
+              else {"huggingface": source.huggingface.model_dump(mode="json", by_alias=True, exclude_none=True)}
+              if source.huggingface is not None else {})
+    return {"name": source.name or source.path or (source.huggingface.path if source.huggingface else None),
+            **origin, "format": source.format, "license": source.license, "origin": source.origin}

@@ -213,12 +213,17 @@ def render(
     metrics: list[dict[str, Any]],
     spec: dict[str, Any],
     environment: dict[str, str],
+    cards: dict[str, str] | None = None,
 ) -> str:
+    """The report page. ``cards``: model label -> the model card's path relative to the report."""
     models: dict[str, dict[str, Any]] = evaluation.get("models", {})
     summary = evaluation.get("results", {})
+    links = ", ".join(f'<a href="{html.escape(href, quote=True)}">{html.escape(label)} model card</a>'
+                      for label, href in (cards or {}).items())
     sections = [
         f"<h1>{html.escape(title)}</h1>",
-        f"<p>Generated {html.escape(str(evaluation.get('createdAt', '')))} by llmfab.</p>",
+        f"<p>Generated {html.escape(str(evaluation.get('createdAt', '')))} by llmfab."
+        + (f" The model card (data, training chain, evaluation, intended use): {links}." if links else "") + "</p>",
         "<h2>Summary</h2>",
         _table(["field", "value"], [[k, v] for k, v in summary.items() if v is not None]),
         "<h2>Loss curves</h2>",

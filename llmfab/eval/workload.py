@@ -23,6 +23,7 @@ from llmfab.api.common import utc_now
 from llmfab.api.evaluation import EvalResults, EvalSpec
 from llmfab.api.inference_service import InferenceService
 from llmfab.api.training_run import TrainingRun
+from llmfab.cards import CARD_FILE, refresh_card
 from llmfab.data.shards import DataFormatError, DatasetInfo
 from llmfab.errors import WorkloadError
 from llmfab.eval import bias, generation, model_io, perplexity, regard, report
@@ -45,12 +46,16 @@ def environment() -> dict[str, str]:
     return env
 
 
+NOT_WEIGHTS = {CARD_FILE, "manifest.json"}  # rewritten with a new card; the model is the same
+
+
 def fingerprint(model_dirs: dict[str, Path]) -> str:
-    """Changes whenever a model file changes (name, size, mtime), so a re-export re-evaluates."""
+    """Changes whenever a model file changes (name, size, mtime), so a re-export re-evaluates; the
+    card and manifest, which evaluation itself writes again, do not count."""
     h = hashlib.sha256()
     for label, directory in sorted(model_dirs.items()):
         for p in sorted(directory.rglob("*")):
-            if p.is_file():
+            if p.is_file() and p.relative_to(directory).as_posix() not in NOT_WEIGHTS:
                 st = p.stat()
                 h.update(f"{label}/{p.relative_to(directory)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
@@ -186,6 +191,20 @@ def _status_fields(ctx: WorkloadContext, results: EvalResults, models: dict[str,
     return fields
 
 
+def own_models(ctx: WorkloadContext) -> dict[str, Path]:
+    """The evaluated model directories this resource owns (a service's bf16 source is its TrainingRun's)."""
+    label, name = ("bf16", "model") if isinstance(ctx.resource, TrainingRun) else ("4bit", "model-4bit")
+    directory = ctx.out_dir / name
+    return {label: directory} if (directory / CARD_FILE).is_file() else {}
+
+
+def refresh_cards(ctx: WorkloadContext, status: dict[str, Any], evaluation: dict[str, Any]) -> None:
+    """Write the cards of the models this resource owns again, with the figures status now has."""
+    now = {**ctx.reporter.current(), **status}
+    for directory in own_models(ctx).values():
+        refresh_card(directory, now, evaluation, release=ctx.resource.spec.release)
+
+
 def run(ctx: WorkloadContext) -> None:
     res = ctx.resource
     if not isinstance(res, TrainingRun | InferenceService):
@@ -211,6 +230,7 @@ def run(ctx: WorkloadContext) -> None:
     if previous and not ctx.force and all(previous.get(k) == v for k, v in key.items()):
         print(f"{res.key}: evaluation up to date ({out_dir / 'eval.json'}); use --force to re-evaluate")
         ctx.reporter.progress(**previous["status"])
+        refresh_cards(ctx, previous["status"], previous)
         return
 
     def log(reason: str, message: str) -> None:
@@ -232,7 +252,9 @@ def run(ctx: WorkloadContext) -> None:
             report_path, title=f"llmfab evaluation: {res.KIND}/{res.name}", evaluation=evaluation,
             metrics=report.read_metrics(metrics_path) if metrics_path else [],
             spec=res.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
-            environment=evaluation["environment"])
+            environment=evaluation["environment"],
+            cards={label: f"{d.relative_to(out_dir).as_posix()}/{CARD_FILE}" for label, d in own_models(ctx).items()})
     write_json_atomic(out_dir / "eval.json", evaluation)
     ctx.reporter.progress(**status)
+    refresh_cards(ctx, status, evaluation)
     log("Completed", f"evaluation written to {out_dir / 'eval.json'}")

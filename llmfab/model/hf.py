@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from llmfab.cards import CardFacts, manifest_entry, write_card
+from llmfab.cards.facts import model_facts, tokenizer_label
 from llmfab.model.transformer import ModelArgs, Transformer
 from llmfab.store import staged_directory, write_json_atomic, write_manifest
 
@@ -133,7 +135,8 @@ def copy_tokenizer(tokenizer_dir: Path, out: Path) -> None:
 
 def export_hf(model_or_state: nn.Module | dict[str, torch.Tensor], args: ModelArgs, tokenizer_dir: Path,
               out_dir: Path, *, dtype: str = "bfloat16", special_ids: dict[str, int | None] | None = None,
-              manifest: dict[str, Any] | None = None, spec_hash: str | None = None) -> Path:
+              manifest: dict[str, Any] | None = None, spec_hash: str | None = None,
+              card: CardFacts | None = None) -> Path:
     """Write ``out_dir`` atomically as a ``LlamaForCausalLM`` directory; returns ``out_dir``.
 
     ``model_or_state``: the model or its full (unsharded) state dict. ``dtype``: "bfloat16" or
@@ -154,10 +157,24 @@ def export_hf(model_or_state: nn.Module | dict[str, torch.Tensor], args: ModelAr
         write_json_atomic(tmp / "config.json", hf_config(args, dtype, ids))
         write_json_atomic(tmp / "generation_config.json", {**ids, "_from_model_config": True})
         copy_tokenizer(tokenizer_dir, tmp)
+        parameters = sum(v.numel() for v in weights.values())
         body = {"kind": "HFModel", "architecture": "LlamaForCausalLM", "dtype": dtype,
-                "parameters": sum(v.numel() for v in weights.values()), **(manifest or {})}
+                "parameters": parameters, **(manifest or {})}
+        if card is not None:
+            body.update(with_model_card(tmp, card, parameters))
         write_manifest(tmp, body, spec_hash)
     return Path(out_dir)
+
+
+def with_model_card(directory: Path, card: CardFacts, parameters: int, dtype: str | None = None) -> dict[str, Any]:
+    """Write ``README.md`` in a staged model directory from ``card`` and its ``config.json``; return
+    the manifest entry that keeps the facts. ``dtype``: how the weights are stored, where the config's
+    dtype does not say it (4-bit)."""
+    config = json.loads((directory / "config.json").read_text())
+    model = model_facts(config, parameters, tokenizer_label(directory))
+    facts = card.model_copy(update={"model": model.model_copy(update={"dtype": dtype}) if dtype else model})
+    write_card(directory, facts)
+    return manifest_entry(facts)
 
 
 def args_from_hf_config(config: dict[str, Any]) -> ModelArgs:

@@ -21,12 +21,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from llmfab.model.hf import hf_config, load_hf, to_hf_state_dict
+from llmfab.cards import CardFacts
+from llmfab.model.hf import hf_config, load_hf, to_hf_state_dict, with_model_card
 from llmfab.model.transformer import ModelArgs, Transformer
 from llmfab.store import staged_directory, write_json_atomic, write_manifest
 
 ARCHITECTURE = "LlamaForSequenceClassification"
-_MODEL_FILES = ("config.json", "generation_config.json", "manifest.json", "model.safetensors.index.json")
+_MODEL_FILES = ("config.json", "generation_config.json", "manifest.json", "model.safetensors.index.json", "README.md")
 
 
 def dialogue_text(prompt: str, response: str) -> str:
@@ -82,7 +83,7 @@ def copy_tokenizer_files(model_dir: Path, out: Path) -> None:
 
 def export_reward_hf(state: dict[str, torch.Tensor], args: ModelArgs, pad_id: int, tokenizer_dir: Path,
                      out_dir: Path, *, dtype: str, special_ids: dict[str, int | None],
-                     manifest: dict[str, Any] | None = None) -> Path:
+                     manifest: dict[str, Any] | None = None, card: CardFacts | None = None) -> Path:
     """Write ``out_dir`` atomically as a ``LlamaForSequenceClassification`` directory.
 
     ``state``: the :class:`RewardScorer`'s full state dict (``model.*`` and ``score.weight``);
@@ -99,8 +100,11 @@ def export_reward_hf(state: dict[str, torch.Tensor], args: ModelArgs, pad_id: in
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         write_json_atomic(tmp / "config.json", config)
         copy_tokenizer_files(tokenizer_dir, tmp)
+        parameters = sum(v.numel() for v in weights.values())
         body = {"kind": "HFModel", "architecture": ARCHITECTURE, "dtype": dtype, "padTokenId": pad_id,
-                "parameters": sum(v.numel() for v in weights.values()), **(manifest or {})}
+                "parameters": parameters, **(manifest or {})}
+        if card is not None:
+            body.update(with_model_card(tmp, card, parameters))
         write_manifest(tmp, body)
     return Path(out_dir)
 

@@ -13,6 +13,7 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_mo
 
 from llmfab.api import ValidationFailed
 from llmfab.api.training_run import TrainingRun
+from llmfab.cards.facts import CardError, CardFacts, StageFacts, dataset_facts, resolve_release
 from llmfab.model.from_spec import model_args_from_spec
 from llmfab.model.hf import export_hf
 from llmfab.model.transformer import Transformer
@@ -75,6 +76,14 @@ def export_checkpoint(
     except CorruptCheckpoint as e:
         raise ExportError(str(e)) from None
     set_model_state_dict(module, state["model"])
+    try:
+        release = resolve_release(run.spec.release, None, None)
+    except CardError as e:
+        raise ExportError(str(e)) from None
+    this = StageFacts(kind=run.KIND, name=run.name, role="export", license=release.license, repo_id=release.repo_id,
+                      steps=trainer_state.get("step"), tokens=trainer_state.get("tokens"), precision=run.spec.precision,
+                      data=[dataset_facts(dataset_dir, "pretraining text")])
+    card = CardFacts(this=this, release=release, dataset=run.spec.dataset.name)
     return export_hf(
         model,
         args,
@@ -82,4 +91,5 @@ def export_checkpoint(
         out_dir or run_dir / "model",
         dtype="float32" if run.spec.precision == "fp32" else "bfloat16",
         manifest={"checkpoint": chosen.name, "step": trainer_state.get("step")},
+        card=card,
     )

@@ -9,6 +9,7 @@ behind are in ``loop/launcher.py``.
 from __future__ import annotations
 
 from llmfab.api.training_run import TrainingRun, TrainingRunSpec
+from llmfab.cards import refresh_card
 from llmfab.errors import StageNotSupported
 from llmfab.training.objectives import MODULES, objective_module
 from llmfab.workload import WorkloadContext
@@ -31,3 +32,9 @@ def refuse_unsupported(spec: TrainingRunSpec) -> None:
             f"spec.objective: {spec.objective!r} is not implemented by this trainer yet; use {', '.join(MODULES)}"
         )
     module.refuse_unsupported(spec)
+
+
+def up_to_date(ctx: WorkloadContext) -> None:
+    """A finished run with an unchanged spec: its card is written again, with ``spec.release`` as it is now."""
+    assert isinstance(ctx.resource, TrainingRun)
+    refresh_card(ctx.out_dir / "model", ctx.reporter.current(), release=ctx.resource.spec.release)

@@ -89,9 +89,9 @@ def test_short_names_do_not_clash_with_common_crds() -> None:
 
 BASE = {
     "Dataset": {"sources": [{"path": "a.txt"}]},
-    "TrainingRun": {"dataset": {"name": "books"}},
+    "TrainingRun": {"dataset": {"name": "books"}, "release": {"license": "apache-2.0"}},
     "RewardModel": {"base": {"trainingRun": "tiny"}, "preferences": {"path": "p.jsonl"}},
-    "InferenceService": {"model": {"trainingRun": "tiny"}},
+    "InferenceService": {"model": {"trainingRun": "tiny"}, "release": {"license": "apache-2.0"}},
 }
 
 CASES = [  # (kind, spec patch that is valid, spec patch that breaks exactly one CEL rule)

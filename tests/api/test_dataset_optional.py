@@ -15,6 +15,7 @@ from tests.kube.crd_schema import apply_defaults, cel_results
 
 SFT = {"objective": "sft", "initFrom": {"trainingRun": "base"}, "sft": {"path": "s.jsonl"}}
 RL = {"objective": "rl", "initFrom": {"trainingRun": "sft"}, "rl": {"rewardModel": "rm", "prompts": "p.jsonl"}}
+RELEASE = {"release": {"license": "apache-2.0"}}  # a model trained from scratch names its licence
 
 
 def doc(spec: dict[str, Any]) -> dict[str, Any]:
@@ -35,13 +36,14 @@ def verdicts(spec: dict[str, Any]) -> tuple[bool, bool, str]:
         return cel_ok, False, str(e)
 
 
-@pytest.mark.parametrize("spec", [SFT, RL, {**SFT, "dataset": {"name": "books"}}, {"dataset": {"name": "books"}}],
+@pytest.mark.parametrize("spec", [SFT, RL, {**SFT, "dataset": {"name": "books"}}, {"dataset": {"name": "books"}, **RELEASE}],
                          ids=["sft", "rl", "sft-with-dataset", "pretrain"])
 def test_post_training_may_leave_the_dataset_out(spec: dict[str, Any]) -> None:
     assert verdicts(spec)[:2] == (True, True)
 
 
-@pytest.mark.parametrize("spec", [{}, {"objective": "distill", "distill": {"teacher": "t"}}], ids=["pretrain", "distill"])
+@pytest.mark.parametrize("spec", [RELEASE, {"objective": "distill", "distill": {"teacher": "t"}, **RELEASE}],
+                         ids=["pretrain", "distill"])
 def test_pretrain_and_distill_without_a_dataset_are_refused_naming_the_field(spec: dict[str, Any]) -> None:
     cel_ok, pydantic_ok, message = verdicts(spec)
     assert not cel_ok and not pydantic_ok

@@ -12,7 +12,7 @@ def _run(spec: dict, name: str = "tiny") -> dict:
         "apiVersion": "llmfab.dev/v1alpha1",
         "kind": "TrainingRun",
         "metadata": {"name": name},
-        "spec": {"dataset": {"name": "books"}, **spec},
+        "spec": {"dataset": {"name": "books"}, "release": {"license": "apache-2.0"}, **spec},
     }
 
 

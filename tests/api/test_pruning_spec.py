@@ -29,7 +29,8 @@ CASES = [  # (valid spec.pruning, one that breaks exactly one rule, the message 
 
 
 def _doc(pruning: dict[str, Any]) -> dict[str, Any]:
-    spec = {"dataset": {"name": "books"}, "pruning": {"enabled": True, **copy.deepcopy(pruning)}}
+    spec = {"dataset": {"name": "books"}, "release": {"license": "apache-2.0"},
+            "pruning": {"enabled": True, **copy.deepcopy(pruning)}}
     return {"apiVersion": "llmfab.dev/v1alpha1", "kind": "TrainingRun", "metadata": {"name": "x"}, "spec": spec}
 
 

@@ -25,7 +25,8 @@ from tests.kube.apiserver import HTTP_ADD_ON_CRD, KEDA_CRD, KubeAPIServer
 PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"
 SETTINGS = FAST.model_copy(update={"keda_prometheus_address": PROMETHEUS})
 SERVICE = {"apiVersion": "llmfab.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "chat"},
-           "spec": {"model": {"path": "/models/tiny"}, "quantization": {"method": "none"}, "eval": {"enabled": False},
+           "spec": {"model": {"path": "/models/tiny"}, "release": {"license": "apache-2.0"},
+                    "quantization": {"method": "none"}, "eval": {"enabled": False},
                     "autoscaling": {"minReplicas": 0, "maxReplicas": 2, "targetInFlight": 4, "idleSeconds": 60}}}
 LIS = "/apis/llmfab.dev/v1alpha1/namespaces/default/inferenceservices"
 

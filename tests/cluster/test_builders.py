@@ -26,7 +26,12 @@ SETTINGS = OperatorSettings(runtime_class_name="nvidia")
 K8S_VERSION = "1.33"
 
 
+RELEASE = {"license": "apache-2.0"}  # a TrainingRun from scratch or a service by path names its model's licence
+
+
 def resource(kind: str, spec: dict[str, Any], name: str = "demo", generation: int = 3) -> Any:
+    if kind in ("TrainingRun", "InferenceService") and "release" not in spec:
+        spec = {**spec, "release": RELEASE}
     return parse_resource({
         "apiVersion": "llmfab.dev/v1alpha1", "kind": kind,
         "metadata": {"name": name, "namespace": "ml", "uid": "1234-abcd", "generation": generation},

@@ -23,7 +23,7 @@ from tests.kube.apiserver import KubeAPIServer
 DATASET = {"apiVersion": "llmfab.dev/v1alpha1", "kind": "Dataset", "metadata": {"name": "books"},
            "spec": {"sources": [{"path": "corpus/*.txt"}], "tokenizer": {"type": "bpe", "vocabSize": 384}}}
 RUN = {"apiVersion": "llmfab.dev/v1alpha1", "kind": "TrainingRun", "metadata": {"name": "tiny"},
-       "spec": {"dataset": {"name": "books"}, "eval": {"enabled": False},
+       "spec": {"dataset": {"name": "books"}, "eval": {"enabled": False}, "release": {"license": "apache-2.0"},
                 "model": {"layers": 2, "hidden": 64, "heads": 4, "contextLength": 32}}}
 SERVICE = {"apiVersion": "llmfab.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "chat"},
            "spec": {"model": {"trainingRun": "tiny"}, "eval": {"enabled": False}}}

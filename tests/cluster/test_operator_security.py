@@ -20,7 +20,8 @@ from tests.cluster.test_operator import DATASET, conditions, jobs, phase_is, rba
 from tests.kube.apiserver import KubeAPIServer
 
 SERVICE = {"apiVersion": "llmfab.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "chat"},
-           "spec": {"model": {"path": "/artifacts/models/m"}, "quantization": {"method": "none"},
+           "spec": {"model": {"path": "/artifacts/models/m"}, "release": {"license": "apache-2.0"},
+                    "quantization": {"method": "none"},
                     "eval": {"enabled": False}}}
 
 

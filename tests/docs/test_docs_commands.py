@@ -49,6 +49,8 @@ COVERAGE: dict[str, tuple[str, str, str]] = {
         'described = llmfab("describe", "ltr", "tiny", home=tmp_path)',
     ),
     ".venv/bin/llmfab explain trainingrun.spec.model": (HERE, "test_explain_trainingrun_model", ""),
+    ".venv/bin/llmfab card trainingrun tiny --check": (
+        "test", "tests/local/test_model_cards.py", '"card", "ltr", "tiny", "--check"'),
     # The cluster install: no Kubernetes API server, GPU node or internet here (FACTS.md).
     "kubectl apply -f https://raw.githubusercontent.com/NVIDIA/k8s-device-plugin/v0.17.0/deployments/static/"
     "nvidia-device-plugin.yml": ("cluster", "", "NVIDIA's device plugin: needs the internet and GPU nodes"),

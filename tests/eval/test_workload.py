@@ -21,6 +21,7 @@ EVAL = {
 
 
 def _spec_file(tmp_path: Path, kind: str, name: str, spec: dict) -> Path:
+    spec = {"release": {"license": "apache-2.0"}, **spec}  # a run from scratch, a service by path: a licence
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"apiVersion": "llmfab.dev/v1alpha1", "kind": kind,
                                     "metadata": {"name": name}, "spec": spec}))

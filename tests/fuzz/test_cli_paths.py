@@ -24,7 +24,7 @@ RESOURCES = {"datasets": ["books", "poems"], "runs": ["tiny"], "rewardmodels": [
 RUN_SPEC = """apiVersion: llmfab.dev/v1alpha1
 kind: TrainingRun
 metadata: {name: tiny}
-spec: {dataset: {name: books}}
+spec: {dataset: {name: books}, release: {license: apache-2.0}}
 """
 
 

@@ -74,13 +74,13 @@ def resource(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
 def inference_service(pod: dict[str, Any], store: dict[str, Any], server_port: int, feedback_port: int,
                       feedback: bool) -> dict[str, Any]:
     return resource("InferenceService", {
-        "model": {"path": "/m"}, "pod": pod, "storage": store, "server": {"port": server_port},
+        "model": {"path": "/m"}, "release": {"license": "apache-2.0"}, "pod": pod, "storage": store, "server": {"port": server_port},
         "feedback": {"enabled": feedback, "port": feedback_port, "tokenSecret": {"name": "fb"}}})
 
 
 def training_run(pod: dict[str, Any], store: dict[str, Any], nodes: int, metrics_port: int) -> dict[str, Any]:
     return resource("TrainingRun", {
-        "dataset": {"name": "books"}, "model": {"layers": 2, "hidden": 64, "heads": 4, "contextLength": 32},
+        "dataset": {"name": "books"}, "release": {"license": "apache-2.0"}, "model": {"layers": 2, "hidden": 64, "heads": 4, "contextLength": 32},
         "parallelism": {"nodes": nodes}, "monitoring": {"prometheusPort": metrics_port}, "pod": pod,
         "storage": store})
 

@@ -57,9 +57,18 @@ def deadline(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+SCRATCH = tempfile.TemporaryDirectory(prefix="fuzz-spec-")  # every example's file; gone with the module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_scratch() -> Iterator[None]:
+    yield
+    SCRATCH.cleanup()
+
+
 def load(raw: bytes, suffix: str = ".yaml") -> tuple[list[str], Path]:
     """Errors of loading ``raw`` from a file ([] when valid); any other exception fails the test."""
-    path = Path(tempfile.mkdtemp(prefix="fuzz-spec-")) / f"spec{suffix}"
+    path = Path(tempfile.mkdtemp(prefix="spec-", dir=SCRATCH.name)) / f"spec{suffix}"
     path.write_bytes(raw)
     try:
         with deadline(10):
@@ -155,7 +164,7 @@ def test_the_largest_nesting_a_spec_file_can_hold_is_refused_in_bounded_time() -
 
 def test_validate_command_prints_the_error_and_exits_2_without_a_traceback() -> None:
     for case in ("deep nesting", "5000-digit integer", "binary", "billion laughs"):
-        path = Path(tempfile.mkdtemp(prefix="fuzz-cli-")) / "spec.yaml"
+        path = Path(tempfile.mkdtemp(prefix="cli-", dir=SCRATCH.name)) / "spec.yaml"
         path.write_bytes(HOSTILE[case].encode("utf-8", "surrogateescape"))
         result = CliRunner().invoke(app, ["validate", "-f", str(path)])
         assert result.exit_code == 2, (case, result.output, result.exception)

@@ -87,7 +87,8 @@ ENTRIES = {
 BASE_PROVIDES = {
     "operator": set(),
     "trainer": {"torch"},
-    "serving": {"torch", "transformers", "compressed-tensors", "safetensors", "numpy", "prometheus-client"},
+    "serving": {"torch", "transformers", "compressed-tensors", "safetensors", "numpy", "prometheus-client",
+                "huggingface-hub"},
 }
 # Imported only where a spec asks for it, behind an ImportError that names the field and the fix.
 OPTIONAL = {"wandb", "ray", "datasets"}

@@ -25,7 +25,7 @@ def trainingrun(name: str, **spec: Any) -> dict[str, Any]:
         "apiVersion": "llmfab.dev/v1alpha1",
         "kind": "TrainingRun",
         "metadata": {"name": name},
-        "spec": {"dataset": {"name": "books"}, **spec},
+        "spec": {"dataset": {"name": "books"}, "release": {"license": "apache-2.0"}, **spec},
     }
 
 
@@ -216,7 +216,8 @@ def test_status_subresource_is_apart_from_the_main_resource(api: KubeHTTP) -> No
 
 def test_put_replaces_and_a_stale_resource_version_is_409_conflict(api: KubeHTTP) -> None:
     created = api.post(TR, trainingrun("a", maxSteps=5)).json()
-    replaced = api.put(f"{TR}/a", {**created, "spec": {"dataset": {"name": "other"}}})
+    replaced = api.put(f"{TR}/a", {**created, "spec": {"dataset": {"name": "other"},
+                                                       "release": {"license": "apache-2.0"}}})
     assert replaced.status_code == 200 and replaced.json()["spec"]["dataset"]["name"] == "other"
     assert replaced.json()["spec"]["maxSteps"] != 5  # replaced, then defaulted
     stale = api.put(f"{TR}/a", created)

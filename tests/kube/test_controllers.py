@@ -42,7 +42,7 @@ def trainingrun(name: str) -> dict[str, Any]:
         "apiVersion": "llmfab.dev/v1alpha1",
         "kind": "TrainingRun",
         "metadata": {"name": name},
-        "spec": {"dataset": {"name": "books"}},
+        "spec": {"dataset": {"name": "books"}, "release": {"license": "apache-2.0"}},
     }
 
 

@@ -57,7 +57,7 @@ def test_kopf_operator_creates_patches_status_and_finalizes(
                 "apiVersion": "llmfab.dev/v1alpha1",
                 "kind": "TrainingRun",
                 "metadata": {"name": "tiny"},
-                "spec": {"dataset": {"name": "books"}},
+                "spec": {"dataset": {"name": "books"}, "release": {"license": "apache-2.0"}},
             }
         )
         run = _eventually(

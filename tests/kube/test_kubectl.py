@@ -108,17 +108,17 @@ BAD = """\
 apiVersion: llmfab.dev/v1alpha1
 kind: TrainingRun
 metadata: {name: uneven}
-spec: {dataset: {name: books}, model: {hidden: 500, heads: 8}}
+spec: {dataset: {name: books}, release: {license: apache-2.0}, model: {hidden: 500, heads: 8}}
 ---
 apiVersion: llmfab.dev/v1alpha1
 kind: TrainingRun
 metadata: {name: typo}
-spec: {dataset: {name: books}, model: {hidden: wide}}
+spec: {dataset: {name: books}, release: {license: apache-2.0}, model: {hidden: wide}}
 ---
 apiVersion: llmfab.dev/v1alpha1
 kind: TrainingRun
 metadata: {name: unknown}
-spec: {dataset: {name: books}, modle: {hidden: 512}}
+spec: {dataset: {name: books}, release: {license: apache-2.0}, modle: {hidden: 512}}
 """
 
 INDEXED_JOB = """\
@@ -177,12 +177,13 @@ SCALED = """\
 apiVersion: llmfab.dev/v1alpha1
 kind: InferenceService
 metadata: {name: chat}
-spec: {model: {path: /models/tiny}, replicas: 2}
+spec: {model: {path: /models/tiny}, release: {license: apache-2.0}, replicas: 2}
 ---
 apiVersion: llmfab.dev/v1alpha1
 kind: InferenceService
 metadata: {name: auto}
-spec: {model: {path: /models/tiny}, autoscaling: {minReplicas: 0, maxReplicas: 2}}
+spec: {model: {path: /models/tiny}, release: {license: apache-2.0},
+      autoscaling: {minReplicas: 0, maxReplicas: 2}}
 """
 
 

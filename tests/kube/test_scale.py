@@ -29,7 +29,7 @@ LIS = "/apis/llmfab.dev/v1alpha1/namespaces/default/inferenceservices"
 
 def service(name: str, **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "llmfab.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": name},
-            "spec": {"model": {"path": "/models/tiny"}, **spec}}
+            "spec": {"model": {"path": "/models/tiny"}, "release": {"license": "apache-2.0"}, **spec}}
 
 
 def test_get_scale_is_an_error_while_the_spec_replicas_field_is_missing(api: KubeHTTP) -> None:

@@ -22,6 +22,7 @@ kind: TrainingRun
 metadata: {name: tiny}
 spec:
   dataset: {name: books}
+  release: {license: apache-2.0}
   model: {layers: 2, hidden: 64, heads: 4, contextLength: 32}
 ---
 apiVersion: llmfab.dev/v1alpha1
@@ -112,7 +113,7 @@ def test_get_and_describe_show_what_the_status_files_say(tmp_path: Path) -> None
             "apiVersion": "llmfab.dev/v1alpha1",
             "kind": "TrainingRun",
             "metadata": {"name": "tiny"},
-            "spec": {"dataset": {"name": "books"}},
+            "spec": {"dataset": {"name": "books"}, "release": {"license": "apache-2.0"}},
         }
     )
     reporter = FileStatusReporter(run, tmp_path)

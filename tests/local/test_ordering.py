@@ -23,7 +23,7 @@ def _dataset(name: str, tokenizer_from: str | None = None) -> Resource:
 
 
 def _run(name: str, dataset: str, teacher: str | None = None) -> Resource:
-    spec: dict = {"dataset": {"name": dataset}}
+    spec: dict = {"dataset": {"name": dataset}, "release": {"license": "apache-2.0"}}
     if teacher:
         spec.update(objective="distill", distill={"teacher": teacher})
     return _res("TrainingRun", name, spec)

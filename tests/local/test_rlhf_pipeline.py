@@ -121,6 +121,7 @@ def test_up_runs_the_rlhf_example_from_text_to_a_served_rl_policy(tmp_path: Path
         assert policy["step"] == 2 and isinstance(policy["meanReward"], float) and policy["kl"] >= 0
         rows = [json.loads(line) for line in (home / "runs" / "rlhf-policy" / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows if "mean_reward" in r] == [1, 2]  # the reward of every step
+        assert_every_model_has_its_card(home)
         service = status(home, "InferenceService", "rlhf-chat")
         assert service["phase"] == "Running" and service["url"] == f"http://127.0.0.1:{port}/v1"
 
@@ -144,6 +145,40 @@ def test_up_runs_the_rlhf_example_from_text_to_a_served_rl_policy(tmp_path: Path
     finally:
         down = processes.run([sys.executable, "-m", "llmfab", "down"], env=env, timeout=120)
         assert down.returncode == 0, down.stdout + down.stderr
+
+
+def assert_every_model_has_its_card(home: Path) -> None:
+    """Each model of the chain carries a card huggingface_hub loads, whose metadata passes the checks,
+    whose model-index figures are its status figures, with the licence the base run stated."""
+    from huggingface_hub import ModelCard
+
+    from llmfab.cards.metadata import check, figures_of
+
+    cards = {}
+    for kind, name, figures in (("TrainingRun", "rlhf-base", {"eval.valPerplexity", "eval.testPerplexity"}),
+                                ("TrainingRun", "rlhf-sft", {"eval.valPerplexity"}),
+                                ("RewardModel", "rlhf-judge", {"accuracy"}),
+                                ("TrainingRun", "rlhf-policy", {"meanReward", "kl"})):
+        card = cards[name] = ModelCard.load(home / STAGE_KINDS[kind] / name / "model" / "README.md")
+        assert check(card) == [], (name, check(card))
+        assert card.data.license == "apache-2.0" and card.data.language == ["en"], name
+        found, state = figures_of(card), status(home, kind, name)
+        assert set(found) == figures, (name, found)
+        for path, value in found.items():
+            expected: Any = state
+            for part in path.split("."):
+                expected = expected[part]
+            assert value == expected, (name, path, value, expected)
+    assert "base_model" not in cards["rlhf-base"].data.to_dict()
+    assert cards["rlhf-sft"].data.base_model == "llmfab/TrainingRun/rlhf-base"
+    assert cards["rlhf-judge"].data.base_model == "llmfab/TrainingRun/rlhf-sft"
+    assert cards["rlhf-policy"].data.base_model == "llmfab/TrainingRun/rlhf-sft"
+    policy = cards["rlhf-policy"].text
+    for expected in ("TrainingRun `rlhf-base` | pretrain", "TrainingRun `rlhf-sft` | sft", "TrainingRun `rlhf-policy` | rl",
+                     "RewardModel `rlhf-judge` (reward, accuracy", "SFT examples", "RL prompts", "public-domain",
+                     "TrainingRun/rlhf-sft (inherited)"):
+        assert expected in policy, expected
+    assert "preference pairs" in cards["rlhf-judge"].text
 
 
 def record_timing(up_output: str, seconds: float) -> None:

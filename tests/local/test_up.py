@@ -35,6 +35,7 @@ kind: TrainingRun
 metadata: {name: tiny}
 spec:
   dataset: {name: books}
+  release: {license: apache-2.0}
   model: {layers: 2, hidden: 64, heads: 4, contextLength: 32}
   maxSteps: STEPS
   precision: fp32
@@ -91,6 +92,10 @@ def test_up_builds_a_dataset_then_trains_on_it_and_reruns_are_no_ops(tmp_path: P
     final = load_file(home / "runs" / "tiny" / "model" / "model.safetensors")
     again = load_file(tmp_path / "exported" / "model.safetensors")
     assert final.keys() == again.keys() and all((final[k] == again[k]).all() for k in final)
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(tmp_path / "exported" / "README.md")  # the on-demand export has its card too
+    assert "exported from a checkpoint" in card.text and card.data.license
 
     again = up(processes, "-f", str(file), home=home)
     assert again.returncode == 0

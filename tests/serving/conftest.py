@@ -81,6 +81,7 @@ def free_port() -> int:
 
 
 def write_service(path: Path, name: str, spec: dict) -> Path:
+    spec = {"release": {"license": "apache-2.0"}, **spec}  # a model served by path names its licence
     doc = {"apiVersion": "llmfab.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": name}, "spec": spec}
     path.write_text(yaml.safe_dump(doc))
     return path

@@ -63,6 +63,7 @@ class Stack:
 def training_spec(path: Path, port: int) -> Path:
     spec = {
         "dataset": {"name": "tinyds"},
+        "release": {"license": "apache-2.0"},
         "model": {"layers": 2, "hidden": 64, "heads": 4, "contextLength": 32},
         "maxSteps": 100_000,  # stopped by the test
         "precision": "fp32",

@@ -215,7 +215,8 @@ def test_stopping_the_proxy_stops_the_server(start: Callable[..., Proxied]) -> N
 def test_llmfab_chat_accepts_a_sleeping_service_and_wakes_it(start: Callable[..., Proxied], tmp_path: Path) -> None:
     p = start("--ready-after", "1")
     svc = parse_resource({"apiVersion": "llmfab.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "napper"},
-                          "spec": {"model": {"path": "m"}, "autoscaling": {"minReplicas": 0}}})  # fmt: skip
+                          "spec": {"model": {"path": "m"}, "release": {"license": "apache-2.0"},
+                                   "autoscaling": {"minReplicas": 0}}})  # fmt: skip
     reporter = FileStatusReporter(svc, tmp_path)
     reporter.phase(Phase.RUNNING, "Serving", "asleep", url=f"{p.url}/v1", readyReplicas=0,
                    scale=p.server.status.model_dump(mode="json", by_alias=True, exclude_none=True))  # fmt: skip

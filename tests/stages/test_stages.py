@@ -29,7 +29,8 @@ def _res(kind: str, spec: dict) -> object:
     return parse_resource({"apiVersion": "llmfab.dev/v1alpha1", "kind": kind, "metadata": {"name": "x"}, "spec": spec})
 
 
-RUN = {"dataset": {"name": "d"}, "model": {"layers": 2, "hidden": 64, "heads": 4, "contextLength": 32}}
+RUN = {"dataset": {"name": "d"}, "release": {"license": "apache-2.0"},
+       "model": {"layers": 2, "hidden": 64, "heads": 4, "contextLength": 32}}
 SVC = {"model": {"trainingRun": "r"}}
 
 

@@ -27,7 +27,7 @@ def _run() -> Resource:
             "apiVersion": "llmfab.dev/v1alpha1",
             "kind": "TrainingRun",
             "metadata": {"name": "tiny", "generation": 3},
-            "spec": {"dataset": {"name": "books"}},
+            "spec": {"dataset": {"name": "books"}, "release": {"license": "apache-2.0"}},
         }
     )
 
@@ -113,3 +113,13 @@ def test_pod_reporter_patches_the_status_subresource_and_posts_events(emulator: 
     assert stored["spec"] == {"dataset": {"name": "books"}}  # only status was touched
     events = [emulator.objects[key].last.raw for key in emulator.objects if key[0].plural == "events"]
     assert any(e["reason"] == "Started" and e["involvedObject"]["name"] == "tiny" for e in events)
+
+
+def test_pod_reporter_reads_its_own_status_and_another_resources(emulator: Any) -> None:
+    """What a model card's writer reads in a pod: its usage so far, and its base's (``get`` on the
+    ``/status`` subresource, which the workload's role allows); nothing, not an error, for what is absent."""
+    reporter = reporter_for(_run())
+    reporter.progress(step=3, usage={"wallSeconds": 5.0, "attempts": 1})
+    assert reporter.current()["usage"] == {"wallSeconds": 5.0, "attempts": 1}
+    assert reporter.status_of("TrainingRun", "tiny")["step"] == 3
+    assert reporter.status_of("TrainingRun", "absent") == {}

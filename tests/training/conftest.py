@@ -132,6 +132,7 @@ def home(tmp_path: Path, dataset_template: Path, monkeypatch: pytest.MonkeyPatch
 def tiny_spec(name: str = "tiny-run", **overrides: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "dataset": {"name": "tiny"},
+        "release": {"license": "apache-2.0"},  # a model trained from scratch names its licence
         "model": {"layers": 2, "hidden": 64, "heads": 4, "contextLength": 32},
         "maxSteps": 30,
         "seed": 1,

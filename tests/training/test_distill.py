@@ -108,6 +108,11 @@ def test_a_student_distilled_from_a_teacher_is_closer_to_it_than_one_trained_alo
     # Measured 0.300 vs 0.323 (seed 1, CPU). The students' validation losses are within 1% of each
     # other either way round at this size, so the KL, what distillation optimises, is the assertion.
     assert distilled < 0.95 * alone, (distilled, alone)
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(runs / "student" / "model" / "README.md").text  # the card says what it came from
+    assert "distilled from a teacher" in card and "Also used: TrainingRun `teacher` (pretrain" in card
+    assert f"student val perplexity {d['studentValPerplexity']:,.4g} against the teacher's {d['teacherValPerplexity']:,.4g}" in card
 
 
 def _fake_teacher(home: Path, vocab_size: int, context: int = 32) -> None:

@@ -36,7 +36,7 @@ if setup == "keep":
 elif setup == "init_distributed":
     from llmfab.api.training_run import TrainingRunSpec
     from llmfab.training.components.distributed import init_distributed
-    init_distributed(TrainingRunSpec.model_validate({"dataset": {"name": "d"}}))
+    init_distributed(TrainingRunSpec.model_validate({"dataset": {"name": "d"}, "release": {"license": "apache-2.0"}}))
 faults = []
 for _ in range(32):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

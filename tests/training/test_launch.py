@@ -13,7 +13,8 @@ from llmfab.training.loop.launcher import rendezvous, torchrun_command
 
 def _spec(nodes: int = 1, per_node: int = 2) -> TrainingRunSpec:
     return TrainingRunSpec.model_validate(
-        {"dataset": {"name": "tiny"}, "parallelism": {"nodes": nodes, "processesPerNode": per_node}}
+        {"dataset": {"name": "tiny"}, "release": {"license": "apache-2.0"},
+         "parallelism": {"nodes": nodes, "processesPerNode": per_node}}
     )
 
 

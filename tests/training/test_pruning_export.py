@@ -47,7 +47,8 @@ def test_pruned_export_is_a_smaller_llama_whose_logits_equal_llmfabs(
     status = _status(home)
     p = status["pruning"]
     spec = TrainingRunSpec.model_validate(json.loads(json.dumps(
-        {"dataset": {"name": "tiny"}, "model": {"layers": 2, "hidden": 64, "heads": 4, "contextLength": 32}})))
+        {"dataset": {"name": "tiny"}, "release": {"license": "apache-2.0"},
+         "model": {"layers": 2, "hidden": 64, "heads": 4, "contextLength": 32}})))
     full = spec.model.intermediate_size()
     assert (full, p["intermediateSize"]) == (192, 64)  # 50% of 192 is 96: rounded down to a multiple of 64
     assert p["parametersAfter"] < p["parametersBefore"] == status["parameters"]
@@ -68,6 +69,11 @@ def test_pruned_export_is_a_smaller_llama_whose_logits_equal_llmfabs(
 
     batches = validation_batches(DatasetInfo.load(home / "datasets" / "tiny").split("val"), 32, 8, 2, 0, 1)
     assert validation_loss(llmfab_model.state_dict(), args, batches, spec) == pytest.approx(p["valLossAfter"], rel=1e-5)
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(model_dir / "README.md").text  # what pruning cost, as status has it
+    assert f"Pruned (mlp, {p['method']}): {p['parametersBefore']:,} -> {p['parametersAfter']:,} parameters" in card
+    assert f"{p['valPerplexityAfter']:,.4g} after" in card
 
 
 def test_unstructured_pruning_exports_zeros_in_the_same_shapes(home: Path, write_spec: Callable[..., Path]) -> None:

@@ -14,6 +14,8 @@ import pytest
 import torch
 import yaml
 
+from llmfab.cards import CardFacts
+from llmfab.cards.facts import ReleaseFacts, StageFacts
 from llmfab.model.hf import export_hf
 from llmfab.model.reward_head import ARCHITECTURE, bradley_terry_loss, load_reward_model
 from llmfab.model.transformer import ModelArgs, Transformer
@@ -29,8 +31,17 @@ WORDS = (
 CONTEXT = 64
 
 
+def base_card(name: str) -> CardFacts:
+    """The card facts of a base trained with ``release: {license: apache-2.0}``: the licence its
+    SFT, RL and reward models inherit when their specs name none (as a real base's card has it)."""
+    release = ReleaseFacts(license="apache-2.0", license_from="spec.release.license")
+    return CardFacts(this=StageFacts(kind="TrainingRun", name=name, role="pretrain", license=release.license),
+                     release=release)
+
+
 def write_base_run(root: Path, name: str = "base") -> Path:
-    """A complete TrainingRun artifact: an (untrained) tiny llmfab model exported with a BPE tokenizer."""
+    """A complete TrainingRun artifact: an (untrained) tiny llmfab model exported with a BPE tokenizer
+    and its model card."""
     tokenizer_dir = root / "tokenizer-src"
     text = "\n".join(" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))) + "\nUser: Assistant:"
     build_tokenizer(text, tokenizer_dir, vocab_size=400)
@@ -38,7 +49,7 @@ def write_base_run(root: Path, name: str = "base") -> Path:
                      context_length=CONTEXT, sharing_groups=2)
     torch.manual_seed(0)
     run_dir = root / "runs" / name
-    export_hf(Transformer(args), args, tokenizer_dir, run_dir / "model", dtype="float32")
+    export_hf(Transformer(args), args, tokenizer_dir, run_dir / "model", dtype="float32", card=base_card(name))
     write_manifest(run_dir, {"kind": "TrainingRun", "name": name, "model": "model"}, "fixture")
     return run_dir
 

@@ -171,7 +171,8 @@ GOOD = {"prompt": "define fox", "response": "quick brown dog"}
     ([GOOD] * 4, {"sft": {"path": "missing/*.jsonl"}}, 1, "spec.sft.path: 'missing/*.jsonl'"),
     ([GOOD] * 4, {"model": {"hidden": 128}}, 1, "spec.model.hidden: 128 differs from the base model's 64"),
     ([GOOD] * 4, {"initFrom": {"trainingRun": "nope"}}, 3, "waiting for TrainingRun/nope"),
-    ([GOOD] * 4, {"initFrom": {"trainingRun": None, "path": "nowhere"}}, 1, "spec.initFrom.path: 'nowhere' has no tokenizer"),
+    ([GOOD] * 4, {"initFrom": {"trainingRun": None, "path": "nowhere"}, "release": {"license": "apache-2.0"}}, 1,
+     "spec.initFrom.path: 'nowhere' has no tokenizer"),
 ], ids=["no-response", "no-prompt", "empty-response", "no-assistant-turn", "no-examples", "no-file", "shape",
         "base-not-ready", "no-tokenizer"])
 def test_bad_input_is_a_clear_error_naming_the_field(base_home: Path, tmp_path: Path,  # noqa: F811

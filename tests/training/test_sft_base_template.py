@@ -28,7 +28,8 @@ def test_sft_keeps_the_bases_template_file_as_the_only_chat_template(base_home: 
     tok.chat_template = TEMPLATE
     tok.save_pretrained(str(base))  # writes chat_template.jinja and keeps it out of tokenizer_config.json
     write_jsonl(tmp_path / "instructions.jsonl", instructions())
-    spec = sft_spec(tmp_path, maxSteps=2, initFrom={"trainingRun": None, "path": str(base)})
+    spec = sft_spec(tmp_path, maxSteps=2, initFrom={"trainingRun": None, "path": str(base)},
+                    release={"license": "apache-2.0"})  # a base by path: no llmfab model to take the licence from
     assert run_stage("train", spec) == 0
 
     out = base_home / "runs" / "sft" / "model"

@@ -38,7 +38,8 @@ CASES = {
 def _spec(case: dict) -> TrainingRunSpec:
     model = {**case["model"], "contextLength": CONTEXT}
     return TrainingRunSpec.model_validate({
-        **case, "dataset": {"name": "tiny"}, "model": model, "precision": "fp32", "seed": 3,
+        **case, "dataset": {"name": "tiny"}, "release": {"license": "apache-2.0"}, "model": model, "precision": "fp32",
+        "seed": 3,
         "lossChunkTokens": 64,  # 4 × 32 tokens per micro-batch: two chunks
         "batch": {"globalTokens": 8 * CONTEXT, "microBatchSize": 4},  # two micro-batches per step
         "optimizer": {"lr": 3e-3, "warmupSteps": 2, "gradClip": 0.5},  # clipping active from step 1

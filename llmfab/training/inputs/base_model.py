@@ -39,6 +39,11 @@ def base_model_dir(ctx: WorkloadContext, spec: TrainingRunSpec) -> tuple[Path, s
     raise WorkloadError("spec.initFrom: objective sft needs initFrom.trainingRun or initFrom.path (an HF model directory)")
 
 
+def base_label(base: dict[str, Any]) -> str:
+    """How a card and its errors name the base: ``TrainingRun/<name>`` or its path."""
+    return f"TrainingRun/{base['trainingRun']}" if base.get("trainingRun") else f"the model at {base.get('path')}"
+
+
 def load_base(ctx: WorkloadContext, spec: TrainingRunSpec, objective: str) -> tuple[Path, str, dict[str, Any], Any, Any, Any]:
     """(model dir, spec field naming it, base record, model, model args, tokenizer) of the model a
     post-training objective starts from; its tokenizer gets the default chat template if it has none

@@ -16,6 +16,9 @@ import numpy as np
 import yaml
 
 from llmfab.api.training_run import TrainingRunSpec
+from llmfab.cards import CardFacts
+from llmfab.cards import stage as model_card
+from llmfab.cards.facts import dataset_facts
 from llmfab.data.shards import DatasetInfo
 from llmfab.errors import StageNotSupported, WorkloadError
 from llmfab.store import MANIFEST, write_manifest
@@ -42,6 +45,7 @@ def run(ctx: WorkloadContext, spec: TrainingRunSpec) -> None:
 def prepare(ctx: WorkloadContext, spec: TrainingRunSpec) -> Pretrain:
     """The objective, after every input check that can fail before training: the Dataset, and a
     pruned size that cannot be built (it fails now, not after training)."""
+    model_card.release(spec.release, None, None)  # a licence nobody stated fails now, not after training
     dataset_dir = ctx.dependency("Dataset", spec.dataset_name)
     data = check_dataset(dataset_dir, spec)
     if spec.pruning.enabled:
@@ -116,6 +120,21 @@ def check_dataset(dataset_dir: Path, spec: TrainingRunSpec) -> DatasetInfo:
     return data
 
 
+def card_facts(ctx: WorkloadContext, spec: TrainingRunSpec, result: TrainResult, dataset_dir: Path,
+               perplexity: dict[str, float | None]) -> CardFacts:
+    """The model card's facts: this run on its Dataset; a distilled run names its teacher, a pruned
+    one what pruning cost (both as its status has them)."""
+    status = ctx.reporter.current()
+    details = {k: status[k] for k in ("distill", "pruning") if isinstance(status.get(k), dict)}
+    teacher = [ctx.root / "runs" / spec.distill.teacher / "model"] if spec.distill is not None else []
+    return model_card.facts(
+        ctx, spec.release, "distill" if spec.objective == "distill" else "pretrain", steps=result.steps,
+        tokens=result.tokens, precision=spec.precision, world_size=spec.parallelism.nodes * spec.parallelism.processes_per_node,
+        data=[dataset_facts(dataset_dir, "pretraining text")],
+        figures={f"eval.{k}": v for k, v in perplexity.items() if v is not None},
+        related=teacher, details=details, dataset=spec.dataset_name)
+
+
 def publish(ctx: WorkloadContext, spec: TrainingRunSpec, result: TrainResult, dataset_dir: Path) -> None:
     """Export ``model/`` in Hugging Face format, report the final numbers, then the manifest."""
     from llmfab.model.hf import export_hf
@@ -128,12 +147,13 @@ def publish(ctx: WorkloadContext, spec: TrainingRunSpec, result: TrainResult, da
 
         state, args, pruned = prune_trained(state, args, spec, DatasetInfo.load(dataset_dir))
         ctx.reporter.progress(pruning=pruned)
-    export_hf(state, args, dataset_dir / "tokenizer", model_dir,
-              dtype="float32" if spec.precision == "fp32" else "bfloat16")
     perplexity = {
         "valPerplexity": math.exp(result.val_loss) if result.val_loss is not None else None,
         "testPerplexity": math.exp(result.test_loss) if result.test_loss is not None else None,
     }
+    export_hf(state, args, dataset_dir / "tokenizer", model_dir,
+              dtype="float32" if spec.precision == "fp32" else "bfloat16",
+              card=card_facts(ctx, spec, result, dataset_dir, perplexity))
     model_path = str(model_dir.relative_to(ctx.root)) if model_dir.is_relative_to(ctx.root) else str(model_dir)
     ctx.reporter.progress(modelPath=model_path, valLoss=result.val_loss, lastCheckpoint=result.last_checkpoint,
                           eval={k: v for k, v in perplexity.items() if v is not None})

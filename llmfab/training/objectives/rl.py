@@ -32,9 +32,11 @@ from typing import Any
 import yaml
 
 from llmfab.api.training_run import RlSpec, TrainingRunSpec
+from llmfab.cards import stage as model_card
+from llmfab.cards.facts import file_facts
 from llmfab.errors import StageNotSupported, WorkloadError
 from llmfab.store import MANIFEST, write_manifest
-from llmfab.training.inputs.base_model import load_base, refuse_pruning, shape_of
+from llmfab.training.inputs.base_model import base_label, load_base, refuse_pruning, shape_of
 from llmfab.training.inputs.jsonl_rows import matching_files, read_rows
 from llmfab.workload import WorkloadContext
 
@@ -56,6 +58,12 @@ def refuse_unsupported(spec: TrainingRunSpec) -> None:
     if rl.samples_per_prompt < 2:
         raise StageNotSupported("spec.rl.samplesPerPrompt: GRPO's group-relative advantage needs at least 2 "
                                 "samples per prompt")
+
+
+def prompt_files(ctx: WorkloadContext, rl: RlSpec) -> list[Path]:
+    """The JSONL files ``spec.rl.prompts`` names (a file, directory or glob)."""
+    assert rl.prompts is not None
+    return [Path(f) for f in matching_files("spec.rl.prompts", rl.prompts, ctx.resolve(rl.prompts), "{prompt} rows")]
 
 
 def read_prompts(rl: RlSpec, resolved: Path) -> list[str]:
@@ -106,6 +114,7 @@ def prepare(ctx: WorkloadContext, spec: TrainingRunSpec) -> Setup:
     if rl.prompts is None:
         raise WorkloadError("spec.rl.prompts: objective rl needs a JSONL file of prompts ({prompt} rows)")
     model_dir, field, base, policy, args, tokenizer = load_base(ctx, spec, "RL")
+    model_card.release(spec.release, model_dir, base_label(base))  # no licence: fail before training
     reward_dir = ctx.dependency("RewardModel", rl.reward_model)
     name = f"spec.rl.rewardModel: RewardModel/{rl.reward_model}"
     manifest = yaml.safe_load((reward_dir / MANIFEST).read_text()) or {}
@@ -379,8 +388,17 @@ def publish(ctx: WorkloadContext, setup: Setup, policy: Any, steps: int, tokens:
     model_dir = ctx.out_dir / "model"
     state = {k: v.detach().float().cpu() for k, v in policy.state_dict().items()}
     # The base model directory is the tokenizer source: export_hf copies only its tokenizer files.
+    files = prompt_files(ctx, rl)
+    # The figures are the last step's, as status has them (reported every step).
+    figures = {k: float(values[v]) for k, v in (("meanReward", "mean_reward"), ("kl", "kl")) if values.get(v) is not None}
+    card = model_card.facts(
+        ctx, spec.release, "rl", steps=steps, tokens=tokens, precision=spec.precision,
+        world_size=spec.parallelism.nodes * spec.parallelism.processes_per_node,
+        data=[file_facts(f, "RL prompts", len(setup.prompts) if len(files) == 1 else None) for f in files],
+        figures=figures, parent_dir=setup.model_dir, parent_label=base_label(setup.base),
+        related=[setup.reward_dir / "model"], dataset=spec.dataset.name if spec.dataset else None)
     export_hf(state, setup.args, setup.model_dir, model_dir,
-              dtype="float32" if spec.precision == "fp32" else "bfloat16")
+              dtype="float32" if spec.precision == "fp32" else "bfloat16", card=card)
     model_path = str(model_dir.relative_to(ctx.root)) if model_dir.is_relative_to(ctx.root) else str(model_dir)
     ctx.reporter.progress(modelPath=model_path, step=steps)
     write_manifest(ctx.out_dir, {

@@ -28,6 +28,9 @@ import yaml
 
 from llmfab.api.inference_service import InferenceService
 from llmfab.api.reward_model import RewardModel, RewardModelSpec
+from llmfab.cards import refresh_card
+from llmfab.cards import stage as model_card
+from llmfab.cards.facts import DataFacts, file_facts
 from llmfab.errors import StageNotSupported, WorkloadError
 from llmfab.serving.feedback_store import FILENAME as FEEDBACK_STORE
 from llmfab.store import MANIFEST, artifact_dir, write_manifest
@@ -51,17 +54,22 @@ def run(ctx: WorkloadContext) -> None:
         split_pairs,
     )
 
+    model_card.release(spec.release, model_dir, f"TrainingRun/{spec.base.training_run}")  # before training
     prefs = spec.preferences
     if prefs.inference_service is not None:  # the feedback app's votes (exactly one source: API rule)
         store = artifact_dir(InferenceService.ARTIFACT_DIR, prefs.inference_service, ctx.root) / FEEDBACK_STORE
         pairs = feedback_pairs(store, prefs.inference_service, prefs)
+        data = [DataFacts(kind="file", name=f"the feedback app of InferenceService/{prefs.inference_service}",
+                          role="preference pairs", rows=len(pairs))]
     else:
         assert prefs.path is not None
-        pairs = read_pairs(preference_files(prefs.path, ctx.resolve(prefs.path)), prefs)
+        files = preference_files(prefs.path, ctx.resolve(prefs.path))
+        pairs = read_pairs(files, prefs)
+        data = [file_facts(Path(f), "preference pairs", len(pairs) if len(files) == 1 else None) for f in files]
     train_pairs, held_out = split_pairs(pairs, spec.preferences.val_fraction, spec.seed)
     with contextlib.suppress(FileNotFoundError):
         (ctx.out_dir / MANIFEST).unlink()  # stale: the spec changed or --force; not complete now
-    train_reward_model(ctx, spec, model_dir, base_dir, train_pairs, held_out)
+    train_reward_model(ctx, spec, model_dir, base_dir, train_pairs, held_out, data)
 
 
 def refuse_unsupported(spec: RewardModelSpec) -> None:
@@ -96,8 +104,14 @@ def load_base(model_dir: Path, name: str) -> tuple[Any, Any, Any, dict[str, int 
     return model, args, tokenizer, ids
 
 
+def up_to_date(ctx: WorkloadContext) -> None:
+    """A finished RewardModel with an unchanged spec: its card is written again, with ``spec.release`` as it is now."""
+    assert isinstance(ctx.resource, RewardModel)
+    refresh_card(ctx.out_dir / "model", ctx.reporter.current(), release=ctx.resource.spec.release)
+
+
 def train_reward_model(ctx: WorkloadContext, spec: RewardModelSpec, model_dir: Path, base_dir: Path,
-                       train_pairs: list[Any], held_out: list[Any]) -> None:
+                       train_pairs: list[Any], held_out: list[Any], data: list[DataFacts] | None = None) -> None:
     import torch
 
     from llmfab.model.reward_head import RewardScorer, bradley_terry_loss
@@ -202,19 +216,24 @@ def train_reward_model(ctx: WorkloadContext, spec: RewardModelSpec, model_dir: P
         sink.close()
     if not held_out:
         ctx.reporter.event("NoHeldOutPairs", "spec.preferences.valFraction is 0: no accuracy is measured")
-    publish(ctx, spec, scorer, args, ids, model_dir, base_dir,
+    publish(ctx, spec, scorer, args, ids, model_dir, base_dir, data or [],
             {"steps": step, "loss": loss, "accuracy": accuracy, "pairs": len(train_set), "heldOutPairs": len(held_out)})
 
 
 def publish(ctx: WorkloadContext, spec: RewardModelSpec, scorer: Any, args: Any, ids: dict[str, int | None],
-            base_model_dir: Path, base_dir: Path, numbers: dict[str, Any]) -> None:
+            base_model_dir: Path, base_dir: Path, data: list[DataFacts], numbers: dict[str, Any]) -> None:
     """Export ``model/`` (LlamaForSequenceClassification), report the final numbers, then the manifest."""
     from llmfab.model.reward_head import export_reward_hf, tokenizer_sha256
 
     out = ctx.out_dir / "model"
     state = {k: v.detach().float().cpu() for k, v in scorer.state_dict().items()}
+    card = model_card.facts(
+        ctx, spec.release, "reward", steps=numbers["steps"], tokens=None, precision=spec.precision,
+        world_size=spec.parallelism.nodes * spec.parallelism.processes_per_node, data=data,
+        figures={"accuracy": float(numbers["accuracy"])} if numbers.get("accuracy") is not None else {},
+        parent_dir=base_model_dir, parent_label=f"TrainingRun/{spec.base.training_run}")
     export_reward_hf(state, args, scorer.pad_id, base_model_dir, out,
-                     dtype="float32" if spec.precision == "fp32" else "bfloat16", special_ids=ids)
+                     dtype="float32" if spec.precision == "fp32" else "bfloat16", special_ids=ids, card=card)
     model_path = str(out.relative_to(ctx.root)) if out.is_relative_to(ctx.root) else str(out)
     ctx.reporter.progress(step=numbers["steps"], loss=numbers["loss"], accuracy=numbers["accuracy"],
                           pairs=numbers["pairs"], modelPath=model_path)

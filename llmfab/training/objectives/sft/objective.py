@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from llmfab.api.training_run import TrainingRunSpec
+from llmfab.cards import stage as model_card
+from llmfab.cards.facts import file_facts
 from llmfab.errors import WorkloadError
 from llmfab.store import write_manifest
-from llmfab.training.inputs.base_model import load_base, refuse_pruning, shape_of
+from llmfab.training.inputs.base_model import base_label, load_base, refuse_pruning, shape_of
 from llmfab.training.loop.launcher import train_or_launch
 from llmfab.training.loop.objective import Objective, Sampler, TrainResult
 from llmfab.workload import WorkloadContext
@@ -39,6 +41,7 @@ class Sft(Objective):
         self.vocab_size, self.initial_state, self.example_sampler = vocab_size, initial_state, sampler
         self.val_rows = val_rows  # [N, 2, context + 1]
         self.model_dir, self.base, self.examples = model_dir, base, examples  # base export: tokenizer, chat template
+        self.files: list[Path] = []  # the instruction files read, for the model card
 
     def load_initial_weights(self, module: Any) -> None:
         """The base weights into the trainer's (possibly FSDP-sharded) model + loss module."""
@@ -72,9 +75,11 @@ def prepare(ctx: WorkloadContext, spec: TrainingRunSpec) -> tuple[TrainingRunSpe
     )
 
     model_dir, _, base, model, args, tokenizer = load_base(ctx, spec, "SFT")
+    model_card.release(spec.release, model_dir, base_label(base))  # no licence: fail before training
     sft = spec.sft
     assert sft is not None  # API rule
-    chats = read_chats(instruction_files(sft.path, ctx.resolve(sft.path)), sft)
+    files = instruction_files(sft.path, ctx.resolve(sft.path))
+    chats = read_chats(files, sft)
     train_chats, held_out = split_examples(chats, sft.val_fraction, spec.seed)
     context = args.context_length
     train_set = [encode(tokenizer, chat, context, sft.loss_on_prompt) for _, chat in train_chats]
@@ -91,6 +96,7 @@ def prepare(ctx: WorkloadContext, spec: TrainingRunSpec) -> tuple[TrainingRunSpe
         vocab_size=args.vocab_size, initial_state=model.state_dict(),
         sampler=ExampleSampler(to_rows(train_set, context, pad), spec.seed), val_rows=to_rows(val_set, context, pad),
         model_dir=model_dir, base=base, examples=len(train_set))
+    source.files = [Path(f) for f in files]
     return spec.model_copy(update={"model": shape_of(args, spec.model)}), source
 
 
@@ -107,10 +113,17 @@ def publish(ctx: WorkloadContext, spec: TrainingRunSpec, result: TrainResult, so
     model_dir = ctx.out_dir / "model"
     assert result.state_dict is not None  # publish runs on rank 0, which holds the full weights
     # export_hf takes only the tokenizer files (and one chat template) of the base's directory.
-    export_hf(result.state_dict, result.args, source.model_dir, model_dir,
-              dtype="float32" if spec.precision == "fp32" else "bfloat16")
-    model_path = str(model_dir.relative_to(ctx.root)) if model_dir.is_relative_to(ctx.root) else str(model_dir)
     perplexity = {"valPerplexity": math.exp(result.val_loss)} if result.val_loss is not None else {}
+    card = model_card.facts(
+        ctx, spec.release, "sft", steps=result.steps, tokens=result.tokens, precision=spec.precision,
+        world_size=spec.parallelism.nodes * spec.parallelism.processes_per_node,
+        data=[file_facts(f, "SFT examples", source.examples + len(source.val_rows) if len(source.files) == 1 else None)
+              for f in source.files],
+        figures={f"eval.{k}": v for k, v in perplexity.items()}, parent_dir=source.model_dir,
+        parent_label=base_label(source.base), dataset=spec.dataset.name if spec.dataset else None)
+    export_hf(result.state_dict, result.args, source.model_dir, model_dir,
+              dtype="float32" if spec.precision == "fp32" else "bfloat16", card=card)
+    model_path = str(model_dir.relative_to(ctx.root)) if model_dir.is_relative_to(ctx.root) else str(model_dir)
     ctx.reporter.progress(modelPath=model_path, valLoss=result.val_loss, lastCheckpoint=result.last_checkpoint,
                           eval=perplexity)
     write_manifest(ctx.out_dir, {
