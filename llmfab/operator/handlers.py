@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import threading
 import time
 from typing import Any
 
@@ -117,6 +118,33 @@ def _owned_by(child: dict[str, Any], res: Resource) -> bool:
     return any(ref.get("uid") == res.metadata.uid for ref in child["metadata"].get("ownerReferences") or [])
 
 
+class LastTransitions:
+    """The phase transition last posted as an event, per resource (uid). Two passes (the change
+    handler and the timer, or a retry) can decide the same transition when the second reads the
+    status from before the first one's patch: kopf's body follows the watch stream, which lags
+    under load. Like client-go's event correlator, the operator remembers what it posted and
+    posts a transition once; the memory is in-process, so a restart may post one again."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[str, ...]] = {}
+        self._lock = threading.Lock()
+
+    def first(self, uid: str, key: tuple[str, ...]) -> bool:
+        """Whether ``key`` differs from the last transition posted for ``uid`` (and is now it)."""
+        with self._lock:
+            if self._last.get(uid) == key:
+                return False
+            self._last[uid] = key
+            return True
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            self._last.pop(uid, None)
+
+
+TRANSITIONS = LastTransitions()
+
+
 def carry_out(decision: Decision, res: Resource, body: Any, kube: Kube) -> None:
     for manifest in decision.apply:
         kube.apply(manifest)
@@ -125,8 +153,13 @@ def carry_out(decision: Decision, res: Resource, body: Any, kube: Kube) -> None:
     deleted = [kube.delete(child) for child in decision.delete]
     if decision.status:
         kube.patch_status(res, decision.status)
-    for type_, reason, message in decision.events + (decision.events_if_deleted if any(deleted) else []):
-        kopf.event(body, type=type_, reason=reason, message=message[:1024])
+    repeated = None
+    if decision.transition is not None and not TRANSITIONS.first(res.metadata.uid or res.key, decision.transition[0]):
+        repeated = decision.transition[1]
+    for event in decision.events + (decision.events_if_deleted if any(deleted) else []):
+        if event is not repeated:
+            type_, reason, message = event
+            kopf.event(body, type=type_, reason=reason, message=message[:1024])
 
 
 def reconcile(body: Any, status: Any, kube: Kube, settings: OperatorSettings, logger: logging.Logger) -> None:
@@ -254,6 +287,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: 
 
         def on_delete(body: Any, **_: Any) -> None:
             meta = body.get("metadata") or {}
+            TRANSITIONS.forget(meta.get("uid", ""))
             metrics.observe_phase(meta.get("uid", ""), str(body.get("kind")), None)
             metrics.observe_usage(meta.get("namespace", ""), str(body.get("kind")), meta.get("name", ""), None)
             if body.get("kind") == "Dataset":

@@ -91,6 +91,10 @@ class Decision:
     # decide the same stop at once, and the second one's delete finds nothing (404).
     events_if_deleted: list[tuple[str, str, str]] = field(default_factory=list)
     waiting: str | None = None  # the handler retries later (kopf.TemporaryError)
+    # The phase transition among ``events``: ((phase, reason, stage, generation), its event). The
+    # handler posts it once, though a timer pass may still see the status from before the change
+    # pass's patch (kopf's body lags the API server) and decide the same transition again.
+    transition: tuple[tuple[str, ...], tuple[str, str, str]] | None = None
     cold_start_seconds: float | None = None  # a wake from zero completed (the operator's metrics)
 
 
@@ -399,5 +403,7 @@ def _set_phase(
         elif status.get("completionTime"):
             patch["completionTime"] = None
         if not recorded:
-            d.events.append(("Warning" if phase == Phase.FAILED else "Normal", reason, message))
+            event = ("Warning" if phase == Phase.FAILED else "Normal", reason, message)
+            d.events.append(event)
+            d.transition = ((str(phase), reason, stage or "", str(gen)), event)
     d.status.update(patch)

@@ -182,3 +182,49 @@ def test_a_serving_service_with_feedback_reports_the_feedback_apps_url() -> None
                                         "feedback": {"enabled": True, "tokenSecret": {"name": "fb"}}})
     d = decide(svc, Observed(deployment={"status": {"readyReplicas": 1}}), SETTINGS)
     assert d.status["feedbackUrl"] == "http://demo.ml.svc:8080/" and d.status["url"] == "http://demo.ml.svc:8000/v1"
+
+
+class _Recorder:
+    """Takes what ``carry_out`` does to the cluster; only the events matter here."""
+
+    def __init__(self) -> None:
+        self.status: list[dict[str, Any]] = []
+
+    def apply(self, manifest: Any) -> None:
+        pass
+
+    def patch(self, manifest: Any) -> None:
+        pass
+
+    def delete(self, child: Any) -> bool:
+        return True
+
+    def patch_status(self, res: Any, fields: dict[str, Any]) -> None:
+        self.status.append(fields)
+
+
+def test_a_pass_that_reads_the_status_from_before_the_last_patch_posts_no_second_transition(monkeypatch: Any) -> None:
+    """kopf's body follows the watch stream: a timer pass right after the change pass can still
+    see the status from before the change pass's patch and decide the same transition."""
+    from llmfab.operator import handlers
+
+    posted: list[str] = []
+    monkeypatch.setattr(handlers.kopf, "event", lambda body, type, reason, message: posted.append(reason))
+    monkeypatch.setattr(handlers, "TRANSITIONS", handlers.LastTransitions())
+    run = resource("TrainingRun", RUN)
+    run.metadata.uid = "uid-1"
+    stale = Observed(status={"phase": "Pending", "stage": "train", "observedGeneration": 3,
+                             "conditions": [{"reason": "JobCreated"}]}, jobs={"train": job("train", active=1)})
+    kube = _Recorder()
+    for _ in range(2):  # the change pass, then a timer pass that has not seen its patch yet
+        d = decide(run, stale, SETTINGS)
+        assert d.transition is not None and d.transition[1] in d.events
+        handlers.carry_out(d, run, {}, kube)  # type: ignore[arg-type]
+    assert posted == ["Running"] and len(kube.status) == 2  # the status patch is idempotent; the event is not
+    # A new generation with the same phase is news again, and so is the next transition.
+    run.metadata.generation = 4
+    handlers.carry_out(decide(run, stale, SETTINGS), run, {}, kube)  # type: ignore[arg-type]
+    settled = settle(stale.status, decide(run, stale, SETTINGS))
+    done = Observed(status=settled, jobs={"train": job("train", complete=True)})
+    handlers.carry_out(decide(run, done, SETTINGS), run, {}, kube)  # type: ignore[arg-type]
+    assert posted == ["Running", "Running", "Completed"]
