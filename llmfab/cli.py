@@ -236,8 +236,8 @@ def card(
     """Print a local model's card (README.md: licence, data, training chain, evaluation and bias,
     compression, intended use), with its status as it is now."""
     from llmfab.api import ValidationFailed
+    from llmfab.cards.metadata import check as problems
     from llmfab.local.card import card as model_card
-    from llmfab.local.card import problems
 
     try:
         rendered = model_card(kind, name)

@@ -23,13 +23,14 @@ from llmfab.cards.facts import (
     CARD_KEY,
     CardError,
     CardFacts,
+    facts_in,
     read_facts,
     resolve_release,
     with_release,
 )
 from llmfab.cards.metadata import status_figures
 from llmfab.cards.render import render
-from llmfab.store import MANIFEST, write_json_atomic, write_text_atomic
+from llmfab.store import MANIFEST, read_manifest, write_json_atomic, write_text_atomic
 
 __all__ = ["CARD_FILE", "CardError", "CardFacts", "card_for", "manifest_entry", "refresh_card",
            "resolve_release", "status_figures", "write_card"]
@@ -65,19 +66,27 @@ def _evaluation_beside(model_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _now(facts: CardFacts, status: dict[str, Any]) -> CardFacts:
+    """``facts`` with the status's figures and usage; the ones they had where the status has none
+    (unreadable now, or not written yet)."""
+    now = facts.model_copy(deep=True)
+    now.this.figures = status_figures(status) or facts.this.figures
+    if isinstance(status.get("usage"), dict) and status["usage"]:
+        now.this.usage = status["usage"]
+    return now
+
+
+def _render(model_dir: Path, facts: CardFacts, evaluation: dict[str, Any] | None) -> ModelCard:
+    """The card, with the per-category bias probes of ``evaluation`` (default: the ``eval.json``
+    beside the model directory)."""
+    return render(facts, facts.this.figures, _bias(evaluation or _evaluation_beside(model_dir), model_dir))
+
+
 def card_for(model_dir: Path, status: dict[str, Any], evaluation: dict[str, Any] | None = None) -> ModelCard | None:
-    """The card of a published model directory as the status has it now (figures and usage), with
-    the per-category bias probes of ``evaluation`` (default: the ``eval.json`` beside it); None
+    """The card of a published model directory as the status has it now (figures and usage); None
     when the directory has no card facts."""
-    model_dir = Path(model_dir)
-    facts = read_facts(model_dir)
-    if facts is None:
-        return None
-    if status.get("usage"):
-        facts.this.usage = status["usage"]
-    # The status's figures; those it had when the card was last written where it is unreadable now.
-    figures = status_figures(status) or facts.this.figures
-    return render(facts, figures, _bias(evaluation or _evaluation_beside(model_dir), model_dir))
+    facts = read_facts(Path(model_dir))
+    return _render(Path(model_dir), _now(facts, status), evaluation) if facts is not None else None
 
 
 def refresh_card(model_dir: Path, status: dict[str, Any], evaluation: dict[str, Any] | None = None,
@@ -87,23 +96,18 @@ def refresh_card(model_dir: Path, status: dict[str, Any], evaluation: dict[str, 
     too (figures, usage, release), so the cards of models made from it later show them in their
     chain. None, and nothing written, for a directory without card facts."""
     model_dir = Path(model_dir)
-    facts = read_facts(model_dir)
-    if facts is None:
+    manifest = read_manifest(model_dir)
+    facts = facts_in(manifest)
+    if manifest is None or facts is None:
         return None
-    updated = facts.model_copy(deep=True)
+    updated = _now(facts, status)
     if release is not None:
         parent = facts.parents[-1] if facts.parents else None
         updated.release = with_release(facts.release, release,
                                        (f"{parent.kind}/{parent.name}", parent.license) if parent else None)
         updated.this.license, updated.this.repo_id = updated.release.license, updated.release.repo_id
-    updated.this.figures = status_figures(status) or facts.this.figures
-    if isinstance(status.get("usage"), dict):
-        updated.this.usage = status["usage"]
     if updated != facts:
-        manifest = json.loads((model_dir / MANIFEST).read_text())
-        manifest[CARD_KEY] = updated.model_dump(mode="json")
-        write_json_atomic(model_dir / MANIFEST, manifest)
-    card = card_for(model_dir, status, evaluation)
-    if card is not None:
-        write_text_atomic(model_dir / CARD_FILE, str(card))
+        write_json_atomic(model_dir / MANIFEST, {**manifest, CARD_KEY: updated.model_dump(mode="json")})
+    card = _render(model_dir, updated, evaluation)
+    write_text_atomic(model_dir / CARD_FILE, str(card))
     return card

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmfab.api.release import LICENSE_HINT, Release
+from llmfab.store import read_manifest
 
 CARD_FILE = "README.md"
 CARD_KEY = "card"  # the model directory manifest's key that holds the facts
@@ -116,20 +117,25 @@ class CardFacts(Facts):
     related: list[StageFacts] = Field(default_factory=list, description="Teacher, reward model: used, not built on")
     details: dict[str, Any] = Field(default_factory=dict, description="distill, pruning, quantization numbers")
     dataset: str | None = Field(default=None, description="The Dataset the evaluation scores on")
-    serve_hint: str | None = None
 
 
 # --- gathering --------------------------------------------------------------------------------
 
 
-def read_facts(model_dir: Path) -> CardFacts | None:
-    """The facts a model directory's manifest holds, or None (no manifest, or made before cards)."""
-    try:
-        manifest = json.loads((Path(model_dir) / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+def facts_in(manifest: dict[str, Any] | None) -> CardFacts | None:
+    """The card facts a model directory's manifest holds, or None (made before cards)."""
     data = manifest.get(CARD_KEY) if isinstance(manifest, dict) else None
     return CardFacts.model_validate(data) if isinstance(data, dict) else None
+
+
+def read_facts(model_dir: Path) -> CardFacts | None:
+    """The facts a model directory's manifest holds, or None (no manifest, or made before cards)."""
+    return facts_in(read_manifest(Path(model_dir)))
+
+
+def parent_label(training_run: str | None, path: str | None) -> str:
+    """How a card and its errors name the model another was made from: ``TrainingRun/<name>`` or its path."""
+    return f"TrainingRun/{training_run}" if training_run else f"the model at {path}"
 
 
 def resolve_release(release: Release, parent_dir: Path | None, parent_label: str | None,

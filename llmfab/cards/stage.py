@@ -7,7 +7,6 @@ precision, hardware, its data, the chain before it, the usage its status has so 
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from llmfab.cards.facts import (
     stage_of,
 )
 from llmfab.errors import WorkloadError
+from llmfab.machine import cpu_model
 from llmfab.workload import WorkloadContext
 
 
@@ -39,16 +39,7 @@ def hardware(world_size: int) -> str:
     """``<processes> x <device>``: the GPU's name under CUDA, else the CPU's model name."""
     import torch
 
-    if torch.cuda.is_available():
-        device = torch.cuda.get_device_name()
-    else:
-        device = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as f:
-                device = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), device)
-        except OSError:
-            pass
-        device = f"{device} (CPU, {os.cpu_count()} threads)"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{cpu_model()} (CPU, {os.cpu_count()} threads)"
     return f"{world_size} x {device}"
 
 

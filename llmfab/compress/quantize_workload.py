@@ -17,7 +17,7 @@ from typing import Any
 from llmfab.api.inference_service import InferenceService
 from llmfab.cards import refresh_card
 from llmfab.cards import stage as card_stage
-from llmfab.cards.facts import dataset_facts
+from llmfab.cards.facts import dataset_facts, parent_label
 from llmfab.errors import WorkloadError
 from llmfab.store import is_complete, read_manifest
 from llmfab.workload import WorkloadContext
@@ -91,8 +91,7 @@ def ensure_quantized(ctx: WorkloadContext, model_dir: Path | None = None, force:
     assert isinstance(resource, InferenceService)
     q = resource.spec.quantization
     model_dir = model_dir or source_model_dir(ctx)
-    label = f"TrainingRun/{resource.spec.model.training_run}" if resource.spec.model.training_run else \
-        f"the model at {resource.spec.model.path}"
+    label = parent_label(resource.spec.model.training_run, resource.spec.model.path)
     card_stage.release(resource.spec.release, model_dir, label)  # no licence: fail before the work
     out = ctx.out_dir / QUANTIZED_DIR
     wanted = quantization_hash(resource, model_dir)

@@ -13,7 +13,6 @@ from huggingface_hub import ModelCard
 
 from llmfab.api import InferenceService, resource_class
 from llmfab.cards import card_for
-from llmfab.cards.metadata import check
 from llmfab.status import read_status
 from llmfab.store import artifact_dir, artifact_root, read_manifest
 
@@ -47,7 +46,3 @@ def card(kind: str, name: str, root: Path | None = None) -> ModelCard:
         raise LookupError(f"{directory} has no card facts (exported before llmfab wrote cards); "
                           f"run it again with --force to write one")
     return rendered
-
-
-def problems(rendered: ModelCard) -> list[str]:
-    return check(rendered)

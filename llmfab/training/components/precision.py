@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from typing import Any, Literal
 import torch
 
 from llmfab.api.common import utc_now
+from llmfab.machine import cpu_model
 from llmfab.model import losses
 from llmfab.model.transformer import Block, ModelArgs, rope_tables
 from llmfab.status import StatusReporter
@@ -116,17 +116,6 @@ def probe_tokens(args: ModelArgs) -> int:
     while tokens // 2 >= MIN_TOKENS and 6 * tokens * weights + 6 * tokens * tokens * h > BLOCK_FLOPS:
         tokens //= 2
     return tokens
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``, else what ``platform`` knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def native_cpu_bf16() -> bool:

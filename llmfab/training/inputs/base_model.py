@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from llmfab.api.training_run import ModelSpec, TrainingRunSpec
+from llmfab.cards.facts import parent_label
 from llmfab.errors import StageNotSupported, WorkloadError
 from llmfab.store import MANIFEST
 from llmfab.workload import WorkloadContext
@@ -40,8 +41,8 @@ def base_model_dir(ctx: WorkloadContext, spec: TrainingRunSpec) -> tuple[Path, s
 
 
 def base_label(base: dict[str, Any]) -> str:
-    """How a card and its errors name the base: ``TrainingRun/<name>`` or its path."""
-    return f"TrainingRun/{base['trainingRun']}" if base.get("trainingRun") else f"the model at {base.get('path')}"
+    """How a card and its errors name the base record's model (:func:`llmfab.cards.facts.parent_label`)."""
+    return parent_label(base.get("trainingRun"), base.get("path"))
 
 
 def load_base(ctx: WorkloadContext, spec: TrainingRunSpec, objective: str) -> tuple[Path, str, dict[str, Any], Any, Any, Any]:
